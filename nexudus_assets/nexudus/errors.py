@@ -1,0 +1,83 @@
+"""The client's exceptions. Messages name the request and what went wrong, never a secret."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nexudus_assets.nexudus.models import FieldError
+
+
+class NexudusError(Exception):
+    """Base class of everything the client raises."""
+
+
+class TransportError(NexudusError):
+    """The request did not complete (connection refused, dropped, timed out) after retries."""
+
+
+class UncertainOutcomeError(TransportError):
+    """A write may have reached the server but no answer came back, so it was not retried."""
+
+
+class ResponseFormatError(NexudusError):
+    """The server answered with something that is not the JSON the documentation promises."""
+
+
+class APIError(NexudusError):
+    def __init__(self, message: str, *, status_code: int | None = None, request: str = "") -> None:
+        self.status_code = status_code
+        self.request = request
+        prefix = f"{request}: " if request else ""
+        suffix = f" (HTTP {status_code})" if status_code is not None else ""
+        super().__init__(f"{prefix}{message}{suffix}")
+
+
+class AuthenticationError(APIError):
+    """Bad credentials, a missing role, or a refused token exchange."""
+
+
+class NotFoundError(APIError):
+    pass
+
+
+class ThrottledError(APIError):
+    """Still throttled (409/429) after waiting out `Retry-After` as often as allowed."""
+
+
+class ServerError(APIError):
+    """5xx after retries."""
+
+
+class ValidationError(APIError):
+    """The server refused the data: HTTP 400, or `WasSuccessful: false` on a 200."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        errors: list[FieldError] | None = None,
+        status_code: int | None = None,
+        request: str = "",
+        answer: Any = None,
+    ) -> None:
+        self.errors = errors or []
+        self.answer = answer
+        details = "; ".join(f"{e.property_name}: {e.message}" for e in self.errors if e.property_name)
+        full = f"{message} [{details}]" if details and details not in message else message
+        super().__init__(full, status_code=status_code, request=request)
+
+
+class StaleRecordError(NexudusError):
+    """A safe update found the record changed since the caller read it."""
+
+
+class RecordValidationError(NexudusError):
+    """A record from the API does not fit its model. Names the record and the fields."""
+
+    def __init__(self, entity: str, record_id: Any, problems: list[tuple[str, str]]) -> None:
+        self.entity = entity
+        self.record_id = record_id
+        self.problems = problems
+        who = f"{entity} {record_id}" if record_id is not None else f"{entity} without Id"
+        what = "; ".join(f"field {field!r}: {message}" for field, message in problems)
+        super().__init__(f"{who}: {what}")
