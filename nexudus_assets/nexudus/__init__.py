@@ -1,0 +1,70 @@
+"""The Nexudus API client and its models. No Dagster here: usable from any Python code."""
+
+from nexudus_assets.nexudus.client import DEFAULT_BASE_URL, NexudusClient, RecordPage, RequestStats, RetryPolicy, parse_record
+from nexudus_assets.nexudus.entities import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES, ENTITIES, Entity
+from nexudus_assets.nexudus.errors import (
+    APIError,
+    AuthenticationError,
+    NexudusError,
+    NotFoundError,
+    RecordValidationError,
+    ResponseFormatError,
+    ServerError,
+    StaleRecordError,
+    ThrottledError,
+    TransportError,
+    UncertainOutcomeError,
+    ValidationError,
+)
+from nexudus_assets.nexudus.models import (
+    AccessToken,
+    ActionResult,
+    CancellationReason,
+    CommandDescription,
+    CommandParameter,
+    CoworkerContract,
+    CoworkerTimePass,
+    NexudusRecord,
+    Page,
+)
+from nexudus_assets.nexudus.pacing import RateLimiter, RateLimits, Window
+from nexudus_assets.nexudus.paging import PagingSummary
+
+__all__ = [
+    "ACCESS_TOKENS",
+    "COWORKER_CONTRACTS",
+    "COWORKER_TIME_PASSES",
+    "DEFAULT_BASE_URL",
+    "ENTITIES",
+    "APIError",
+    "AccessToken",
+    "ActionResult",
+    "AuthenticationError",
+    "CancellationReason",
+    "CommandDescription",
+    "CommandParameter",
+    "CoworkerContract",
+    "CoworkerTimePass",
+    "Entity",
+    "NexudusClient",
+    "NexudusError",
+    "NexudusRecord",
+    "NotFoundError",
+    "Page",
+    "PagingSummary",
+    "RateLimiter",
+    "RateLimits",
+    "RecordPage",
+    "RecordValidationError",
+    "RequestStats",
+    "ResponseFormatError",
+    "RetryPolicy",
+    "ServerError",
+    "StaleRecordError",
+    "ThrottledError",
+    "TransportError",
+    "UncertainOutcomeError",
+    "ValidationError",
+    "Window",
+    "parse_record",
+]

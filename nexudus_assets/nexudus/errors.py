@@ -74,8 +74,10 @@ class StaleRecordError(NexudusError):
 class RecordValidationError(NexudusError):
     """A record from the API does not fit its model. Names the record and the fields."""
 
-    def __init__(self, entity: str, record_id: Any, problems: list[tuple[str, str]]) -> None:
+    def __init__(self, entity: str, record_id: Any, problems: list[tuple[str, str]], *, raw: Any = None) -> None:
         self.entity = entity
+        #: The record exactly as received, for quarantine.
+        self.raw = raw
         self.record_id = record_id
         self.problems = problems
         who = f"{entity} {record_id}" if record_id is not None else f"{entity} without Id"

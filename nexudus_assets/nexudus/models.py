@@ -136,12 +136,6 @@ class NexudusRecord(NexudusModel):
                 names[choices[0]] = choices[1]
         return names
 
-    def to_wire(self) -> dict[str, Any]:
-        """The record in object shape, unknown fields included, ready for a PUT body."""
-        body = self.model_dump(mode="json", by_alias=True, exclude=set(self.display_fields))
-        body.update(self.model_extra or {})
-        return body
-
 
 class AccessToken(NexudusRecord):
     access_code: str | None = None

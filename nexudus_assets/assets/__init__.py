@@ -1,0 +1,1 @@
+"""Raw assets (one per Nexudus entity) and the insights derived from them."""

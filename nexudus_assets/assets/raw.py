@@ -1,0 +1,104 @@
+"""One raw asset per Nexudus entity: the API's records, typed, in `nexudus.<table>`."""
+
+import datetime as dt
+
+import dagster as dg
+from pydantic import Field
+
+from nexudus_assets.assets.metadata import table_metadata
+from nexudus_assets.nexudus import ENTITIES, Entity
+from nexudus_assets.resources import NexudusResource, WarehouseResource
+from nexudus_assets.warehouse import qualified, table_columns
+from nexudus_assets.warehouse.load import load_entity
+
+GROUP = "nexudus_raw"
+#: Every step that calls the API takes a slot of this pool; with a limit of 1 (dagster.yaml)
+#: concurrent steps can never add up past the account's published limits.
+API_POOL = "nexudus_api"
+
+
+class SyncConfig(dg.Config):
+    full_refresh: bool = Field(
+        default=False, description="Read every record and mark the ones gone upstream as deleted."
+    )
+    overlap_minutes: int = Field(
+        default=5, description="Incremental runs re-read records updated this long before the high-water mark."
+    )
+    max_delete_fraction: float = Field(
+        default=0.5, description="A full refresh refuses to mark more than this share of the rows deleted."
+    )
+
+
+def column_schema(entity: Entity) -> dg.TableSchema:
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(name=column.name, type=column.duckdb_type, description=column.description)
+            for column in table_columns(entity)
+        ]
+    )
+
+
+def build_raw_asset(entity: Entity) -> dg.AssetsDefinition:
+    schema = column_schema(entity)
+    table = qualified(entity)
+
+    @dg.asset(
+        name=entity.table,
+        group_name=GROUP,
+        description=(
+            f"Every {entity.name} record from `GET /{entity.path}`, one row per record, keyed by `id`. "
+            "Incremental by `UpdatedOn`; a full refresh also marks records deleted upstream (`_deleted_at`). "
+            "Records that fail validation are quarantined in `nexudus._rejected_records`."
+        ),
+        kinds={"nexudus", "duckdb"},
+        owners=["team:data"],
+        pool=API_POOL,
+        metadata={"dagster/table_name": table, "dagster/column_schema": schema},
+    )
+    def _raw(
+        context: dg.AssetExecutionContext,
+        config: SyncConfig,
+        nexudus: NexudusResource,
+        warehouse: WarehouseResource,
+    ) -> dg.MaterializeResult:
+        with nexudus.get_client() as client:
+            report = load_entity(
+                client,
+                warehouse.get_connection,
+                entity,
+                run_id=context.run_id,
+                full_refresh=config.full_refresh,
+                overlap=dt.timedelta(minutes=config.overlap_minutes),
+                max_delete_fraction=config.max_delete_fraction,
+            )
+        result = report.result
+        context.log.info(
+            f"{entity.name}: {report.mode} sync read {result.fetched} records in {report.requests} requests "
+            f"({result.inserted} new, {result.updated} updated, {result.deleted} deleted, {result.rejected} rejected)"
+        )
+        with warehouse.get_connection() as conn:
+            metadata = table_metadata(conn, table, where="_deleted_at IS NULL", schema=schema)
+        return dg.MaterializeResult(
+            metadata={
+                **metadata,
+                "mode": report.mode,
+                "updated_since": dg.MetadataValue.text(str(report.updated_since or "everything")),
+                "rows_inserted": result.inserted,
+                "rows_updated": result.updated,
+                "rows_unchanged": result.unchanged,
+                "rows_deleted": result.deleted,
+                "rows_rejected": result.rejected,
+                "rows_recovered_by_id": report.recovered,
+                "rows_total": result.live_rows,
+                "requests": report.requests,
+                "throttled_responses": report.throttled,
+                "pages": report.pages,
+                "duration_seconds": round(report.seconds, 3),
+                "high_water_mark": dg.MetadataValue.text(str(result.high_water_mark)),
+            }
+        )
+
+    return _raw
+
+
+raw_assets = [build_raw_asset(entity) for entity in ENTITIES]

@@ -1,0 +1,183 @@
+"""Asset checks on the raw tables, as SQL. ERROR checks block: derived assets never see broken data."""
+
+import os
+from dataclasses import dataclass
+
+import dagster as dg
+
+from nexudus_assets.nexudus import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES, ENTITIES, Entity
+from nexudus_assets.resources import WarehouseResource
+from nexudus_assets.warehouse import SCHEMA, qualified
+
+ERROR = dg.AssetCheckSeverity.ERROR
+WARN = dg.AssetCheckSeverity.WARN
+#: How many offending ids a failed check names in its metadata.
+SAMPLE_IDS = 20
+LIVE = "_deleted_at IS NULL"
+
+
+@dataclass(frozen=True)
+class RowCheck:
+    """A check that passes when `offending_sql` (a query returning `id`s) returns no row."""
+
+    entity: Entity
+    name: str
+    description: str
+    severity: dg.AssetCheckSeverity
+    offending_sql: str
+
+
+def _where(entity: Entity, condition: str) -> str:
+    return f"SELECT id FROM {qualified(entity)} WHERE {LIVE} AND ({condition})"
+
+
+def _standard_checks(entity: Entity) -> list[RowCheck]:
+    table = qualified(entity)
+    required = " OR ".join(f"{field} IS NULL" for field in entity.required_fields)
+    return [
+        RowCheck(
+            entity,
+            "ids_unique_not_null",
+            "Every row has an id and no id appears twice.",
+            ERROR,
+            f"SELECT id FROM {table} WHERE id IS NULL "
+            f"UNION ALL SELECT id FROM {table} GROUP BY id HAVING count(*) > 1",
+        ),
+        RowCheck(
+            entity,
+            "required_fields_present",
+            f"Fields the API marks required are present: {', '.join(entity.required_fields)}.",
+            ERROR,
+            _where(entity, required),
+        ),
+    ]
+
+
+ROW_CHECKS: tuple[RowCheck, ...] = (
+    *(check for entity in ENTITIES for check in _standard_checks(entity)),
+    RowCheck(
+        ACCESS_TOKENS,
+        "minutes_left_within_included",
+        "0 <= minutes_left <= minutes_included.",
+        WARN,
+        _where(ACCESS_TOKENS, "minutes_left < 0 OR minutes_left > minutes_included"),
+    ),
+    RowCheck(
+        ACCESS_TOKENS,
+        "valid_window_ordered",
+        "valid_from <= valid_to where both are set.",
+        WARN,
+        _where(ACCESS_TOKENS, "valid_from > valid_to"),
+    ),
+    RowCheck(
+        COWORKER_CONTRACTS,
+        "renewal_after_start",
+        "renewal_date is not before start_date.",
+        WARN,
+        _where(COWORKER_CONTRACTS, "renewal_date < start_date"),
+    ),
+    RowCheck(
+        COWORKER_CONTRACTS,
+        "tariff_present",
+        "Every contract names its tariff: revenue insights group by it.",
+        ERROR,
+        _where(COWORKER_CONTRACTS, "tariff_id IS NULL"),
+    ),
+    RowCheck(
+        COWORKER_TIME_PASSES,
+        "remaining_uses_within_total",
+        "0 <= remaining_uses <= total_uses.",
+        WARN,
+        _where(COWORKER_TIME_PASSES, "remaining_uses < 0 OR remaining_uses > total_uses"),
+    ),
+)
+
+
+def _outcome(passed: bool, severity: dg.AssetCheckSeverity, offending: list, count: int) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        passed=passed,
+        severity=severity,
+        metadata={"offending_rows": count, "first_offending_ids": dg.MetadataValue.json(offending[:SAMPLE_IDS])},
+    )
+
+
+def build_row_check(check: RowCheck) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        asset=check.entity.table,
+        name=check.name,
+        description=check.description,
+        blocking=check.severity == ERROR,
+    )
+    def _row_check(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        with warehouse.get_connection() as conn:
+            count = conn.execute(f"SELECT count(*) FROM ({check.offending_sql})").fetchone()[0]
+            sample = conn.execute(f"{check.offending_sql} LIMIT {SAMPLE_IDS}").fetchall()
+        return _outcome(count == 0, check.severity, [row[0] for row in sample], count)
+
+    return _row_check
+
+
+def max_sync_age_hours() -> float:
+    return float(os.environ.get("NEXUDUS_MAX_SYNC_AGE_HOURS", "3"))
+
+
+def build_freshness_check(entity: Entity) -> dg.AssetChecksDefinition:
+    hours = max_sync_age_hours()
+
+    @dg.asset_check(
+        asset=entity.table,
+        name="synced_recently",
+        description=f"The last successful sync finished less than {hours:g} hours ago (NEXUDUS_MAX_SYNC_AGE_HOURS).",
+    )
+    def _freshness(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        with warehouse.get_connection() as conn:
+            age = conn.execute(
+                f"SELECT date_diff('second', max(finished_at), now()::TIMESTAMP) / 3600.0 "
+                f"FROM {SCHEMA}._sync_log WHERE entity = ?",
+                [entity.table],
+            ).fetchone()[0]
+        return dg.AssetCheckResult(
+            passed=age is not None and age <= hours,
+            severity=WARN,
+            metadata={"hours_since_last_sync": round(age, 2) if age is not None else None, "limit_hours": hours},
+        )
+
+    return _freshness
+
+
+def build_row_count_check(entity: Entity) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        asset=entity.table,
+        name="row_count_stable",
+        description="Live rows do not fall between two syncs by more than the deletions the later one recorded.",
+    )
+    def _row_count(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        with warehouse.get_connection() as conn:
+            history = conn.execute(
+                f"SELECT live_rows, deleted FROM {SCHEMA}._sync_log WHERE entity = ? "
+                "ORDER BY finished_at DESC LIMIT 2",
+                [entity.table],
+            ).fetchall()
+        if len(history) < 2:
+            return dg.AssetCheckResult(passed=True, severity=WARN, metadata={"syncs_compared": len(history)})
+        (now_rows, deleted), (before_rows, _) = history
+        unexplained = before_rows - now_rows - deleted
+        return dg.AssetCheckResult(
+            passed=unexplained <= 0,
+            severity=WARN,
+            metadata={
+                "rows_before": before_rows,
+                "rows_now": now_rows,
+                "deletions_recorded": deleted,
+                "unexplained_drop": max(unexplained, 0),
+            },
+        )
+
+    return _row_count
+
+
+asset_checks = [
+    *(build_row_check(check) for check in ROW_CHECKS),
+    *(build_freshness_check(entity) for entity in ENTITIES),
+    *(build_row_count_check(entity) for entity in ENTITIES),
+]

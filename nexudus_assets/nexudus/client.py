@@ -1,0 +1,553 @@
+"""`NexudusClient`: typed access to the Nexudus REST API over httpx.
+
+Every request is paced to the published limits (one budget per account in the process),
+throttling answers (409, 429) are waited out, transient failures are retried with
+exponential backoff and jitter, and answers are checked before anything trusts them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+from pydantic import ValidationError as PydanticValidationError
+
+from nexudus_assets.nexudus.auth import Auth, AuthScheme, BasicAuth, BearerAuth, Credentials
+from nexudus_assets.nexudus.entities import Entity
+from nexudus_assets.nexudus.errors import (
+    APIError,
+    AuthenticationError,
+    NexudusError,
+    NotFoundError,
+    RecordValidationError,
+    ResponseFormatError,
+    ServerError,
+    StaleRecordError,
+    ThrottledError,
+    TransportError,
+    UncertainOutcomeError,
+    ValidationError,
+)
+from nexudus_assets.nexudus.models import ActionResult, CommandDescription, FieldError, NexudusRecord, Page
+from nexudus_assets.nexudus.pacing import RateLimiter, RateLimits, shared_limiter
+from nexudus_assets.nexudus.paging import PageNumberPaginator, PagingSummary
+
+DEFAULT_BASE_URL = "https://spaces.nexudus.com/api"
+MAX_PAGE_SIZE = 1000
+#: Ids per by-Ids request: keeps the query string far below common URL limits.
+IDS_PER_REQUEST = 100
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounds on retrying one request: attempts for failures, waits for throttling, total time."""
+
+    max_attempts: int = 5
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    max_throttled: int = 20
+    max_elapsed: float = 600.0
+
+    def backoff(self, attempt: int) -> float:
+        # Full jitter: spreads retries of many clients instead of synchronising them.
+        return random.uniform(0, min(self.backoff_max, self.backoff_initial * 2 ** (attempt - 1)))
+
+
+@dataclass
+class RequestStats:
+    requests: int = 0
+    throttled: int = 0
+    retries: int = 0
+    paced_seconds: float = 0.0
+
+
+@dataclass
+class RecordPage:
+    """One page of a list, validated: good records and the ones that did not fit the model."""
+
+    number: int
+    records: list[NexudusRecord]
+    rejected: list[RecordValidationError]
+
+
+def parse_record(entity: Entity, raw: Any) -> NexudusRecord:
+    """Validate one raw record; the error names the record's Id and each offending field."""
+    try:
+        return entity.model.model_validate(raw)
+    except PydanticValidationError as exc:
+        record_id = raw.get("Id") if isinstance(raw, dict) else None
+        problems = [(".".join(str(part) for part in error["loc"]) or "<record>", error["msg"]) for error in exc.errors()]
+        raise RecordValidationError(entity.name, record_id, problems, raw=raw) from None
+
+
+def format_minute(value: dt.datetime) -> str:
+    """The documented range-filter format, `YYYY-MM-DDTHH:mm`, in UTC when the value is aware."""
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC).replace(tzinfo=None)
+    return value.strftime("%Y-%m-%dT%H:%M")
+
+
+def _query_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, list | tuple | set | frozenset):
+        return "[" + ",".join(str(item) for item in value) + "]"
+    return str(value)
+
+
+class NexudusClient:
+    """One client per account. Thread-safe; share it, or create many: they share one budget."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_BASE_URL,
+        username: str = "",
+        password: str | SecretStr = "",
+        *,
+        auth: AuthScheme = "basic",
+        totp: str | SecretStr | None = None,
+        client_id: str | None = None,
+        page_size: int = MAX_PAGE_SIZE,
+        limits: RateLimits | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float = 30.0,
+        limiter: RateLimiter | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not username:
+            raise AuthenticationError("no Nexudus username: set NEXUDUS_USERNAME")
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise ValueError(f"page_size must be between 1 and {MAX_PAGE_SIZE}, not {page_size}")
+        self.base_url = base_url.rstrip("/")
+        self.username = username
+        self.page_size = page_size
+        self.retry = retry or RetryPolicy()
+        self.stats = RequestStats()
+        self._sleep = sleep
+        self._limiter = limiter or shared_limiter(self.base_url, username, limits or RateLimits())
+        self._http = httpx.Client(timeout=timeout, headers={"Accept": "application/json"})
+        credentials = Credentials(
+            username=username,
+            password=password if isinstance(password, SecretStr) else SecretStr(password),
+            totp=SecretStr(totp) if isinstance(totp, str) and totp else (totp or None),
+        )
+        self._auth: Auth
+        if auth == "basic":
+            self._auth = BasicAuth(credentials)
+        elif auth == "bearer":
+            self._auth = BearerAuth(credentials, self._post_token, client_id=client_id)
+        else:
+            raise ValueError(f"NEXUDUS_AUTH must be 'basic' or 'bearer', not {auth!r}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> NexudusClient:
+        """Configuration from `NEXUDUS_*` variables; keyword arguments win."""
+        settings: dict[str, Any] = {
+            "base_url": environ.get("NEXUDUS_BASE_URL", DEFAULT_BASE_URL),
+            "username": environ.get("NEXUDUS_USERNAME", ""),
+            "password": environ.get("NEXUDUS_PASSWORD", ""),
+            "auth": environ.get("NEXUDUS_AUTH", "basic").lower(),
+            "totp": environ.get("NEXUDUS_TOTP") or None,
+            "page_size": int(environ.get("NEXUDUS_PAGE_SIZE", MAX_PAGE_SIZE)),
+            "limits": RateLimits.from_env(environ),
+        }
+        settings.update(overrides)
+        return cls(**settings)
+
+    def __repr__(self) -> str:
+        return f"NexudusClient(base_url={self.base_url!r}, username={self.username!r}, auth={self._auth!r})"
+
+    def __enter__(self) -> NexudusClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- reading -------------------------------------------------------------------------
+
+    def list_page(
+        self,
+        entity: Entity,
+        *,
+        page: int = 1,
+        size: int | None = None,
+        orderby: str = "Id",
+        dir: str | None = None,
+        filters: Mapping[str, Any] | None = None,
+        ranges: Mapping[str, tuple[Any, Any]] | None = None,
+    ) -> Page:
+        """One page of a list or search. `filters` and `ranges` are keyed by wire field name."""
+        params: dict[str, str] = {"page": str(page), "size": str(size or self.page_size), "orderby": orderby}
+        if dir is not None:
+            params["dir"] = dir
+        params.update(self._filter_params(entity, filters or {}, ranges or {}))
+        answer = self._call("GET", entity.path, params=params)
+        if isinstance(answer, list):  # a server that answers lists without the envelope
+            answer = {"Records": answer, "HasNextPage": False}
+        try:
+            return Page.model_validate(answer)
+        except PydanticValidationError as exc:
+            raise ResponseFormatError(f"GET /{entity.path}: not a list envelope ({exc.errors()[0]['msg']})") from None
+
+    def iter_pages(
+        self,
+        entity: Entity,
+        *,
+        filters: Mapping[str, Any] | None = None,
+        ranges: Mapping[str, tuple[Any, Any]] | None = None,
+        ids: Iterable[int] | None = None,
+        page_size: int | None = None,
+        summary: PagingSummary | None = None,
+    ) -> Iterator[RecordPage]:
+        """Every matching record once, page by page, in Id order; bad records come back rejected.
+
+        `ids` looks records up by Id (in chunks, so any number of Ids fits the URL).
+        """
+        summary = summary or PagingSummary()
+        if ids is None:
+            yield from self._walk(entity, filters, ranges, page_size or self.page_size, summary)
+            return
+        wanted = sorted(set(ids))
+        for start in range(0, len(wanted), IDS_PER_REQUEST):
+            chunk = wanted[start : start + IDS_PER_REQUEST]
+            yield from self._walk(entity, {**(filters or {}), "Id": chunk}, ranges, len(chunk), summary)
+
+    def iter_records(self, entity: Entity, **kwargs: Any) -> Iterator[NexudusRecord]:
+        """Every matching record; raises on the first record that does not fit the model."""
+        for page in self.iter_pages(entity, **kwargs):
+            if page.rejected:
+                raise page.rejected[0]
+            yield from page.records
+
+    def find_by_ids(self, entity: Entity, ids: Iterable[int]) -> list[NexudusRecord]:
+        return list(self.iter_records(entity, ids=ids))
+
+    def _walk(
+        self,
+        entity: Entity,
+        filters: Mapping[str, Any] | None,
+        ranges: Mapping[str, tuple[Any, Any]] | None,
+        size: int,
+        summary: PagingSummary,
+    ) -> Iterator[RecordPage]:
+        paginator = PageNumberPaginator(
+            fetch=lambda number, size: self.list_page(entity, page=number, size=size, filters=filters, ranges=ranges),
+            size=size,
+            summary=summary,
+        )
+        for number, raw_records in enumerate(paginator, start=1):
+            records, rejected = [], []
+            for raw in raw_records:
+                try:
+                    records.append(parse_record(entity, raw))
+                except RecordValidationError as exc:
+                    rejected.append(exc)
+            yield RecordPage(number=number, records=records, rejected=rejected)
+        if summary.ended_short:
+            log.warning(
+                "%s: the list ended after %d records although the server announced %s",
+                entity.name,
+                summary.records,
+                summary.total_items,
+            )
+
+    def get(self, entity: Entity, record_id: int) -> NexudusRecord:
+        return parse_record(entity, self._get_raw(entity, record_id))
+
+    def commands(self, entity: Entity) -> list[CommandDescription]:
+        answer = self._call("GET", f"{entity.path}/commands")
+        if isinstance(answer, dict) and isinstance(answer.get("Records"), list):
+            answer = answer["Records"]
+        if not isinstance(answer, list):
+            raise ResponseFormatError(f"GET /{entity.path}/commands: expected a list of commands")
+        return [CommandDescription.model_validate(item) for item in answer]
+
+    # -- writing -------------------------------------------------------------------------
+
+    def create(self, entity: Entity, data: Mapping[str, Any]) -> ActionResult:
+        """POST a new record (wire names). Not retried once it may have reached the server."""
+        return self._action("POST", entity.path, json=dict(data), replay_safe=False)
+
+    def update(
+        self, entity: Entity, record: int | NexudusRecord, changes: Mapping[str, Any]
+    ) -> ActionResult:
+        """Change some fields and keep the rest.
+
+        A PUT clears every property missing from its body, so this reads the record, merges
+        `changes` (wire names) into it and PUTs the whole record. Pass the record you read
+        earlier instead of its Id to refuse the update when it changed in between.
+        """
+        unknown = sorted(set(changes) - set(entity.put_fields))
+        if unknown:
+            raise ValueError(f"{entity.name} has no updatable field(s) {', '.join(unknown)}")
+        record_id = record if isinstance(record, int) else record.id
+        current_raw = self._get_raw(entity, record_id)
+        current = parse_record(entity, current_raw)
+        if isinstance(record, NexudusRecord) and record.updated_on != current.updated_on:
+            raise StaleRecordError(
+                f"{entity.name} {record_id} changed since it was read "
+                f"(UpdatedOn {record.updated_on} then, {current.updated_on} now); read it again"
+            )
+        object_names = {legacy: wire for wire, legacy in entity.model.legacy_list_names().items()}
+        body = {object_names.get(key, key): value for key, value in current_raw.items()}
+        body.update(changes)
+        body["Id"] = record_id
+        return self._action("PUT", entity.path, json=body, replay_safe=True)
+
+    def delete(self, entity: Entity, record_id: int) -> ActionResult:
+        if not entity.deletable:
+            raise NexudusError(f"the API documents no DELETE for {entity.name}")
+        return self._action("DELETE", f"{entity.path}/{record_id}", replay_safe=True)
+
+    def run_command(
+        self,
+        entity: Entity,
+        key: str,
+        ids: Sequence[int],
+        parameters: Sequence[Mapping[str, Any]] = (),
+    ) -> ActionResult:
+        """POST `runcommand`. HTTP 200 is no success: a `WasSuccessful: false` answer raises."""
+        body = {"Key": key, "Ids": list(ids), "Parameters": [dict(p) for p in parameters]}
+        return self._action("POST", f"{entity.path}/runcommand", json=body, replay_safe=False)
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _get_raw(self, entity: Entity, record_id: int) -> dict[str, Any]:
+        answer = self._call("GET", f"{entity.path}/{int(record_id)}")
+        if not isinstance(answer, dict):
+            raise ResponseFormatError(f"GET /{entity.path}/{record_id}: expected a record object")
+        return answer
+
+    def _filter_params(
+        self, entity: Entity, filters: Mapping[str, Any], ranges: Mapping[str, tuple[Any, Any]]
+    ) -> dict[str, str]:
+        params = {entity.filter_name(name): _query_value(value) for name, value in filters.items()}
+        for name, (low, high) in ranges.items():
+            low_name, high_name = entity.range_names(name)
+            for param, bound in ((low_name, low), (high_name, high)):
+                if bound is not None:
+                    params[param] = format_minute(bound) if isinstance(bound, dt.datetime) else str(bound)
+        return params
+
+    def _action(self, method: str, path: str, *, replay_safe: bool, json: Any = None) -> ActionResult:
+        answer = self._call(method, path, json=json, replay_safe=replay_safe)
+        try:
+            result = ActionResult.model_validate(answer if isinstance(answer, dict) else {})
+        except PydanticValidationError as exc:
+            raise ResponseFormatError(f"{method} /{path}: unexpected answer ({exc.errors()[0]['msg']})") from None
+        if not result.was_successful:
+            raise ValidationError(
+                result.message or "the server answered WasSuccessful: false",
+                errors=result.errors,
+                status_code=result.status,
+                request=f"{method} /{path}",
+                answer=result,
+            )
+        return result
+
+    def _post_token(self, form: Mapping[str, str], headers: Mapping[str, str]) -> tuple[int, Any]:
+        answer = self._send("POST", f"{self.base_url}/token", data=form, headers=headers, replay_safe=True)
+        return answer.status, answer.body
+
+    def _call(self, method: str, path: str, *, params: Mapping[str, str] | None = None, json: Any = None,
+              replay_safe: bool | None = None) -> Any:
+        """Send an authenticated request and return its JSON; error answers become exceptions."""
+        safe = method in {"GET", "PUT", "DELETE"} if replay_safe is None else replay_safe
+        reauthenticated = False
+        while True:
+            answer = self._send(
+                method, f"{self.base_url}/{path}", params=params, json=json, replay_safe=safe,
+                auth_headers=self._auth.headers,
+            )
+            if answer.status == 401 and not reauthenticated and self._auth.invalidate():
+                reauthenticated = True
+                continue
+            if 200 <= answer.status < 300:
+                return answer.body
+            if answer.status == 404 and method == "DELETE" and answer.retried:
+                # An earlier attempt got no answer: it deleted the record.
+                return {"WasSuccessful": True, "Message": "The record was deleted (first answer lost)."}
+            raise _error_for(answer, f"{method} /{path}")
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        replay_safe: bool,
+        params: Mapping[str, str] | None = None,
+        json: Any = None,
+        data: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        auth_headers: Callable[[], dict[str, str]] | None = None,
+    ) -> _Answer:
+        """Pace, send, wait out throttling, and retry what is safe to retry."""
+        described = f"{method} {httpx.URL(url).path}"
+        write = method in {"POST", "PUT", "DELETE"}
+        started = time.monotonic()
+        attempts = throttled = 0
+        while True:
+            self.stats.paced_seconds += self._limiter.acquire(write=write)
+            request_headers = dict(headers or {})
+            if auth_headers is not None:
+                request_headers.update(auth_headers())
+            try:
+                response = self._http.request(method, url, params=params, json=json, data=data, headers=request_headers)
+                self.stats.requests += 1
+            except httpx.TransportError as exc:
+                never_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+                if not replay_safe and not never_sent:
+                    raise UncertainOutcomeError(
+                        f"{described}: no answer ({type(exc).__name__}); it may have been applied, so it was not retried"
+                    ) from None
+                problem = type(exc).__name__
+            else:
+                status = response.status_code
+                if status in (409, 429):
+                    throttled += 1
+                    self.stats.throttled += 1
+                    wait = _retry_after(response.headers.get("Retry-After"))
+                    wait = self.retry.backoff(throttled) if wait is None else wait
+                    if throttled > self.retry.max_throttled or time.monotonic() + wait - started > self.retry.max_elapsed:
+                        raise ThrottledError(
+                            f"still throttled after {throttled} answers (the server asks to wait {wait:.0f}s)",
+                            status_code=status,
+                            request=described,
+                        )
+                    log.warning("%s throttled (HTTP %d); waiting %.2fs as told", described, status, wait)
+                    self._limiter.pause_until(time.monotonic() + wait)
+                    continue
+                if status >= 500 and not replay_safe:
+                    raise ServerError(
+                        f"{_message(response) or 'server error'}; it may have been applied, so it was not retried",
+                        status_code=status,
+                        request=described,
+                    )
+                if status < 300:
+                    try:
+                        return _Answer(status, _parse_json(response, described), response, attempts > 0)
+                    except ResponseFormatError:
+                        if not replay_safe:
+                            raise
+                        problem = "an answer that is not JSON"
+                elif status < 500:
+                    return _Answer(status, _json_or_none(response), response, attempts > 0)
+                else:
+                    problem = f"HTTP {status}"
+            attempts += 1
+            self.stats.retries += 1
+            wait = self.retry.backoff(attempts)
+            if attempts >= self.retry.max_attempts or time.monotonic() + wait - started > self.retry.max_elapsed:
+                message = f"{described}: gave up after {attempts} attempts, the last one got {problem}"
+                if problem.startswith("HTTP"):
+                    raise ServerError(message)
+                if problem.startswith("an answer"):
+                    raise ResponseFormatError(message)
+                raise TransportError(message)
+            log.warning("%s: %s; retry %d in %.2fs", described, problem, attempts, wait)
+            self._sleep(wait)
+
+
+@dataclass
+class _Answer:
+    status: int
+    body: Any
+    response: httpx.Response
+    #: Earlier attempts failed without an answer; the server may have seen one of them.
+    retried: bool
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (moment - dt.datetime.now(dt.UTC)).total_seconds())
+
+
+def _parse_json(response: httpx.Response, described: str) -> Any:
+    content_type = response.headers.get("Content-Type", "")
+    body = response.content
+    if not body.strip():
+        return None
+    if "html" in content_type or body.lstrip()[:1] == b"<":
+        raise ResponseFormatError(
+            f"{described}: expected JSON, got {content_type or 'HTML'} (HTTP {response.status_code}): "
+            f"{body[:80].decode('utf-8', 'replace')!r}"
+        )
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise ResponseFormatError(
+            f"{described}: malformed JSON (HTTP {response.status_code}, {len(body)} bytes): {exc}"
+        ) from None
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _message(response: httpx.Response) -> str | None:
+    answer = _json_or_none(response)
+    if isinstance(answer, dict):
+        return answer.get("Message") or answer.get("message")
+    if isinstance(answer, str):
+        return answer
+    return None
+
+
+def _error_for(answer: _Answer, described: str) -> APIError:
+    status = answer.status
+    message = _message(answer.response) or answer.response.reason_phrase or "error"
+    if status in (401, 403):
+        return AuthenticationError(
+            f"{message} (check NEXUDUS_USERNAME/NEXUDUS_PASSWORD and the user's roles)",
+            status_code=status,
+            request=described,
+        )
+    if status == 404:
+        return NotFoundError(message, status_code=status, request=described)
+    if status == 400:
+        body = answer.body
+        errors = None
+        if isinstance(body, dict) and isinstance(body.get("Errors"), list):
+            errors = [FieldError.model_validate(item) for item in body["Errors"] if isinstance(item, dict)]
+        return ValidationError(message, errors=errors, status_code=status, request=described, answer=body)
+    return APIError(message, status_code=status, request=described)
+
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "NexudusClient",
+    "RecordPage",
+    "RequestStats",
+    "RetryPolicy",
+    "format_minute",
+    "parse_record",
+]

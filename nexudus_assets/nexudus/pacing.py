@@ -1,0 +1,133 @@
+"""Client-side pacing to the published limits, one budget per account in the process."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Window:
+    requests: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """Sliding windows every request must fit; writes (POST/PUT/DELETE) must also fit `writes`."""
+
+    all_methods: tuple[Window, ...] = (
+        Window(1, 0.1),
+        Window(120, 60),
+        Window(5_000, 3_600),
+        Window(200_000, 86_400),
+    )
+    writes: tuple[Window, ...] = (Window(60, 60), Window(5_000, 86_400))
+    #: Added to every window: the server counts arrivals, we count departures, and the two
+    #: drift apart by the network's jitter.
+    margin: float = 0.01
+
+    @classmethod
+    def unlimited(cls) -> RateLimits:
+        return cls(all_methods=(), writes=())
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> RateLimits:
+        """`NEXUDUS_PACING=off` disables pacing (for servers without limits); the rest override numbers."""
+        if environ.get("NEXUDUS_PACING", "on").lower() in {"off", "false", "0", "no"}:
+            return cls.unlimited()
+
+        def number(name: str, default: float) -> float:
+            return float(environ.get(name, default))
+
+        return cls(
+            all_methods=(
+                Window(1, number("NEXUDUS_MIN_INTERVAL_MS", 100) / 1000),
+                Window(int(number("NEXUDUS_MAX_PER_MINUTE", 120)), 60),
+                Window(int(number("NEXUDUS_MAX_PER_HOUR", 5_000)), 3_600),
+                Window(int(number("NEXUDUS_MAX_PER_DAY", 200_000)), 86_400),
+            ),
+            writes=(
+                Window(int(number("NEXUDUS_MAX_WRITES_PER_MINUTE", 60)), 60),
+                Window(int(number("NEXUDUS_MAX_WRITES_PER_DAY", 5_000)), 86_400),
+            ),
+            margin=number("NEXUDUS_PACING_MARGIN_MS", 10) / 1000,
+        )
+
+
+#: Differences below this are rounding noise in the clock arithmetic, not time.
+_CLOCK_TOLERANCE = 1e-6
+
+
+@dataclass
+class _SlidingLog:
+    window: Window
+    sent: deque[float] = field(default_factory=deque)
+
+    def wait(self, now: float, margin: float) -> float:
+        period = self.window.seconds + margin
+        while self.sent and now - self.sent[0] >= period - _CLOCK_TOLERANCE:
+            self.sent.popleft()
+        if len(self.sent) < self.window.requests:
+            return 0.0
+        return self.sent[0] + period - now
+
+
+class RateLimiter:
+    """Blocks each caller until its request fits every window, then books it.
+
+    Thread-safe. The lock is held while waiting on purpose: callers queue in order and
+    nobody can book a slot another caller is already waiting for.
+    """
+
+    def __init__(
+        self,
+        limits: RateLimits,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.limits = limits
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._all = [_SlidingLog(w) for w in limits.all_methods]
+        self._writes = [_SlidingLog(w) for w in limits.writes]
+        self._paused_until = 0.0
+
+    def acquire(self, *, write: bool) -> float:
+        """Wait for a slot and take it; returns the seconds waited."""
+        logs = self._all + self._writes if write else self._all
+        waited = 0.0
+        with self._lock:
+            while True:
+                now = self._clock()
+                delay = max([self._paused_until - now] + [log.wait(now, self.limits.margin) for log in logs])
+                if delay <= 0:
+                    for log in logs:
+                        log.sent.append(now)
+                    return waited
+                self._sleep(delay)
+                waited += delay
+
+    def pause_until(self, moment: float) -> None:
+        """The server said `Retry-After`: nobody sharing this budget sends before `moment`."""
+        # Not under the lock: a waiter holds it, and a late pause only lengthens the next wait.
+        self._paused_until = max(self._paused_until, moment)
+
+
+_shared: dict[tuple[str, str, RateLimits], RateLimiter] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_limiter(base_url: str, username: str, limits: RateLimits) -> RateLimiter:
+    """The process-wide budget for one account on one server."""
+    key = (base_url.rstrip("/").lower(), username.lower(), limits)
+    with _shared_lock:
+        if key not in _shared:
+            _shared[key] = RateLimiter(limits)
+        return _shared[key]

@@ -1,0 +1,94 @@
+"""Page-number paging that survives records being inserted or deleted while it walks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from nexudus_assets.nexudus.errors import ResponseFormatError
+from nexudus_assets.nexudus.models import Page
+
+
+@dataclass
+class PagingSummary:
+    pages: int = 0
+    records: int = 0
+    #: The last `TotalItems` the server claimed.
+    total_items: int | None = None
+    #: The list ended before the count the server promised (a truncated or inflated answer).
+    ended_short: bool = False
+    #: Times a shrinking total made the walk step back.
+    backoffs: int = 0
+
+
+@dataclass
+class PageNumberPaginator:
+    """Walks `page=1, 2, ...` of a list ordered by Id and yields each record's raw JSON once.
+
+    Deleting a record the walk has passed shifts every later record one place to the left,
+    so the next page would start one record late. A drop in `TotalItems` gives that away:
+    the walk steps back as many pages as the drop spans and re-reads them. Records it has
+    already yielded are recognised by Id, so re-reads, and inserts that shift records to
+    the right, never yield a record twice.
+    """
+
+    fetch: Callable[[int, int], Page]
+    size: int
+    max_backoffs: int = 50
+    summary: PagingSummary = field(default_factory=PagingSummary)
+
+    def __iter__(self) -> Iterator[list[dict[str, Any]]]:
+        seen: set[Any] = set()
+        number = 1
+        previous_total: int | None = None
+        stale_pages = 0
+        while True:
+            page = self.fetch(number, self.size)
+            self.summary.pages += 1
+            records = page.records
+            step = max(page.current_page_size or 0, len(records), 1)
+            total = page.total_items
+            if previous_total is not None and total is not None and total < previous_total and number > 1:
+                self.summary.backoffs += 1
+                if self.summary.backoffs > self.max_backoffs:
+                    raise ResponseFormatError(
+                        f"the list kept shrinking while being read ({self.summary.backoffs} step-backs); try again later"
+                    )
+                number = max(1, number - math.ceil((previous_total - total) / step))
+                previous_total = total
+                continue
+            previous_total = total
+            self.summary.total_items = total
+
+            fresh = []
+            for record in records:
+                key = record.get("Id") if isinstance(record, dict) else None
+                if key is None:
+                    key = ("without-id", repr(record))
+                if key not in seen:
+                    seen.add(key)
+                    fresh.append(record)
+            # A step back re-reads pages it has seen; three stale pages in a row mean the
+            # server is not paging at all (it ignores `page`).
+            stale_pages = stale_pages + 1 if records and not fresh else 0
+            if stale_pages >= 3:
+                raise ResponseFormatError(
+                    f"pages {number - 2} to {number} repeat records already read: the server ignores `page`"
+                )
+            if fresh:
+                self.summary.records += len(fresh)
+                yield fresh
+
+            if not records or not self._has_next(page, number, len(records)):
+                break
+            number += 1
+        self.summary.ended_short = total is not None and self.summary.records < total
+
+    def _has_next(self, page: Page, number: int, count: int) -> bool:
+        if page.has_next_page is not None:
+            return page.has_next_page
+        if page.total_pages is not None:
+            return number < page.total_pages
+        return count >= self.size

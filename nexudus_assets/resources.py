@@ -1,0 +1,65 @@
+"""Dagster resources: the Nexudus account and the DuckDB warehouse, configured from the environment."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+from dagster_duckdb import DuckDBResource
+from pydantic import Field
+
+from nexudus_assets.nexudus import DEFAULT_BASE_URL, NexudusClient, RateLimits
+
+
+class NexudusResource(dg.ConfigurableResource):
+    """One Nexudus account. Every client it hands out shares the account's request budget."""
+
+    base_url: str = Field(default=DEFAULT_BASE_URL, description="API base, e.g. https://spaces.nexudus.com/api")
+    username: str = Field(description="The Nexudus user (email) the API calls run as.")
+    password: str = Field(description="That user's password. Set it with an EnvVar; it is never logged.")
+    auth: str = Field(default="basic", description="'basic', or 'bearer' for the token endpoint.")
+    totp: str | None = Field(default=None, description="TOTP secret (or a current code) for two-factor accounts.")
+    page_size: int = Field(default=1000, description="Records per list request (at most 1000).")
+
+    def get_client(self) -> NexudusClient:
+        # Pacing numbers come from NEXUDUS_PACING / NEXUDUS_MAX_* (see README): one place for them.
+        return NexudusClient(
+            self.base_url,
+            self.username,
+            self.password,
+            auth=self.auth,  # type: ignore[arg-type]
+            totp=self.totp,
+            page_size=self.page_size,
+            limits=RateLimits.from_env(),
+        )
+
+
+#: DuckDB takes 80% of RAM by default; a sync needs little (it spills to disk past the limit),
+#: and a progress bar on stderr only clutters run logs. `connection_config` overrides these.
+DEFAULT_SETTINGS = {"memory_limit": "256MB", "enable_progress_bar": "false"}
+
+
+class WarehouseResource(DuckDBResource):
+    """The DuckDB file. Connections are short-lived: DuckDB lets one process write at a time."""
+
+    @contextmanager
+    def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        Path(self.database).parent.mkdir(parents=True, exist_ok=True)
+        with super().get_connection() as conn:
+            try:
+                for setting, value in DEFAULT_SETTINGS.items():
+                    if setting not in self.connection_config:
+                        conn.execute(f"SET {setting} = '{value}'")
+                yield conn
+            finally:
+                conn.close()
+
+    @contextmanager
+    def read_only_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """For sensors. Raises `duckdb.IOException` while a run holds the file: skip and retry."""
+        conn = duckdb.connect(self.database, read_only=True)
+        try:
+            yield conn
+        finally:
+            conn.close()

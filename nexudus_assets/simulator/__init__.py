@@ -1,0 +1,17 @@
+"""A Nexudus-compatible HTTP server with generated data, for tests and benchmarks.
+
+    from nexudus_assets.simulator import Simulator, Faults
+
+    sim = Simulator(seed=1, tokens=100)
+    with sim.serve() as server:
+        ...  # talk to server.base_url
+
+It shares the entity descriptions and models of `nexudus_assets.nexudus` but never the client.
+"""
+
+from nexudus_assets.simulator.core import Simulator
+from nexudus_assets.simulator.faults import Faults
+from nexudus_assets.simulator.limits import Limits
+from nexudus_assets.simulator.server import SimulatorServer
+
+__all__ = ["Faults", "Limits", "Simulator", "SimulatorServer"]

@@ -1,0 +1,3 @@
+from nexudus_assets.simulator.cli import main
+
+main()

@@ -1,0 +1,221 @@
+"""From an HTTP request to its answer: faults, sign-in, limits, routing, admin endpoints.
+
+Kept apart from `server.py` so that the request pipeline reads top to bottom without any
+socket handling in the way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.message import Message
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+from nexudus_assets.nexudus.entities import ENTITIES, Entity
+from nexudus_assets.simulator.auth import TokenError
+
+if TYPE_CHECKING:
+    from nexudus_assets.simulator.core import Simulator
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json; charset=utf-8"
+WRITES = frozenset({"POST", "PUT", "DELETE"})
+THROTTLED_TEXT = b"You must wait before accessing this url again."
+DENIED = {"Message": "Authorization has been denied for this request."}
+SERVER_ERROR = {"Message": "An error has occurred."}
+MAINTENANCE_PAGE = (
+    b"<!DOCTYPE html>\n<html><head><title>Down for maintenance</title></head>"
+    b"<body><h1>We'll be back shortly</h1><p>Nexudus is undergoing scheduled maintenance.</p></body></html>\n"
+)
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: Message
+    body: bytes
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body) if self.body else None
+        except ValueError:
+            return None
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes = b""
+    content_type: str = JSON
+    headers: dict[str, str] = field(default_factory=dict)
+    #: Close the connection without answering.
+    drop: bool = False
+    #: Run after the answer has been sent (the `on_list_page` hook).
+    after: Callable[[], None] | None = None
+
+
+def json_reply(status: int, payload: Any) -> Reply:
+    return Reply(status, json.dumps(payload, separators=(",", ":")).encode())
+
+
+def throttled(retry_after: int) -> Reply:
+    return Reply(409, THROTTLED_TEXT, "text/plain; charset=utf-8", {"Retry-After": str(retry_after)})
+
+
+def handle(sim: Simulator, request: Request) -> Reply:
+    if request.path.startswith("/_simulator/"):
+        return _admin(sim, request)
+    try:
+        reply = _api(sim, request)
+    except Exception:
+        log.exception("simulator failed on %s %s", request.method, request.path)
+        reply = json_reply(500, SERVER_ERROR)
+    sim.record_request(request.method, request.path, request.query, 0 if reply.drop else reply.status)
+    return reply
+
+
+def _api(sim: Simulator, request: Request) -> Reply:
+    is_token = request.path.lower().rstrip("/") == "/api/token"
+    malformed = False
+    if not is_token or sim.faults.include_token_endpoint:
+        fault = _fault(sim)
+        if isinstance(fault, Reply):
+            return fault
+        malformed = fault
+    if is_token:
+        reply = _token(sim, request)
+    else:
+        user = sim.accounts.authenticate(request.headers.get("Authorization"))
+        if user is None:
+            return json_reply(401, DENIED)
+        wait = sim.limiter.admit(user, request.method in WRITES) if sim.enforce_limits else None
+        reply = throttled(wait) if wait is not None else _route(sim, request, user)
+    if malformed:
+        return Reply(200, reply.body[: len(reply.body) // 2], JSON, after=reply.after)
+    return reply
+
+
+def _fault(sim: Simulator) -> Reply | bool:
+    """A fault answer, or whether the real answer is to be cut short."""
+    faults = sim.faults
+    delay = faults.delay_seconds()
+    if delay:
+        time.sleep(delay)
+    if faults.roll(faults.drop_rate):
+        return Reply(0, drop=True)
+    if faults.roll(faults.error_rate):
+        return json_reply(500, SERVER_ERROR)
+    if faults.roll(faults.throttle_rate):
+        return throttled(max(0, faults.retry_after))
+    if faults.roll(faults.html_rate):
+        return Reply(200, MAINTENANCE_PAGE, "text/html; charset=utf-8")
+    return faults.roll(faults.malformed_rate)
+
+
+def _token(sim: Simulator, request: Request) -> Reply:
+    if request.method != "POST":
+        return _not_allowed(request.method)
+    if sim.enforce_limits:
+        # The simulator has one account, and a refresh request names no user: count them all to it.
+        wait = sim.limiter.admit(sim.accounts.username, write=True)
+        if wait is not None:
+            return throttled(wait)
+    text = request.body.decode("utf-8", "replace")
+    if "json" in request.headers.get("Content-Type", "").lower() or text.lstrip().startswith("{"):
+        return json_reply(400, {"error": "unsupported_grant_type"})
+    form = dict(parse_qsl(text, keep_blank_values=True))
+    client_id = request.headers.get("client_id") or form.get("client_id")
+    grant_type = form.get("grant_type")
+    try:
+        if grant_type == "password":
+            return json_reply(200, sim.accounts.sign_in(form, client_id))
+        if grant_type == "refresh_token":
+            return json_reply(200, sim.accounts.refresh(form, client_id))
+    except TokenError as refused:
+        return json_reply(400, refused.answer)
+    return json_reply(400, {"error": "unsupported_grant_type"})
+
+
+def _route(sim: Simulator, request: Request, user: str) -> Reply:
+    rest = request.path.lower()[len("/api/") :].strip("/")
+    method = request.method
+    for entity in ENTITIES:
+        if rest == entity.path:
+            if method == "GET":
+                return _list(sim, entity, request.query)
+            if method == "POST":
+                return json_reply(*sim.create(entity, request.json(), user))
+            if method == "PUT":
+                return json_reply(*sim.replace(entity, request.json(), user))
+            return _not_allowed(method)
+        if not rest.startswith(entity.path + "/"):
+            continue
+        tail = rest[len(entity.path) + 1 :]
+        if tail == "commands":
+            return json_reply(200, sim.command_catalogue(entity)) if method == "GET" else _not_allowed(method)
+        # The reference shows both spellings, and GET as well as POST.
+        if tail in ("runcommand", "runacommand"):
+            if method in ("POST", "GET"):
+                return json_reply(200, sim.run_command(entity, request.json(), user))
+            return _not_allowed(method)
+        if tail.isdigit():
+            if method == "GET":
+                return json_reply(*sim.read(entity, int(tail)))
+            if method == "DELETE" and entity.deletable:
+                return json_reply(*sim.remove(entity, int(tail)))
+            return _not_allowed(method)
+        break
+    return _no_route(request)
+
+
+def _list(sim: Simulator, entity: Entity, query: dict[str, str]) -> Reply:
+    envelope, page = sim.list_page(entity, query)
+    reply = json_reply(200, envelope)
+    hook = sim.on_list_page
+    if hook is not None:
+        reply.after = lambda: hook(entity, page)
+    return reply
+
+
+def _not_allowed(method: str) -> Reply:
+    return json_reply(405, {"Message": f"The requested resource does not support http method '{method}'."})
+
+
+def _no_route(request: Request) -> Reply:
+    return json_reply(
+        404, {"Message": f"No HTTP resource was found that matches the request URI '{request.path}'."}
+    )
+
+
+def _admin(sim: Simulator, request: Request) -> Reply:
+    """Test controls for a simulator running in another process. No auth, not counted."""
+    action = request.path[len("/_simulator/") :].strip("/")
+    body = request.json()
+    if action == "health" and request.method == "GET":
+        return json_reply(200, {"status": "ok", "records": {e.name: len(sim.table(e)) for e in ENTITIES}})
+    if action == "stats" and request.method == "GET":
+        return json_reply(200, sim.stats)
+    if action == "reset-stats" and request.method == "POST":
+        sim.reset_stats()
+        return json_reply(200, sim.stats)
+    if action == "faults" and request.method in ("GET", "POST"):
+        if request.method == "POST":
+            try:
+                sim.faults.update(body if isinstance(body, dict) else {})
+            except (KeyError, TypeError, ValueError) as bad:
+                return json_reply(400, {"Message": f"Cannot set faults: {bad}"})
+        return json_reply(200, sim.faults.to_dict())
+    if action == "mutate" and request.method == "POST" and isinstance(body, dict):
+        try:
+            counts = {name: int(body.get(name, 0)) for name in ("update", "insert", "delete")}
+            return json_reply(200, sim.mutate(str(body.get("entity")), **counts))
+        except (KeyError, ValueError) as bad:
+            return json_reply(400, {"Message": f"Cannot mutate: {bad}"})
+    return json_reply(404, {"Message": f"Unknown simulator control {request.method} {request.path}"})

@@ -1,0 +1,77 @@
+"""`nexudus-simulator`: run the simulator as a process until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import signal
+import threading
+from collections.abc import Sequence
+
+from nexudus_assets.simulator.core import Simulator
+from nexudus_assets.simulator.faults import Faults
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nexudus-simulator", description="A Nexudus-compatible API with generated data."
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--tokens", type=int, default=100)
+    parser.add_argument("--contracts", type=int, default=50)
+    parser.add_argument("--passes", type=int, default=50)
+    parser.add_argument("--now", type=dt.datetime.fromisoformat, help="ISO time the data is generated around")
+    parser.add_argument("--list-shape", choices=("legacy", "modern"), default="legacy")
+    parser.add_argument("--username", default="admin@example.com")
+    parser.add_argument("--password", default="simulator-password")
+    parser.add_argument("--totp-secret", help="base32; sign-in then needs a TOTP code")
+    parser.add_argument("--enforce-limits", action="store_true", help="answer 409 past the published limits")
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--jitter-ms", type=float, default=0.0)
+    parser.add_argument("--error-rate", type=float, default=0.0)
+    parser.add_argument("--throttle-rate", type=float, default=0.0)
+    parser.add_argument("--drop-rate", type=float, default=0.0)
+    parser.add_argument("--malformed-rate", type=float, default=0.0)
+    parser.add_argument("--html-rate", type=float, default=0.0)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    faults = Faults(
+        latency_ms=args.latency_ms,
+        jitter_ms=args.jitter_ms,
+        error_rate=args.error_rate,
+        throttle_rate=args.throttle_rate,
+        drop_rate=args.drop_rate,
+        malformed_rate=args.malformed_rate,
+        html_rate=args.html_rate,
+        seed=args.seed,
+    )
+    simulator = Simulator(
+        seed=args.seed,
+        tokens=args.tokens,
+        contracts=args.contracts,
+        passes=args.passes,
+        now=args.now,
+        list_shape=args.list_shape,
+        username=args.username,
+        password=args.password,
+        totp_secret=args.totp_secret,
+        enforce_limits=args.enforce_limits,
+        faults=faults,
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    with simulator.serve(port=args.port, host=args.host) as server:
+        print(f"Nexudus simulator listening on {server.base_url}", flush=True)
+        # A timed wait lets the signal handler run promptly on every platform.
+        while not stop.wait(0.5):
+            pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,504 @@
+"""The simulated Nexudus account: its records, the API's semantics on them, and test hooks.
+
+All record access goes through one lock, so the Python API is safe to use while the HTTP
+server runs. The HTTP layer (`api.py`, `server.py`) only parses, authenticates and frames.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import random
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
+from typing import TYPE_CHECKING, Any, Literal
+
+from nexudus_assets.nexudus.entities import (
+    ACCESS_TOKENS,
+    COWORKER_CONTRACTS,
+    COWORKER_TIME_PASSES,
+    ENTITIES,
+    Entity,
+)
+from nexudus_assets.simulator import commands
+from nexudus_assets.simulator.auth import Accounts
+from nexudus_assets.simulator.data import Generator, World, label, utc_stamp
+from nexudus_assets.simulator.faults import Faults
+from nexudus_assets.simulator.limits import Limits, RateLimiter
+from nexudus_assets.simulator.store import Table, coerce
+
+if TYPE_CHECKING:
+    from nexudus_assets.simulator.server import SimulatorServer
+
+ListShape = Literal["legacy", "modern"]
+Answer = tuple[int, Any]  # (HTTP status, JSON body)
+
+#: Where each entity's Ids start; distinct ranges make Ids mixed up between entities visible.
+FIRST_IDS = {
+    ACCESS_TOKENS.name: 10_000_000,
+    COWORKER_CONTRACTS.name: 20_000_000,
+    COWORKER_TIME_PASSES.name: 30_000_000,
+}
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 25
+NOT_FOUND: Answer = (404, "Not found")
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+
+
+def _naive_utc(moment: dt.datetime | None) -> dt.datetime:
+    if moment is None:
+        return _utc_now().replace(hour=0, minute=0, second=0)
+    return moment.astimezone(dt.UTC).replace(tzinfo=None) if moment.tzinfo else moment
+
+
+def _int_param(params: Mapping[str, str], name: str, default: int) -> int:
+    for key, value in params.items():
+        if key.lower() == name:
+            try:
+                return int(value)
+            except ValueError:
+                return default
+    return default
+
+
+def validation_answer(errors: list[tuple[str, Any, str]]) -> Answer:
+    """HTTP 400 in the documented shape; errors are (property, attempted value, message)."""
+    prop, _, message = errors[0]
+    return 400, {
+        "Status": 400,
+        "Message": f"{prop}: {message}",
+        "Value": None,
+        "WasSuccessful": False,
+        "Errors": [
+            {"AttemptedValue": value, "Message": msg, "PropertyName": name} for name, value, msg in errors
+        ],
+    }
+
+
+def _empty(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+class Simulator:
+    def __init__(
+        self,
+        seed: int = 1,
+        tokens: int = 100,
+        contracts: int = 50,
+        passes: int = 50,
+        now: dt.datetime | None = None,
+        list_shape: ListShape = "legacy",
+        username: str = "admin@example.com",
+        password: str = "simulator-password",
+        totp_secret: str | None = None,
+        access_token_ttl: float = 7 * 24 * 3600,
+        refresh_token_ttl: float = 15 * 24 * 3600,
+        enforce_limits: bool = False,
+        faults: Faults | None = None,
+        limits: Limits | None = None,
+    ) -> None:
+        if list_shape not in ("legacy", "modern"):
+            raise ValueError(f"list_shape must be 'legacy' or 'modern', not {list_shape!r}")
+        self.now = _naive_utc(now)
+        self.list_shape: ListShape = list_shape
+        self.accounts = Accounts(username, password, totp_secret, access_token_ttl, refresh_token_ttl)
+        self.enforce_limits = enforce_limits
+        self.limiter = RateLimiter(limits or Limits())
+        self.faults = faults if faults is not None else Faults(seed=seed)
+        #: Called with (entity, page number) after each list page is sent, outside the lock.
+        self.on_list_page: Callable[[Entity, int], None] | None = None
+        self._lock = threading.RLock()
+        self._stats_lock = threading.Lock()
+        self._reset_stats()
+        self._commands_run: list[dict[str, Any]] = []
+
+        self.world = World(random.Random(f"{seed}:world"))
+        # Each entity draws from its own stream so that one entity's count leaves the others alone.
+        self._mutator = Generator(random.Random(f"{seed}:mutations"), self.world)
+        self._tables: dict[str, Table] = {}
+        for entity, count in (
+            (ACCESS_TOKENS, tokens),
+            (COWORKER_CONTRACTS, contracts),
+            (COWORKER_TIME_PASSES, passes),
+        ):
+            table = Table(entity, partial(self._mutator.display, entity))
+            generator = Generator(random.Random(f"{seed}:{entity.name}"), self.world)
+            for record in generator.records(entity, count, FIRST_IDS[entity.name], self.now):
+                table.add(record["Id"], record)
+            self._tables[entity.name] = table
+
+    # ---------------------------------------------------------------- serving
+
+    def serve(self, port: int = 0, host: str = "127.0.0.1") -> SimulatorServer:
+        """Start answering HTTP in a background thread; use as a context manager to stop it."""
+        from nexudus_assets.simulator.server import SimulatorServer
+
+        return SimulatorServer(self, host, port)
+
+    # ---------------------------------------------------------------- data access for tests
+
+    def table(self, entity: Entity | str) -> Table:
+        """An entity by `Entity`, its name (`AccessToken`) or its table (`access_tokens`)."""
+        if isinstance(entity, Entity):
+            return self._tables[entity.name]
+        for candidate in ENTITIES:
+            if entity in (candidate.name, candidate.table):
+                return self._tables[candidate.name]
+        raise KeyError(f"unknown entity {entity!r}")
+
+    def records(self, entity: Entity | str) -> list[dict[str, Any]]:
+        with self._lock:
+            table = self.table(entity)
+            return [dict(table[key]) for key in table.ordered_keys()]
+
+    def get(self, entity: Entity | str, record_id: int) -> dict[str, Any] | None:
+        with self._lock:
+            record = self.table(entity).get(record_id)
+            return dict(record) if record is not None else None
+
+    def insert(self, entity: Entity | str, count: int = 1) -> list[int]:
+        with self._lock:
+            table = self.table(entity)
+            ids = []
+            for _ in range(count):
+                now = _utc_now()
+                record_id = self._next_id(table)
+                table.add(record_id, self._mutator.record(table.entity, record_id, now, now, now))
+                ids.append(record_id)
+            return ids
+
+    def update(
+        self, entity: Entity | str, ids: Iterable[int], changes: Mapping[str, Any] | None = None
+    ) -> None:
+        """Change records by wire name (None: a realistic random change). Bumps UpdatedOn."""
+        with self._lock:
+            table = self.table(entity)
+            now = _utc_now()
+            for record in self._existing(table, ids):
+                record.update(UpdatedOn=utc_stamp(now), UpdatedBy="System")
+                record.update(
+                    changes if changes is not None else self._mutator.change(table.entity, record, now)
+                )
+            table.changed()
+
+    def delete(self, entity: Entity | str, ids: Iterable[int]) -> None:
+        with self._lock:
+            table = self.table(entity)
+            ids = list(ids)
+            self._existing(table, ids)
+            for record_id in ids:
+                table.remove(record_id)
+
+    @staticmethod
+    def _existing(table: Table, ids: Iterable[int]) -> list[dict[str, Any]]:
+        """The records, or KeyError before anything changes if one is missing."""
+        found = []
+        for record_id in ids:
+            record = table.get(record_id)
+            if record is None:
+                raise KeyError(f"{table.entity.name} {record_id} does not exist")
+            found.append(record)
+        return found
+
+    def put_raw(self, entity: Entity | str, record: dict[str, Any]) -> int:
+        """Store a record exactly as given, to be served verbatim. Returns the key it is
+        ordered by: its Id when that is an int, otherwise a fresh one."""
+        with self._lock:
+            table = self.table(entity)
+            record_id = record.get("Id")
+            if not isinstance(record_id, int) or isinstance(record_id, bool):
+                record_id = self._next_id(table)
+            table.add(record_id, dict(record), raw=True)
+            return record_id
+
+    def mutate(
+        self, entity: Entity | str, update: int = 0, insert: int = 0, delete: int = 0
+    ) -> dict[str, list[int]]:
+        """A random realistic mix of changes, deterministic per seed. Returns the Ids touched."""
+        with self._lock:
+            table = self.table(entity)
+            keys = table.ordered_keys()
+            candidates = [key for key in keys if key not in table.raw] if table.raw else keys
+            chosen = self._mutator.rng.sample(candidates, min(update + delete, len(candidates)))
+            deleted, updated = sorted(chosen[:delete]), sorted(chosen[delete:])
+            self.update(table.entity, updated)
+            self.delete(table.entity, deleted)
+            inserted = self.insert(table.entity, insert)
+        return {"updated": updated, "inserted": inserted, "deleted": deleted}
+
+    def _next_id(self, table: Table) -> int:
+        return table.last_key + self._mutator.rng.choice((1, 1, 2, 3))
+
+    def revoke_tokens(self) -> None:
+        """Invalidate every access and refresh token issued so far, as a password change would."""
+        self.accounts.revoke()
+
+    def issued_tokens(self) -> list[str]:
+        """Every access and refresh token handed out, e.g. to check that none leaks into logs."""
+        return self.accounts.issued()
+
+    # ---------------------------------------------------------------- observations
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        with self._stats_lock:
+            return {
+                "requests": self._requests,
+                "throttled": self._throttled,
+                "by_status": dict(self._by_status),
+                "by_path": dict(self._by_path),
+            }
+
+    def reset_stats(self) -> None:
+        """Zero the counters and clear the request log."""
+        with self._stats_lock:
+            self._reset_stats()
+
+    def _reset_stats(self) -> None:
+        self._requests = self._throttled = 0
+        self._by_status: Counter[int] = Counter()
+        self._by_path: Counter[str] = Counter()
+        self._request_log: list[tuple[str, str, dict[str, str], int]] = []
+
+    def record_request(self, method: str, path: str, query: dict[str, str], status: int) -> None:
+        """Status 0 stands for a request answered by closing the connection."""
+        with self._stats_lock:
+            self._requests += 1
+            self._throttled += status == 409
+            self._by_status[status] += 1
+            self._by_path[path] += 1
+            self._request_log.append((method, path, query, status))
+
+    @property
+    def request_log(self) -> list[tuple[str, str, dict[str, str], int]]:
+        with self._stats_lock:
+            return list(self._request_log)
+
+    @property
+    def commands_run(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._commands_run)
+
+    # ---------------------------------------------------------------- API semantics
+
+    def list_page(self, entity: Entity, params: Mapping[str, str]) -> tuple[dict[str, Any], int]:
+        """A list answer (envelope and records in the configured shape) and its page number."""
+        page = max(1, _int_param(params, "page", 1))
+        size = min(MAX_PAGE_SIZE, max(1, _int_param(params, "size", DEFAULT_PAGE_SIZE)))
+        with self._lock:
+            table = self.table(entity)
+            query = table.parse_query(params)
+            keys = table.select(query)
+            start = (page - 1) * size
+            records = [self._list_record(table, key) for key in keys[start : start + size]]
+            total = len(keys)
+        claimed = total + max(0, self.faults.total_items_inflation)
+        pages = math.ceil(claimed / size)
+        first = start + 1 if claimed else 0
+        return {
+            "Records": records,
+            "CurrentPageSize": size,
+            "CurrentPage": page,
+            "CurrentOrderField": query.order_by,
+            "CurrentSortDirection": -1 if query.descending else 1,
+            "FirstItem": first,
+            "HasNextPage": page < pages,
+            "HasPreviousPage": page > 1,
+            "LastItem": min(start + size, claimed) if claimed else 0,
+            "PageNumber": page,
+            "PageSize": size,
+            "TotalItems": claimed,
+            "TotalPages": pages,
+        }, page
+
+    def _list_record(self, table: Table, key: int) -> dict[str, Any]:
+        row = table[key]
+        if key in table.raw:
+            return dict(row)
+        display = self._mutator.display(table.entity, row)
+        if self.list_shape == "modern":
+            return {**row, **display}
+        rename = table.legacy
+        shaped = {rename.get(name, name): value for name, value in row.items()}
+        shaped.update((rename.get(name, name), value) for name, value in display.items())
+        return shaped
+
+    def read(self, entity: Entity, record_id: int) -> Answer:
+        record = self.get(entity, record_id)
+        return (200, record) if record is not None else NOT_FOUND
+
+    def _body_values(
+        self, table: Table, body: dict[str, Any], names: Iterable[str]
+    ) -> tuple[dict[str, Any], list[tuple[str, Any, str]]]:
+        """Typed values for `names` found in a request body (any accepted spelling)."""
+        given: dict[str, Any] = {}
+        for name, value in body.items():
+            wire = table.field(name)
+            # The object-shape name wins over an older alias (`BusinessId` over `Business`).
+            if wire is not None and (name == wire or wire not in body):
+                given[wire] = value
+        values, errors = {}, []
+        for wire in names:
+            if wire in given:
+                try:
+                    values[wire] = coerce(table.kinds[wire], given[wire])
+                except ValueError:
+                    errors.append((wire, given[wire], f"The value '{given[wire]}' is not valid."))
+        return values, errors
+
+    def create(self, entity: Entity, body: Any, user: str) -> Answer:
+        if not isinstance(body, dict):
+            return validation_answer([("Body", None, "A JSON object is required.")])
+        with self._lock:
+            table = self.table(entity)
+            writable = dict.fromkeys((*entity.put_fields, *entity.create_required, "SystemId"))
+            values, errors = self._body_values(table, body, writable)
+            errors += [
+                (name, values.get(name), "may not be null or empty")
+                for name in entity.create_required
+                if _empty(values.get(name))
+            ]
+            if errors:
+                return validation_answer(errors)
+            now = _utc_now()
+            copies = min(100, max(1, values.get("CreateMultiple") or 1)) if "CreateMultiple" in values else 1
+            ids = []
+            for _ in range(copies):
+                record: dict[str, Any] = dict(self._mutator.template(entity))
+                record.update({wire: False for wire in record if table.kinds.get(wire) == "bool"})
+                record.update(values)
+                record_id = self._next_id(table)
+                record.update(
+                    Id=record_id,
+                    CreatedOn=utc_stamp(now),
+                    UpdatedOn=utc_stamp(now),
+                    UpdatedBy=user,
+                    UniqueId=self._mutator.guid(),
+                )
+                self._mutator.complete(entity, record, now)
+                table.add(record_id, record)
+                ids.append(record_id)
+            name = label(entity, record, self._mutator.display(entity, record))
+        return 200, {
+            "Status": 200,
+            "WasSuccessful": True,
+            "Message": f"Record '{name}' has been successfully created.",
+            "Value": {"Id": ids[0]},
+        }
+
+    def replace(self, entity: Entity, body: Any, user: str) -> Answer:
+        """PUT: every documented field missing from the body is cleared (the documented trap)."""
+        if not isinstance(body, dict):
+            return validation_answer([("Body", None, "A JSON object is required.")])
+        try:
+            record_id = coerce("int", body.get("Id"))
+        except ValueError:
+            record_id = None
+        if record_id is None:
+            return validation_answer([("Id", body.get("Id"), "may not be null")])
+        with self._lock:
+            table = self.table(entity)
+            record = table.get(record_id)
+            if record is None:
+                return NOT_FOUND
+            values, errors = self._body_values(table, body, (*entity.put_fields, "SystemId"))
+            cleared = {
+                wire: False if table.kinds[wire] == "bool" else None
+                for wire in entity.put_fields
+                if wire not in values
+            }
+            values.update(cleared)
+            required = [name for name in entity.create_required if name in entity.put_fields]
+            errors += [
+                (name, values.get(name), "may not be null or empty")
+                for name in required
+                if _empty(values.get(name))
+            ]
+            if errors:
+                return validation_answer(errors)
+            now = utc_stamp(_utc_now())
+            record.update(values, UpdatedOn=now, UpdatedBy=user)
+            table.changed()
+            name = label(entity, record, self._mutator.display(entity, record))
+        return 200, {
+            "Status": 200,
+            "WasSuccessful": True,
+            "Message": f"Record '{name}' has been successfully updated.",
+            "Value": {"Id": record_id},
+            "OpenInDialog": False,
+            "OpenInWindow": False,
+            "RedirectURL": None,
+            "JavaScript": None,
+            "UpdatedOn": now,
+            "UpdatedBy": user,
+            "Errors": None,
+        }
+
+    def remove(self, entity: Entity, record_id: int) -> Answer:
+        with self._lock:
+            table = self.table(entity)
+            if record_id not in table:
+                return NOT_FOUND
+            table.remove(record_id)
+        return 200, {
+            "Status": 200,
+            "WasSuccessful": True,
+            "Message": "The record was deleted successfully.",
+            "Value": None,
+            "OpenInDialog": False,
+            "RedirectURL": None,
+            "JavaScript": None,
+            "Errors": None,
+        }
+
+    def command_catalogue(self, entity: Entity) -> list[dict[str, Any]]:
+        return [command.describe() for command in commands.CATALOGUE[entity.name]]
+
+    def run_command(self, entity: Entity, body: Any, user: str) -> dict[str, Any]:
+        """Always answered with HTTP 200; only `WasSuccessful` tells whether it worked."""
+        now = _utc_now()
+        with self._lock:
+            table = self.table(entity)
+            try:
+                message, touched = commands.execute(table, body, self.faults.failing_command_ids, now)
+            except commands.CommandError as failure:
+                answer = {
+                    "Status": 500,
+                    "WasSuccessful": False,
+                    "Message": str(failure),
+                    "Value": None,
+                    "Errors": None,
+                }
+            else:
+                for record_id in touched:
+                    table[record_id].update(UpdatedOn=utc_stamp(now), UpdatedBy=user)
+                table.changed()
+                answer = {
+                    "Status": 200,
+                    "WasSuccessful": True,
+                    "Message": message,
+                    "Value": {"Id": body["Ids"][0]},
+                    "UpdatedOn": utc_stamp(now),
+                    "UpdatedBy": user,
+                    "Errors": None,
+                    "OpenInDialog": False,
+                    "OpenInWindow": False,
+                    "RedirectURL": None,
+                    "JavaScript": None,
+                }
+            body = body if isinstance(body, dict) else {}
+            self._commands_run.append(
+                {
+                    "entity": entity.name,
+                    "key": body.get("Key"),
+                    "ids": body.get("Ids"),
+                    "parameters": body.get("Parameters"),
+                    "was_successful": answer["WasSuccessful"],
+                }
+            )
+        return answer

@@ -1,0 +1,73 @@
+"""Misbehaviour the simulator can be told to show, changeable while it serves."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+
+@dataclass
+class Faults:
+    """Rates are probabilities per request (0..1). Draws come from a seeded RNG."""
+
+    latency_ms: float = 0.0
+    jitter_ms: float = 0.0
+    #: 500 with the documented error body.
+    error_rate: float = 0.0
+    #: 409 with `Retry-After: retry_after`.
+    throttle_rate: float = 0.0
+    retry_after: int = 1
+    #: The request is read, then the connection is closed without an answer.
+    drop_rate: float = 0.0
+    #: 200 whose JSON body is cut short.
+    malformed_rate: float = 0.0
+    #: 200 with an HTML maintenance page.
+    html_rate: float = 0.0
+    #: Lists claim this many more items (and pages) than there are; the pages stop short.
+    total_items_inflation: int = 0
+    #: Commands naming any of these Ids answer `WasSuccessful: false`.
+    failing_command_ids: set[int] = field(default_factory=set)
+    #: Whether `POST /api/token` suffers the faults too.
+    include_token_endpoint: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+        self._lock = threading.Lock()
+
+    def roll(self, rate: float) -> bool:
+        if rate <= 0:
+            return False  # no draw, so enabling one fault does not shift the others' sequence
+        with self._lock:
+            return self._rng.random() < rate
+
+    def delay_seconds(self) -> float:
+        if self.latency_ms <= 0 and self.jitter_ms <= 0:
+            return 0.0
+        with self._lock:
+            jitter = self._rng.uniform(0, self.jitter_ms) if self.jitter_ms > 0 else 0.0
+        return max(0.0, self.latency_ms + jitter) / 1000
+
+    def update(self, changes: Mapping[str, Any]) -> None:
+        """Merge settings by name (the admin endpoint's JSON). Unknown names raise KeyError."""
+        names = {f.name: f for f in fields(self)}
+        unknown = set(changes) - set(names)
+        if unknown:
+            raise KeyError(", ".join(sorted(unknown)))
+        for name, value in changes.items():
+            if name == "seed":
+                with self._lock:
+                    self.seed = int(value)
+                    self._rng.seed(self.seed)
+            elif name == "failing_command_ids":
+                self.failing_command_ids = {int(i) for i in value}
+            else:
+                setattr(self, name, type(getattr(self, name))(value))
+
+    def to_dict(self) -> dict[str, Any]:
+        settings = {f.name: getattr(self, f.name) for f in fields(self)}
+        settings["failing_command_ids"] = sorted(self.failing_command_ids)
+        return settings

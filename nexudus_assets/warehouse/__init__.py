@@ -1,0 +1,26 @@
+"""The DuckDB warehouse: typed entity tables, staged syncs published in one transaction.
+
+Pure Python over a caller-supplied DuckDB connection; no Dagster, no HTTP.
+"""
+
+from nexudus_assets.warehouse.schema import SCHEMA, Column, ensure_schema, qualified, table_columns
+from nexudus_assets.warehouse.sync import (
+    DeletionGuardError,
+    EntitySync,
+    RejectedRecord,
+    SyncResult,
+    read_high_water_mark,
+)
+
+__all__ = [
+    "SCHEMA",
+    "Column",
+    "DeletionGuardError",
+    "EntitySync",
+    "RejectedRecord",
+    "SyncResult",
+    "ensure_schema",
+    "qualified",
+    "read_high_water_mark",
+    "table_columns",
+]

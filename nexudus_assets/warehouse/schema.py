@@ -1,0 +1,239 @@
+"""The `nexudus` schema in DuckDB: one table per entity, typed from its model, plus bookkeeping.
+
+Entity columns come from the pydantic model's fields, never from a hand-written list, so a
+field added to a model becomes a column on the next `ensure_schema` (additive only).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import types
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from enum import IntEnum
+from typing import Any, Union, get_args, get_origin
+from uuid import UUID
+
+import duckdb
+import pyarrow as pa
+from pydantic_core import to_jsonable_python
+
+from nexudus_assets.nexudus.entities import ENTITIES, Entity
+from nexudus_assets.nexudus.models import NexudusRecord
+
+SCHEMA = "nexudus"
+
+#: The cursor per entity; written only in the transaction that publishes the rows it covers.
+SYNC_STATE = f"{SCHEMA}._sync_state"
+#: One row per published sync, for freshness and row-count checks.
+SYNC_LOG = f"{SCHEMA}._sync_log"
+#: Records that failed validation, kept verbatim.
+REJECTED_RECORDS = f"{SCHEMA}._rejected_records"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of an entity table, with what the Dagster layer publishes about it."""
+
+    name: str
+    duckdb_type: str
+    description: str
+    nullable: bool = True
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How one Python field type is stored: DuckDB column type, Arrow staging type, conversion."""
+
+    duckdb_type: str
+    arrow_type: pa.DataType
+    #: Applied to non-null values before Arrow sees them; None when Arrow takes them as they are.
+    to_arrow: Callable[[Any], Any] | None = None
+
+
+def to_json(value: Any) -> str:
+    """JSON text of a parsed value; Decimals, datetimes and UUIDs become strings as pydantic writes them."""
+    return json.dumps(value, default=to_jsonable_python)
+
+
+_DECIMAL_STEP = Decimal("0.0001")
+
+_KINDS: dict[type, Kind] = {
+    bool: Kind("BOOLEAN", pa.bool_()),
+    int: Kind("BIGINT", pa.int64()),
+    # Arrow refuses to drop digits, so values finer than the column's scale are rounded here.
+    Decimal: Kind("DECIMAL(18,4)", pa.decimal128(18, 4), lambda value: value.quantize(_DECIMAL_STEP)),
+    dt.datetime: Kind("TIMESTAMP", pa.timestamp("us")),
+    # Arrow has no UUID type DuckDB reads natively; the text is cast on insert.
+    UUID: Kind("UUID", pa.string(), str),
+    str: Kind("VARCHAR", pa.string()),
+}
+_INT_ENUM = Kind("INTEGER", pa.int32(), int)
+_EXTRA = Kind("JSON", pa.string(), to_json)
+
+_DESCRIPTIONS = {
+    "id": "Nexudus record Id; the primary key.",
+    "unique_id": "Nexudus global identifier of the record.",
+    "system_id": "Identifier of the record in an external system.",
+    "created_on": "When the record was created in Nexudus (UTC).",
+    "updated_on": "When the record last changed in Nexudus (UTC); the incremental sync cursor.",
+    "updated_by": "Who last changed the record in Nexudus.",
+    "_extra": "Fields Nexudus sent that the model does not know, as a JSON object; NULL when none.",
+    "_synced_at": "When a sync wrote this version of the row (UTC).",
+    "_deleted_at": "When a full sync found the record gone from Nexudus (UTC); NULL while it exists.",
+}
+
+SYNCED_AT = Column("_synced_at", "TIMESTAMP", _DESCRIPTIONS["_synced_at"], nullable=False)
+DELETED_AT = Column("_deleted_at", "TIMESTAMP", _DESCRIPTIONS["_deleted_at"])
+
+
+def qualified(entity: Entity) -> str:
+    """`nexudus.access_tokens`."""
+    return f"{SCHEMA}.{entity.table}"
+
+
+def quote(name: str) -> str:
+    # Field names are free to collide with SQL keywords (`value`, `order`).
+    return f'"{name}"'
+
+
+def _kind(annotation: Any) -> Kind:
+    if get_origin(annotation) in (Union, types.UnionType):
+        members = [arg for arg in get_args(annotation) if arg is not type(None)]
+        if len(members) != 1:
+            raise TypeError(f"cannot store a field of type {annotation!r}")
+        annotation = members[0]
+    if annotation in _KINDS:
+        return _KINDS[annotation]
+    if isinstance(annotation, type) and issubclass(annotation, IntEnum):
+        return _INT_ENUM
+    raise TypeError(f"cannot store a field of type {annotation!r}")
+
+
+def field_kinds(model: type[NexudusRecord]) -> list[tuple[str, Kind]]:
+    """(column name, kind) for every stored value of a record: its fields, then `_extra`."""
+    kinds = [(name, _kind(field.annotation)) for name, field in model.model_fields.items()]
+    return [*kinds, ("_extra", _EXTRA)]
+
+
+def _describe(model: type[NexudusRecord], name: str, kind: Kind) -> str:
+    field = model.model_fields.get(name)
+    if field is not None and field.description:
+        return field.description
+    if name in _DESCRIPTIONS:
+        return _DESCRIPTIONS[name]
+    words = name.replace("_", " ")
+    if name in model.display_fields:
+        return f"{words.capitalize()}, as shown by Nexudus (copied from the related record)."
+    if kind is _KINDS[int] and name.endswith("_id"):
+        return f"Id of the related {words.removesuffix(' id')} record."
+    return f"{words.capitalize()}."
+
+
+def data_columns(entity: Entity) -> list[Column]:
+    """The columns a record fills: the model's fields and `_extra`, in model order."""
+    return [
+        Column(name, kind.duckdb_type, _describe(entity.model, name, kind), nullable=name != "id")
+        for name, kind in field_kinds(entity.model)
+    ]
+
+
+def table_columns(entity: Entity) -> list[Column]:
+    """Every column of the entity's table, with a description for each."""
+    return [*data_columns(entity), SYNCED_AT, DELETED_AT]
+
+
+def column_ddl(columns: Sequence[Column]) -> str:
+    return ", ".join(
+        f"{quote(c.name)} {c.duckdb_type}{'' if c.nullable else ' NOT NULL'}" for c in columns
+    )
+
+
+@contextmanager
+def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    conn.begin()
+    try:
+        yield
+    except BaseException:
+        conn.rollback()
+        raise
+    conn.commit()
+
+
+_BOOKKEEPING_DDL = (
+    f"""CREATE TABLE IF NOT EXISTS {SYNC_STATE} (
+        entity VARCHAR PRIMARY KEY,
+        high_water_mark TIMESTAMP,
+        last_synced_at TIMESTAMP,
+        last_full_refresh_at TIMESTAMP
+    )""",
+    f"""CREATE TABLE IF NOT EXISTS {SYNC_LOG} (
+        run_id VARCHAR NOT NULL,
+        entity VARCHAR NOT NULL,
+        mode VARCHAR NOT NULL CHECK (mode IN ('incremental', 'full')),
+        started_at TIMESTAMP NOT NULL,
+        finished_at TIMESTAMP NOT NULL,
+        fetched BIGINT NOT NULL,
+        inserted BIGINT NOT NULL,
+        updated BIGINT NOT NULL,
+        unchanged BIGINT NOT NULL,
+        deleted BIGINT NOT NULL,
+        rejected BIGINT NOT NULL,
+        live_rows BIGINT NOT NULL,
+        high_water_mark TIMESTAMP,
+        requests BIGINT NOT NULL,
+        throttled BIGINT NOT NULL
+    )""",
+    f"""CREATE TABLE IF NOT EXISTS {REJECTED_RECORDS} (
+        entity VARCHAR NOT NULL,
+        record_id BIGINT,
+        reason VARCHAR NOT NULL,
+        raw_json JSON,
+        rejected_at TIMESTAMP NOT NULL,
+        run_id VARCHAR NOT NULL
+    )""",
+)
+
+
+def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
+    """Create the schema and its tables if missing and add columns models gained; one transaction.
+
+    Raises TypeError when an existing column's type no longer matches its model field: only
+    additive migrations are automatic.
+    """
+    with transaction(conn):
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+        for ddl in _BOOKKEEPING_DDL:
+            conn.execute(ddl)
+        for entity in ENTITIES:
+            _ensure_entity_table(conn, entity)
+
+
+def _ensure_entity_table(conn: duckdb.DuckDBPyConnection, entity: Entity) -> None:
+    table = qualified(entity)
+    columns = table_columns(entity)
+    conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({column_ddl(columns)}, PRIMARY KEY (id))")
+    existing = {
+        name: (data_type, comment)
+        for name, data_type, comment in conn.execute(
+            "SELECT column_name, data_type, comment FROM duckdb_columns() WHERE schema_name = ? AND table_name = ?",
+            [SCHEMA, entity.table],
+        ).fetchall()
+    }
+    for column in columns:
+        actual_type, comment = existing.get(column.name, (None, None))
+        if actual_type is None:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column_ddl([column])}")
+        elif actual_type != column.duckdb_type:
+            raise TypeError(
+                f"{table}.{column.name} is {actual_type} but the model now needs {column.duckdb_type};"
+                " only added columns are migrated automatically"
+            )
+        # Kept in the database too, so that any DuckDB client sees what a column means. Written
+        # only when it differs, so that an up-to-date schema costs no catalog write.
+        if comment != column.description:
+            text = column.description.replace("'", "''")
+            conn.execute(f"COMMENT ON COLUMN {table}.{quote(column.name)} IS '{text}'")

@@ -1,0 +1,131 @@
+"""Models accept every documented shape and reject bad input with the record and field named."""
+
+import datetime as dt
+from decimal import Decimal
+from uuid import UUID
+
+import pytest
+
+from nexudus_assets.nexudus import (
+    ACCESS_TOKENS,
+    COWORKER_CONTRACTS,
+    COWORKER_TIME_PASSES,
+    CancellationReason,
+    CommandDescription,
+    CoworkerContract,
+    Page,
+    RecordValidationError,
+    parse_record,
+)
+
+LEGACY_CONTRACT = {
+    "Id": 1234567,
+    "IssuedBy": 11,
+    "Coworker": 22,
+    "Tariff": 33,
+    "NextTariff": None,
+    "Price": 150.5,
+    "Quantity": "2",
+    "Active": True,
+    "Cancelled": False,
+    "CancellationReason": 1,
+    "RenewalDate": "2026-12-01T00:00:00",
+    "CoworkerContractTariffName": "Hot Desk",
+    "CoworkerContractCoworkerFullName": "Alice Martin",
+    "CoworkerContractTariffCurrency_Code": "EUR",
+    "CreatedOn": "2018-07-03T06:23:01Z",
+    "UpdatedOn": "2020-01-01T21:57:21Z",
+    "UniqueId": "08bfb8b2-407e-4d89-913f-fff0c2269b94",
+}
+MODERN_CONTRACT = {
+    **{k: v for k, v in LEGACY_CONTRACT.items() if k not in {"IssuedBy", "Coworker", "Tariff", "NextTariff"}},
+    "IssuedById": 11,
+    "CoworkerId": 22,
+    "TariffId": 33,
+    "NextTariffId": None,
+    "TariffName": "Hot Desk",
+    "CoworkerFullName": "Alice Martin",
+    "TariffCurrency_Code": "EUR",
+}
+for legacy_only in ("CoworkerContractTariffName", "CoworkerContractCoworkerFullName", "CoworkerContractTariffCurrency_Code"):
+    MODERN_CONTRACT.pop(legacy_only)
+
+
+def test_both_record_shapes_give_the_same_contract():
+    legacy = parse_record(COWORKER_CONTRACTS, LEGACY_CONTRACT)
+    modern = parse_record(COWORKER_CONTRACTS, MODERN_CONTRACT)
+    assert legacy == modern
+    assert legacy.tariff_id == 33 and legacy.coworker_id == 22 and legacy.issued_by_id == 11
+    assert legacy.tariff_name == "Hot Desk" and legacy.tariff_currency_code == "EUR"
+    assert legacy.price == Decimal("150.5") and legacy.quantity == 2
+    assert legacy.unique_id == UUID("08bfb8b2-407e-4d89-913f-fff0c2269b94")
+    assert legacy.cancellation_reason is CancellationReason.PriceTooHigh
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2020-01-01T21:57:21Z", dt.datetime(2020, 1, 1, 21, 57, 21)),
+        ("2020-01-01T23:57:21+02:00", dt.datetime(2020, 1, 1, 21, 57, 21)),
+        ("2020-01-01T21:57:21", dt.datetime(2020, 1, 1, 21, 57, 21)),
+        ("2020-01-01T21:57:21.1234567Z", dt.datetime(2020, 1, 1, 21, 57, 21, 123456)),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_dates_with_z_offset_or_bare(value, expected):
+    assert parse_record(ACCESS_TOKENS, {"Id": 1, "ValidTo": value}).valid_to == expected
+
+
+def test_empty_strings_are_null_and_unknown_fields_are_kept():
+    token = parse_record(ACCESS_TOKENS, {"Id": 1, "Description": "", "MinutesLeft": "", "Shiny": {"new": 1}})
+    assert token.description is None and token.minutes_left is None
+    assert token.model_extra == {"Shiny": {"new": 1}}
+
+
+def test_relations_embedded_as_objects_give_their_id():
+    token = parse_record(ACCESS_TOKENS, {"Id": 1, "Business": {"Id": 99, "Name": "Main"}})
+    assert token.business_id == 99
+
+
+def test_unknown_cancellation_reasons_are_accepted():
+    contract = CoworkerContract.model_validate({"Id": 1, "CancellationReason": 42})
+    assert contract.cancellation_reason == 42
+    assert contract.cancellation_reason.name == "Unknown42"
+
+
+@pytest.mark.parametrize(
+    ("raw", "record_id", "field"),
+    [
+        ({"Id": 7, "ValidTo": "2024-02-30T00:00:00"}, 7, "ValidTo"),
+        ({"Id": 8, "MinutesLeft": "plenty"}, 8, "MinutesLeft"),
+        ({"AccessCode": "X"}, None, "Id"),
+        ({"Id": 9, "UniqueId": "not-a-guid"}, 9, "UniqueId"),
+    ],
+)
+def test_a_bad_record_names_its_id_and_field(raw, record_id, field):
+    with pytest.raises(RecordValidationError) as bad:
+        parse_record(ACCESS_TOKENS, raw)
+    assert bad.value.record_id == record_id
+    assert bad.value.raw == raw
+    assert field in [name for name, _ in bad.value.problems]
+    assert (f"AccessToken {record_id}" if record_id else "AccessToken without Id") in str(bad.value)
+    assert repr(field) in str(bad.value)
+
+
+def test_time_pass_display_fields_in_both_shapes():
+    legacy = parse_record(COWORKER_TIME_PASSES, {"Id": 1, "TimePass": 5, "CoworkerTimePassTimePassName": "Day Pass"})
+    modern = parse_record(COWORKER_TIME_PASSES, {"Id": 1, "TimePassId": 5, "TimePassName": "Day Pass"})
+    assert legacy == modern and legacy.time_pass_id == 5 and legacy.time_pass_name == "Day Pass"
+
+
+def test_page_envelope_accepts_either_page_field_spelling():
+    page = Page.model_validate({"Records": [], "PageNumber": 2, "PageSize": 25, "TotalItems": 0, "HasNextPage": False})
+    assert (page.current_page, page.current_page_size, page.has_next_page) == (2, 25, False)
+
+
+def test_command_descriptions_with_parameters():
+    command = CommandDescription.model_validate(
+        {"Key": "K", "AppliesOnlyToOneEntity": True, "RequiresParameters": [{"Name": "Days", "Type": "Int32"}]}
+    )
+    assert command.applies_only_to_one_entity and command.requires_parameters[0].type == "Int32"
