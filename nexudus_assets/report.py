@@ -4,14 +4,12 @@ import os
 import sys
 from pathlib import Path
 
-import duckdb
-
 from nexudus_assets.nexudus import ENTITIES
-from nexudus_assets.warehouse import SCHEMA, qualified
+from nexudus_assets.warehouse import SCHEMA, connect, qualified
 
 
 def print_report(database: Path) -> None:
-    conn = duckdb.connect(str(database), read_only=True)
+    conn = connect(str(database), read_only=True)
     try:
         print(f"Warehouse {database}")
         print(f"  {'table':34} {'live':>8} {'deleted':>8} {'rejected':>9} {'requests':>9}  last sync (UTC)")

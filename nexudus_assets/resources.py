@@ -2,14 +2,15 @@
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import dagster as dg
 import duckdb
+from dagster._utils.backoff import backoff
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from nexudus_assets.nexudus import DEFAULT_BASE_URL, NexudusClient, RateLimits
+from nexudus_assets.warehouse import connect
 
 
 class NexudusResource(dg.ConfigurableResource):
@@ -35,30 +36,27 @@ class NexudusResource(dg.ConfigurableResource):
         )
 
 
-#: DuckDB takes 80% of RAM by default; a sync needs little (it spills to disk past the limit),
-#: and a progress bar on stderr only clutters run logs. `connection_config` overrides these.
-DEFAULT_SETTINGS = {"memory_limit": "256MB", "enable_progress_bar": "false"}
-
-
 class WarehouseResource(DuckDBResource):
     """The DuckDB file. Connections are short-lived: DuckDB lets one process write at a time."""
 
     @contextmanager
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        Path(self.database).parent.mkdir(parents=True, exist_ok=True)
-        with super().get_connection() as conn:
-            try:
-                for setting, value in DEFAULT_SETTINGS.items():
-                    if setting not in self.connection_config:
-                        conn.execute(f"SET {setting} = '{value}'")
-                yield conn
-            finally:
-                conn.close()
+        # Another process may hold the file for a moment (a sensor, a finishing run): wait for it.
+        conn = backoff(
+            fn=connect,
+            retry_on=(duckdb.IOException,),
+            kwargs={"database": self.database, "config": self.connection_config},
+            max_retries=10,
+        )
+        try:
+            yield conn
+        finally:
+            conn.close()
 
     @contextmanager
     def read_only_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """For sensors. Raises `duckdb.IOException` while a run holds the file: skip and retry."""
-        conn = duckdb.connect(self.database, read_only=True)
+        conn = connect(self.database, read_only=True, config=self.connection_config)
         try:
             yield conn
         finally:

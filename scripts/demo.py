@@ -22,6 +22,8 @@ def main() -> int:
     if os.environ.get("NEXUDUS_BASE_URL"):
         print("Note: the demo always uses the simulator; NEXUDUS_BASE_URL is used by `make dev` and the jobs.")
     DATABASE.parent.mkdir(exist_ok=True)
+    # Every demo starts a new simulated account, so it starts a new warehouse too.
+    DATABASE.unlink(missing_ok=True)
     print("Starting the Nexudus simulator (2,000 tokens, 500 contracts, 500 passes; published limits enforced)...")
     with running_simulator(["--seed", "7", "--tokens", "2000", "--contracts", "500", "--passes", "500",
                             "--enforce-limits"]) as env:

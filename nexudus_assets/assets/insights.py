@@ -192,7 +192,7 @@ def resolve_as_of(context: dg.AssetExecutionContext, config: InsightConfig) -> d
     if config.as_of:
         moment = dt.datetime.fromisoformat(config.as_of)
         return moment.astimezone(dt.UTC).replace(tzinfo=None) if moment.tzinfo else moment
-    record = context.instance.get_run_record_by_id(context.run_id)
+    record = context.instance.get_run_record_by_id(context.run.run_id)
     started = record.start_time if record and record.start_time else time.time()
     return dt.datetime.fromtimestamp(started, dt.UTC).replace(tzinfo=None)
 

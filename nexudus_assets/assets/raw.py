@@ -66,7 +66,7 @@ def build_raw_asset(entity: Entity) -> dg.AssetsDefinition:
                 client,
                 warehouse.get_connection,
                 entity,
-                run_id=context.run_id,
+                run_id=context.run.run_id,
                 full_refresh=config.full_refresh,
                 overlap=dt.timedelta(minutes=config.overlap_minutes),
                 max_delete_fraction=config.max_delete_fraction,

@@ -288,7 +288,8 @@ class Generator:
     def _contract(self, created: dt.datetime, _updated: dt.datetime, now: dt.datetime) -> dict[str, Any]:
         tariff = self._pick(self.world.tariffs)
         start = midnight(min(created + dt.timedelta(self._between(0, 14)), now - dt.timedelta(1)))
-        renewal = midnight(now) + dt.timedelta(self._between(-60, 120))
+        # A contract renews after it starts: at least one billing month in.
+        renewal = max(midnight(now) + dt.timedelta(self._between(-60, 120)), add_months(start, 1))
         quantity = self._pick(QUANTITIES)
         price = tariff.price if self._chance(0.8) else round(tariff.price * 0.9, 2)
         roll = self._random()

@@ -3,6 +3,7 @@
 Pure Python over a caller-supplied DuckDB connection; no Dagster, no HTTP.
 """
 
+from nexudus_assets.warehouse.connection import CATALOG, connect
 from nexudus_assets.warehouse.schema import SCHEMA, Column, ensure_schema, qualified, table_columns
 from nexudus_assets.warehouse.sync import (
     DeletionGuardError,
@@ -13,6 +14,8 @@ from nexudus_assets.warehouse.sync import (
 )
 
 __all__ = [
+    "CATALOG",
+    "connect",
     "SCHEMA",
     "Column",
     "DeletionGuardError",

@@ -1,0 +1,34 @@
+"""Opening the warehouse file."""
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+#: The catalog name the file is attached under.
+CATALOG = "warehouse"
+#: DuckDB takes 80% of RAM by default; a sync needs little (it spills to disk past the limit).
+DEFAULT_CONFIG = {"memory_limit": "256MB"}
+
+
+def connect(database: str, *, read_only: bool = False, config: Mapping[str, Any] | None = None) -> duckdb.DuckDBPyConnection:
+    """A connection to the warehouse file, attached as catalog `warehouse`.
+
+    DuckDB names a file's catalog after the file, so `nexudus.duckdb` opened directly is
+    catalog `nexudus`, and `nexudus.access_tokens` is then ambiguous with the schema
+    `nexudus`. Attached under a fixed name, two-part names work whatever the file is called.
+    Raises `duckdb.IOException` while another process holds the file for writing.
+    """
+    if not read_only:
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    conn = duckdb.connect(config={**DEFAULT_CONFIG, **(config or {})})
+    try:
+        escaped = database.replace("'", "''")
+        conn.execute(f"ATTACH '{escaped}' AS {CATALOG}{' (READ_ONLY)' if read_only else ''}")
+        conn.execute(f"USE {CATALOG}")
+        conn.execute("SET enable_progress_bar = false")
+    except BaseException:
+        conn.close()
+        raise
+    return conn

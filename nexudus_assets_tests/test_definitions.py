@@ -1,0 +1,79 @@
+"""The code location loads, and its asset graph is what the README promises (a snapshot)."""
+
+import subprocess
+import sys
+
+import dagster as dg
+
+from nexudus_assets.definitions import defs
+
+RAW = {"access_tokens", "coworker_contracts", "coworker_time_passes"}
+LINEAGE = {
+    "low_minutes_access_tokens": {"access_tokens"},
+    "expiring_access_tokens": {"access_tokens"},
+    "upcoming_contract_renewals": {"coworker_contracts"},
+    "contracts_cancelling_soon": {"coworker_contracts"},
+    "monthly_recurring_revenue_by_tariff": {"coworker_contracts"},
+    "expiring_time_passes": {"coworker_time_passes"},
+    "time_pass_usage": {"coworker_time_passes"},
+}
+CHECKS = {
+    "access_tokens": {
+        "ids_unique_not_null", "required_fields_present", "synced_recently", "row_count_stable",
+        "minutes_left_within_included", "valid_window_ordered",
+    },
+    "coworker_contracts": {
+        "ids_unique_not_null", "required_fields_present", "synced_recently", "row_count_stable",
+        "renewal_after_start", "tariff_present",
+    },
+    "coworker_time_passes": {
+        "ids_unique_not_null", "required_fields_present", "synced_recently", "row_count_stable",
+        "remaining_uses_within_total",
+    },
+}
+
+
+def test_defs_validate():
+    dg.Definitions.validate_loadable(defs)
+
+
+def test_the_cli_validates_the_code_location():
+    finished = subprocess.run(
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-m", "nexudus_assets.definitions"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert finished.returncode == 0, finished.stderr[-2000:]
+
+
+def test_asset_graph_snapshot():
+    graph = defs.resolve_asset_graph()
+    keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    assert keys == RAW | set(LINEAGE)
+    for name, parents in LINEAGE.items():
+        node = graph.get(dg.AssetKey(name))
+        assert {p.to_user_string() for p in node.parent_keys} == parents
+        assert node.group_name == "nexudus_insights"
+        assert node.description
+    for name in RAW:
+        node = graph.get(dg.AssetKey(name))
+        assert node.group_name == "nexudus_raw"
+        assert node.kinds == {"nexudus", "duckdb"}
+        assert node.owners == ["team:data"]
+        assert node.pools == {"nexudus_api"}
+        assert "dagster/column_schema" in node.metadata
+    checks: dict[str, set[str]] = {}
+    for key in graph.asset_check_keys:
+        checks.setdefault(key.asset_key.to_user_string(), set()).add(key.name)
+    assert checks == CHECKS
+
+
+def test_jobs_and_schedules():
+    assert {job.name for job in defs.resolve_all_job_defs() if not job.name.startswith("__")} == {
+        "nexudus_sync",
+        "nexudus_full_refresh",
+    }
+    for name in ("nexudus_sync_schedule", "nexudus_full_refresh_schedule"):
+        schedule = defs.resolve_schedule_def(name)
+        assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING

@@ -1,0 +1,264 @@
+"""The Dagster jobs end to end: simulator over HTTP, real DuckDB files, the project's own jobs."""
+
+import datetime as dt
+from collections import defaultdict
+from decimal import Decimal
+
+import dagster as dg
+import pytest
+
+from nexudus_assets.checks import asset_checks
+from nexudus_assets.definitions import build_defs
+from nexudus_assets.nexudus import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES, ENTITIES
+from nexudus_assets.resources import NexudusResource, WarehouseResource
+from nexudus_assets.warehouse import qualified
+from nexudus_assets_tests.conftest import PASSWORD, USERNAME
+
+BOOKKEEPING = {"_extra", "_synced_at", "_deleted_at"}
+
+
+class Project:
+    """The code location wired to one simulator and one DuckDB file."""
+
+    def __init__(self, running, database, page_size: int = 1000) -> None:
+        self.running = running
+        self.sim = running.sim
+        self.database = str(database)
+        self.warehouse = WarehouseResource(database=self.database)
+        self.defs = build_defs(
+            {
+                "nexudus": NexudusResource(
+                    base_url=running.base_url, username=USERNAME, password=PASSWORD, page_size=page_size
+                ),
+                "warehouse": self.warehouse,
+            }
+        )
+        self.instance = dg.DagsterInstance.ephemeral()
+
+    def run(self, job: str = "nexudus_sync", run_config=None, raise_on_error: bool = True):
+        return self.defs.resolve_job_def(job).execute_in_process(
+            instance=self.instance, run_config=run_config or {}, raise_on_error=raise_on_error
+        )
+
+    def query(self, sql: str, params=None) -> list[tuple]:
+        with self.warehouse.read_only_connection() as conn:
+            return conn.execute(sql, params or []).fetchall()
+
+    def live_rows(self, entity) -> dict[int, dict]:
+        with self.warehouse.read_only_connection() as conn:
+            cursor = conn.execute(f"SELECT * FROM {qualified(entity)} WHERE _deleted_at IS NULL")
+            names = [d[0] for d in cursor.description]
+            skip = BOOKKEEPING | set(entity.model.display_fields)
+            return {row[0]: {n: v for n, v in zip(names, row, strict=True) if n not in skip} for row in cursor.fetchall()}
+
+    def upstream_rows(self, entity) -> dict[int, dict]:
+        models = [entity.model.model_validate(raw) for raw in self.sim.records(entity)]
+        return {m.id: m.model_dump(exclude=set(entity.model.display_fields)) for m in models}
+
+    def insight_ids(self, name: str) -> set[int]:
+        return {row[0] for row in self.query(f"SELECT id FROM insights.{name}")}
+
+
+def metadata(result, asset: str) -> dict:
+    [event] = result.asset_materializations_for_node(asset)
+    return {key: getattr(value, "value", value) for key, value in event.metadata.items()}
+
+
+def check_outcomes(result) -> dict[tuple[str, str], dg.AssetCheckEvaluation]:
+    return {(e.asset_key.to_user_string(), e.check_name): e for e in result.get_asset_check_evaluations()}
+
+
+@pytest.fixture
+def project(start_simulator, tmp_path, monkeypatch):
+    monkeypatch.setenv("NEXUDUS_PACING", "off")
+    return Project(start_simulator(seed=11, tokens=1200, contracts=150, passes=150), tmp_path / "nexudus.duckdb")
+
+
+def test_the_first_sync_equals_the_simulator_field_by_field(project):
+    result = project.run()
+    for entity in ENTITIES:
+        assert project.live_rows(entity) == project.upstream_rows(entity), entity.name
+    tokens = metadata(result, "access_tokens")
+    assert (tokens["rows_inserted"], tokens["rows_total"], tokens["requests"]) == (1200, 1200, 2)
+    assert metadata(result, "coworker_contracts")["requests"] == 1
+    assert "dagster/column_schema" in metadata(result, "access_tokens")
+    # The flattened display fields a list carries are columns too.
+    names = project.query(f"SELECT count(*) FROM {qualified(COWORKER_CONTRACTS)} WHERE tariff_name IS NULL")
+    assert names == [(0,)]
+
+
+def test_an_incremental_sync_picks_up_changes_with_one_request_per_entity(project):
+    project.run()
+    touched = project.sim.mutate(ACCESS_TOKENS, update=10, insert=5)
+    project.sim.mutate(COWORKER_CONTRACTS, update=3)
+    project.sim.reset_stats()
+    result = project.run()
+    tokens = metadata(result, "access_tokens")
+    assert (tokens["rows_inserted"], tokens["rows_updated"]) == (5, 10)
+    assert metadata(result, "coworker_contracts")["rows_updated"] == 3
+    assert metadata(result, "coworker_time_passes")["rows_updated"] == 0
+    assert [metadata(result, e.table)["requests"] for e in ENTITIES] == [1, 1, 1]
+    assert project.sim.stats["requests"] == 3
+    [query] = [q for _, path, q, _ in project.sim.request_log if path.endswith("accesstokens")]
+    assert "from_AccessToken_UpdatedOn" in query
+    for entity in ENTITIES:
+        assert project.live_rows(entity) == project.upstream_rows(entity)
+    assert set(touched["inserted"]) <= set(project.live_rows(ACCESS_TOKENS))
+
+
+def test_deletions_show_after_a_full_refresh_and_leave_the_insights(project):
+    project.run()
+    low = sorted(project.insight_ids("low_minutes_access_tokens"))
+    gone_tokens, gone_passes = low[:3], [r["Id"] for r in project.sim.records(COWORKER_TIME_PASSES)][:2]
+    project.sim.delete(ACCESS_TOKENS, gone_tokens)
+    project.sim.delete(COWORKER_TIME_PASSES, gone_passes)
+
+    project.run()  # incremental: a deleted record sends no update, so nothing is marked yet
+    assert set(gone_tokens) <= set(project.live_rows(ACCESS_TOKENS))
+
+    result = project.run("nexudus_full_refresh")
+    assert metadata(result, "access_tokens")["rows_deleted"] == 3
+    assert metadata(result, "coworker_time_passes")["rows_deleted"] == 2
+    deleted = project.query(f"SELECT id FROM {qualified(ACCESS_TOKENS)} WHERE _deleted_at IS NOT NULL ORDER BY id")
+    assert [row[0] for row in deleted] == gone_tokens
+    assert not set(gone_tokens) & project.insight_ids("low_minutes_access_tokens")
+    for entity in ENTITIES:
+        assert project.live_rows(entity) == project.upstream_rows(entity)
+
+
+def test_a_run_that_fails_midway_leaves_the_previous_state_and_the_next_run_repairs(start_simulator, tmp_path, monkeypatch):
+    monkeypatch.setenv("NEXUDUS_PACING", "off")
+    project = Project(start_simulator(seed=12, tokens=500, contracts=20, passes=20), tmp_path / "w.duckdb", page_size=100)
+    project.run()
+    before = project.live_rows(ACCESS_TOKENS)
+    cursor = project.query("SELECT * FROM nexudus._sync_state ORDER BY entity")
+    project.sim.mutate(ACCESS_TOKENS, update=300, insert=50)
+
+    def break_after_first_page(entity, page):
+        if entity == ACCESS_TOKENS and page == 2:
+            project.sim.faults.error_rate = 1.0
+
+    project.sim.on_list_page = break_after_first_page
+    failed = project.run(raise_on_error=False)
+    assert not failed.success
+    assert project.live_rows(ACCESS_TOKENS) == before
+    assert project.query("SELECT * FROM nexudus._sync_state ORDER BY entity") == cursor
+
+    project.sim.on_list_page = None
+    project.sim.faults.error_rate = 0.0
+    project.run()
+    assert project.live_rows(ACCESS_TOKENS) == project.upstream_rows(ACCESS_TOKENS)
+
+
+def test_insights_equal_what_the_records_say(project):
+    sim = project.sim
+    as_of = sim.now
+    config = {"as_of": as_of.isoformat()}
+    project.run(run_config={"ops": {name: {"config": config} for name in (
+        "low_minutes_access_tokens", "expiring_access_tokens", "upcoming_contract_renewals",
+        "contracts_cancelling_soon", "monthly_recurring_revenue_by_tariff", "expiring_time_passes", "time_pass_usage",
+    )}})
+    tokens = [ACCESS_TOKENS.model.model_validate(r) for r in sim.records(ACCESS_TOKENS)]
+    contracts = [COWORKER_CONTRACTS.model.model_validate(r) for r in sim.records(COWORKER_CONTRACTS)]
+    passes = [COWORKER_TIME_PASSES.model.model_validate(r) for r in sim.records(COWORKER_TIME_PASSES)]
+
+    def valid(t):
+        return (t.valid_from is None or t.valid_from <= as_of) and (t.valid_to is None or t.valid_to > as_of)
+
+    def within(moment, days):
+        return moment is not None and as_of < moment <= as_of + dt.timedelta(days=days)
+
+    active = [c for c in contracts if c.active is True and c.cancelled is False]
+    expected = {
+        "low_minutes_access_tokens": {t.id for t in tokens if valid(t) and t.minutes_left is not None and t.minutes_left < 60},
+        "expiring_access_tokens": {t.id for t in tokens if valid(t) and t.valid_to is not None
+                                   and t.valid_to <= as_of + dt.timedelta(days=7)},
+        "upcoming_contract_renewals": {c.id for c in active if within(c.renewal_date, 30)},
+        "contracts_cancelling_soon": {c.id for c in contracts if within(c.cancellation_date, 30)},
+        "expiring_time_passes": {p.id for p in passes if p.used is False
+                                 and (p.remaining_uses is None or p.remaining_uses > 0) and within(p.expire_date, 14)},
+        "time_pass_usage": {p.time_pass_id for p in passes},
+    }
+    for name, ids in expected.items():
+        assert ids, f"the data gives {name} nothing to find: the test would prove nothing"
+        assert project.insight_ids(name) == ids, name
+
+    revenue: dict[int, Decimal] = defaultdict(Decimal)
+    for c in active:
+        if c.start_date is None or c.start_date <= as_of:
+            revenue[c.tariff_id] += c.price * c.quantity
+    stored = dict(project.query("SELECT id, monthly_recurring_revenue FROM insights.monthly_recurring_revenue_by_tariff"))
+    assert stored == dict(revenue)
+
+
+def test_every_check_passes_on_good_data(project):
+    result = project.run()
+    outcomes = check_outcomes(result)
+    assert len(outcomes) == len(asset_checks)
+    assert [key for key, e in outcomes.items() if not e.passed] == []
+
+
+def test_each_row_check_fails_on_a_crafted_bad_record_and_errors_block_the_insights(project):
+    sim = project.sim
+    token = dict(sim.records(ACCESS_TOKENS)[0])
+    contract = dict(sim.records(COWORKER_CONTRACTS)[0])
+    time_pass = dict(sim.records(COWORKER_TIME_PASSES)[0])
+    bad = {
+        ("access_tokens", "minutes_left_within_included"):
+            sim.put_raw(ACCESS_TOKENS, {**token, "Id": 1, "MinutesIncluded": 60, "MinutesLeft": 500}),
+        ("access_tokens", "valid_window_ordered"):
+            sim.put_raw(ACCESS_TOKENS, {**token, "Id": 2, "ValidFrom": "2026-05-01T00:00:00", "ValidTo": "2026-04-01T00:00:00"}),
+        ("access_tokens", "required_fields_present"):
+            sim.put_raw(ACCESS_TOKENS, {**token, "Id": 3, "AccessCode": None}),
+        ("coworker_contracts", "renewal_after_start"):
+            sim.put_raw(COWORKER_CONTRACTS, {**contract, "Id": 4, "StartDate": "2026-05-01T00:00:00", "RenewalDate": "2026-01-01T00:00:00"}),
+        ("coworker_contracts", "tariff_present"):
+            sim.put_raw(COWORKER_CONTRACTS, {**contract, "Id": 5, "TariffId": None}),
+        ("coworker_time_passes", "remaining_uses_within_total"):
+            sim.put_raw(COWORKER_TIME_PASSES, {**time_pass, "Id": 6, "TotalUses": 2, "RemainingUses": 5}),
+    }
+    # A missing tariff is also a missing required field.
+    bad[("coworker_contracts", "required_fields_present")] = bad[("coworker_contracts", "tariff_present")]
+    result = project.run(raise_on_error=False)
+    outcomes = check_outcomes(result)
+    for key, record_id in bad.items():
+        assert not outcomes[key].passed, key
+        assert outcomes[key].metadata["first_offending_ids"].value == [record_id], key
+    failing = {key for key, e in outcomes.items() if not e.passed}
+    assert failing == set(bad), "a check failed on good data"
+    # ERROR checks block what depends on them; the time passes (WARN only) still flow through.
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert "low_minutes_access_tokens" not in materialized
+    assert "upcoming_contract_renewals" not in materialized
+    assert "expiring_time_passes" in materialized
+
+
+def invoke_check(project, asset: str, name: str) -> dg.AssetCheckResult:
+    [check] = [c for c in asset_checks if dg.AssetCheckKey(dg.AssetKey(asset), name) in c.check_keys]
+    return check(warehouse=project.warehouse)
+
+
+def test_ids_unique_not_null_fails_when_the_key_is_broken(project):
+    project.run()
+    assert invoke_check(project, "access_tokens", "ids_unique_not_null").passed
+    table = qualified(ACCESS_TOKENS)
+    with project.warehouse.get_connection() as conn:  # a table that lost its primary key and holds a twin
+        conn.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM {table} UNION ALL (SELECT * FROM {table} LIMIT 1)")
+    outcome = invoke_check(project, "access_tokens", "ids_unique_not_null")
+    assert not outcome.passed and outcome.metadata["offending_rows"].value == 1
+
+
+def test_freshness_and_row_count_checks_fail_when_their_history_says_so(project):
+    project.run()
+    assert invoke_check(project, "coworker_contracts", "synced_recently").passed
+    with project.warehouse.get_connection() as conn:
+        conn.execute("UPDATE nexudus._sync_log SET finished_at = finished_at - INTERVAL 30 HOUR")
+    assert not invoke_check(project, "coworker_contracts", "synced_recently").passed
+
+    lost = [r["Id"] for r in project.sim.records(COWORKER_CONTRACTS)][:4]
+    with project.warehouse.get_connection() as conn:  # rows vanish locally, with no deletion recorded
+        conn.execute(f"DELETE FROM {qualified(COWORKER_CONTRACTS)} WHERE id IN ({','.join(map(str, lost))})")
+    result = project.run()
+    outcome = check_outcomes(result)[("coworker_contracts", "row_count_stable")]
+    assert not outcome.passed and outcome.metadata["unexplained_drop"].value == 4
+    assert check_outcomes(result)[("access_tokens", "row_count_stable")].passed
