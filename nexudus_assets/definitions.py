@@ -1,17 +1,25 @@
 """The code location: everything assembled into one `defs`."""
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import dagster as dg
 
-from nexudus_assets.assets.insights import insight_assets
+from nexudus_assets.assets.commands import nexudus_commands
+from nexudus_assets.assets.insights import INSIGHTS, insight_assets
 from nexudus_assets.assets.raw import raw_assets
 from nexudus_assets.checks import asset_checks
-from nexudus_assets.jobs import nexudus_full_refresh, nexudus_sync
+from nexudus_assets.jobs import build_command_job, nexudus_full_refresh, nexudus_sync
 from nexudus_assets.nexudus import DEFAULT_BASE_URL
-from nexudus_assets.resources import NexudusResource, WarehouseResource
+from nexudus_assets.resources import AlertWebhookResource, NexudusResource, WarehouseResource
 from nexudus_assets.schedules import schedules
+from nexudus_assets.sensors import build_sensors
+from nexudus_assets.writeback.rules import CommandRule, load_rules, rules_path
+
+ASSETS = [*raw_assets, nexudus_commands, *insight_assets]
+#: Insights whose `id` is a Nexudus record id: the ones a command rule can act on.
+ACTIONABLE_ASSETS = {insight.name for insight in INSIGHTS if insight.entity is not None}
 
 
 def _env(name: str, default: Any) -> Any:
@@ -28,20 +36,26 @@ def resources_from_env() -> dict[str, Any]:
             auth=_env("NEXUDUS_AUTH", "basic"),
             totp=_env("NEXUDUS_TOTP", None),
             page_size=dg.EnvVar.int("NEXUDUS_PAGE_SIZE") if "NEXUDUS_PAGE_SIZE" in os.environ else 1000,
+            commands_live=os.environ.get("NEXUDUS_COMMANDS_LIVE", "").strip().lower() == "true",
         ),
         "warehouse": WarehouseResource(database=_env("NEXUDUS_DUCKDB_PATH", "data/nexudus.duckdb")),
+        "alerts": AlertWebhookResource(url=_env("NEXUDUS_ALERT_WEBHOOK_URL", None)),
     }
 
 
-def build_defs(resources: dict[str, Any]) -> dg.Definitions:
+def build_defs(resources: dict[str, Any], rules: Sequence[CommandRule]) -> dg.Definitions:
+    command_job = build_command_job(rules)
+    jobs = [nexudus_sync, nexudus_full_refresh, command_job]
+    asset_keys = {key for asset in ASSETS for key in asset.keys}
     return dg.Definitions(
-        assets=[*raw_assets, *insight_assets],
+        assets=ASSETS,
         asset_checks=asset_checks,
-        jobs=[nexudus_sync, nexudus_full_refresh],
+        jobs=jobs,
         schedules=schedules,
+        sensors=build_sensors(rules, command_job, asset_keys, {job.name for job in jobs} | {"__ASSET_JOB"}),
         resources=resources,
         executor=dg.in_process_executor,
     )
 
 
-defs = build_defs(resources_from_env())
+defs = build_defs(resources_from_env(), load_rules(rules_path(), ACTIONABLE_ASSETS))

@@ -1,10 +1,12 @@
 """Dagster resources: the Nexudus account and the DuckDB warehouse, configured from the environment."""
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import dagster as dg
 import duckdb
+import httpx
 from dagster._utils.backoff import backoff
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
@@ -22,6 +24,9 @@ class NexudusResource(dg.ConfigurableResource):
     auth: str = Field(default="basic", description="'basic', or 'bearer' for the token endpoint.")
     totp: str | None = Field(default=None, description="TOTP secret (or a current code) for two-factor accounts.")
     page_size: int = Field(default=1000, description="Records per list request (at most 1000).")
+    commands_live: bool = Field(
+        default=False, description="Send commands to Nexudus (NEXUDUS_COMMANDS_LIVE=true); otherwise dry runs."
+    )
 
     def get_client(self) -> NexudusClient:
         # Pacing numbers come from NEXUDUS_PACING / NEXUDUS_MAX_* (see README): one place for them.
@@ -34,6 +39,24 @@ class NexudusResource(dg.ConfigurableResource):
             page_size=self.page_size,
             limits=RateLimits.from_env(),
         )
+
+
+class AlertWebhookResource(dg.ConfigurableResource):
+    """Where alerts go: a Slack-style incoming webhook (`{"text": ...}`), or only the log."""
+
+    url: str | None = Field(default=None, description="NEXUDUS_ALERT_WEBHOOK_URL; a secret, never logged.")
+
+    def send(self, text: str, log: logging.Logger) -> None:
+        """Logs the alert and posts it; raises when the webhook does not take it."""
+        log.warning("alert: %s", text)
+        if not self.url:
+            return
+        try:
+            response = httpx.post(self.url, json={"text": text}, timeout=10)
+        except httpx.HTTPError as exc:  # its message may carry the URL, which holds the secret
+            raise RuntimeError(f"the alert webhook could not be reached ({type(exc).__name__})") from None
+        if response.is_error:
+            raise RuntimeError(f"the alert webhook answered HTTP {response.status_code}")
 
 
 class WarehouseResource(DuckDBResource):

@@ -50,7 +50,8 @@ def test_the_cli_validates_the_code_location():
 def test_asset_graph_snapshot():
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert keys == RAW | set(LINEAGE)
+    assert keys == RAW | {"nexudus_commands"} | set(LINEAGE)
+    assert graph.get(dg.AssetKey("nexudus_commands")).group_name == "nexudus_raw"
     for name, parents in LINEAGE.items():
         node = graph.get(dg.AssetKey(name))
         assert {p.to_user_string() for p in node.parent_keys} == parents
@@ -73,7 +74,11 @@ def test_jobs_and_schedules():
     assert {job.name for job in defs.resolve_all_job_defs() if not job.name.startswith("__")} == {
         "nexudus_sync",
         "nexudus_full_refresh",
+        "nexudus_command",
     }
     for name in ("nexudus_sync_schedule", "nexudus_full_refresh_schedule"):
         schedule = defs.resolve_schedule_def(name)
         assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    sensors = {sensor.name: sensor for sensor in defs.sensors}
+    assert set(sensors) == {"nexudus_alerts", "nexudus_rule_top_up_low_minutes", "nexudus_rule_extend_expiring_passes"}
+    assert all(sensor.default_status == dg.DefaultSensorStatus.RUNNING for sensor in sensors.values())

@@ -129,3 +129,9 @@ def test_command_descriptions_with_parameters():
         {"Key": "K", "AppliesOnlyToOneEntity": True, "RequiresParameters": [{"Name": "Days", "Type": "Int32"}]}
     )
     assert command.applies_only_to_one_entity and command.requires_parameters[0].type == "Int32"
+
+
+def test_command_parameters_survive_null_and_field_name_construction():
+    assert CommandDescription.model_validate({"Key": "K", "RequiresParameters": None}).requires_parameters == []
+    built = CommandDescription(key="K", requires_parameters=[{"Name": "Days", "Type": "Int32"}])
+    assert [p.name for p in built.requires_parameters] == ["Days"]

@@ -10,7 +10,7 @@ import pytest
 from nexudus_assets.checks import asset_checks
 from nexudus_assets.definitions import build_defs
 from nexudus_assets.nexudus import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES, ENTITIES
-from nexudus_assets.resources import NexudusResource, WarehouseResource
+from nexudus_assets.resources import AlertWebhookResource, NexudusResource, WarehouseResource
 from nexudus_assets.warehouse import qualified
 from nexudus_assets_tests.conftest import PASSWORD, USERNAME
 
@@ -20,19 +20,18 @@ BOOKKEEPING = {"_extra", "_synced_at", "_deleted_at"}
 class Project:
     """The code location wired to one simulator and one DuckDB file."""
 
-    def __init__(self, running, database, page_size: int = 1000) -> None:
+    def __init__(
+        self, running, database, page_size: int = 1000, rules=(), live: bool = False, webhook=None, password=PASSWORD
+    ) -> None:
         self.running = running
         self.sim = running.sim
         self.database = str(database)
         self.warehouse = WarehouseResource(database=self.database)
-        self.defs = build_defs(
-            {
-                "nexudus": NexudusResource(
-                    base_url=running.base_url, username=USERNAME, password=PASSWORD, page_size=page_size
-                ),
-                "warehouse": self.warehouse,
-            }
+        self.alerts = AlertWebhookResource(url=webhook)
+        self.nexudus = NexudusResource(
+            base_url=running.base_url, username=USERNAME, password=password, page_size=page_size, commands_live=live
         )
+        self.defs = build_defs({"nexudus": self.nexudus, "warehouse": self.warehouse, "alerts": self.alerts}, rules)
         self.instance = dg.DagsterInstance.ephemeral()
 
     def run(self, job: str = "nexudus_sync", run_config=None, raise_on_error: bool = True):
@@ -98,7 +97,8 @@ def test_an_incremental_sync_picks_up_changes_with_one_request_per_entity(projec
     assert metadata(result, "coworker_contracts")["rows_updated"] == 3
     assert metadata(result, "coworker_time_passes")["rows_updated"] == 0
     assert [metadata(result, e.table)["requests"] for e in ENTITIES] == [1, 1, 1]
-    assert project.sim.stats["requests"] == 3
+    reads = [path for _, path, _, _ in project.sim.request_log if not path.endswith("/commands")]
+    assert len(reads) == 3  # the command catalogue is refreshed too, one request per entity
     [query] = [q for _, path, q, _ in project.sim.request_log if path.endswith("accesstokens")]
     assert "from_AccessToken_UpdatedOn" in query
     for entity in ENTITIES:

@@ -15,7 +15,7 @@ from pydantic import Field
 from nexudus_assets.nexudus import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES, CancellationReason, Entity
 from nexudus_assets.assets.metadata import table_metadata
 from nexudus_assets.resources import WarehouseResource
-from nexudus_assets.warehouse import qualified
+from nexudus_assets.warehouse import qualified, transaction
 
 INSIGHTS_SCHEMA = "insights"
 GROUP = "nexudus_insights"
@@ -215,14 +215,9 @@ def build_insight_asset(insight: Insight) -> dg.AssetsDefinition:
         used = {name: value for name, value in parameters.items() if f"${name}" in insight.sql}
         table = f"{INSIGHTS_SCHEMA}.{insight.name}"
         with warehouse.get_connection() as conn:
-            conn.execute("BEGIN")
-            try:
+            with transaction(conn):
                 conn.execute(f"CREATE SCHEMA IF NOT EXISTS {INSIGHTS_SCHEMA}")
                 conn.execute(f"CREATE OR REPLACE TABLE {table} AS {insight.sql}", used)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
             metadata = table_metadata(conn, table)
         return dg.MaterializeResult(
             metadata={

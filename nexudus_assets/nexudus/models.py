@@ -288,7 +288,7 @@ class CommandDescription(NexudusModel):
     @model_validator(mode="before")
     @classmethod
     def _null_parameters_are_none(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("RequiresParameters") is None:
+        if isinstance(data, dict) and "RequiresParameters" in data and data["RequiresParameters"] is None:
             data = {**data, "RequiresParameters": []}
         return data
 

@@ -4,7 +4,7 @@ Pure Python over a caller-supplied DuckDB connection; no Dagster, no HTTP.
 """
 
 from nexudus_assets.warehouse.connection import CATALOG, connect
-from nexudus_assets.warehouse.schema import SCHEMA, Column, ensure_schema, qualified, table_columns
+from nexudus_assets.warehouse.schema import SCHEMA, Column, ensure_schema, qualified, table_columns, transaction
 from nexudus_assets.warehouse.sync import (
     DeletionGuardError,
     EntitySync,
@@ -26,4 +26,5 @@ __all__ = [
     "qualified",
     "read_high_water_mark",
     "table_columns",
+    "transaction",
 ]

@@ -1,0 +1,1 @@
+"""Acting on insights: command rules, checked against the catalogue, run once per record."""

@@ -1,0 +1,341 @@
+"""Command rules, their sensors and the command job; the alert sensor. Simulator over HTTP, real DuckDB."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import dagster as dg
+import pytest
+
+from nexudus_assets.definitions import ACTIONABLE_ASSETS
+from nexudus_assets.nexudus import ACCESS_TOKENS, CommandDescription
+from nexudus_assets.writeback.plan import check_rule, plan_calls
+from nexudus_assets.writeback.rules import CommandRule, RuleError, load_rules
+from nexudus_assets_tests.test_sync_assets import Project
+
+TOP_UP = CommandRule(
+    name="top_up", asset="low_minutes_access_tokens", command="ACCESSTOKEN_ADD_MINUTES",
+    parameters={"Minutes": 120}, batch_size=10,
+)
+EXTEND = CommandRule(
+    name="extend", asset="low_minutes_access_tokens", command="ACCESSTOKEN_EXTEND_VALIDITY",
+    parameters={"Days": 7}, max_attempts=2,
+)
+MERGE = CommandRule(name="merge", asset="low_minutes_access_tokens", command="ACCESSTOKEN_MERGE")
+
+
+# -- the rules file --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("rules: [", "not valid YAML"),
+        ("rules: 5", "a `rules:` list"),
+        ("rules:\n  - {name: a, asset: nowhere, command: K}", "'a'.*asset 'nowhere' is not an insight"),
+        ("rules:\n  - {name: Bad-Name, asset: low_minutes_access_tokens, command: K}", "lowercase"),
+        ("rules:\n  - {name: a, asset: low_minutes_access_tokens}", "'a'.*command: Field required"),
+        ("rules:\n  - {name: a, asset: low_minutes_access_tokens, command: K, cooldown_hours: -1}", "cooldown_hours"),
+        ("rules:\n  - {name: a, asset: low_minutes_access_tokens, command: K, colour: red}", "colour"),
+        ("rules:\n  - {name: a, asset: monthly_recurring_revenue_by_tariff, command: K}", "not an insight of record ids"),
+        ("rules:\n  - {name: a, asset: low_minutes_access_tokens, command: K}\n"
+         "  - {name: a, asset: expiring_time_passes, command: K}", "used twice"),
+    ],
+)
+def test_a_malformed_rules_file_fails_loudly_naming_the_rule(tmp_path, text, message):
+    path = tmp_path / "rules.yaml"
+    path.write_text(text)
+    with pytest.raises(RuleError, match=message):
+        load_rules(path, ACTIONABLE_ASSETS)
+
+
+def test_the_shipped_example_loads(tmp_path):
+    from nexudus_assets.writeback.rules import EXAMPLE_RULES
+
+    rules = load_rules(EXAMPLE_RULES, ACTIONABLE_ASSETS)
+    assert [rule.name for rule in rules] == ["top_up_low_minutes", "extend_expiring_passes"]
+    assert rules[0].parameters == {"Minutes": 120}
+
+
+# -- checking against the catalogue, cutting into calls --------------------------------------
+
+CATALOGUE = [
+    CommandDescription.model_validate(item)
+    for item in (
+        {"Key": "ADD", "RequiresParameters": [{"Name": "Minutes", "Type": "Int32"}]},
+        {"Key": "NOTE", "RequiresParameters": [{"Name": "Note", "Type": "string"}, {"Name": "Urgent", "Type": "Boolean"}]},
+        {"Key": "WHEN", "RequiresParameters": [{"Name": "At", "Type": "System.DateTime?"}]},
+        {"Key": "ODD", "RequiresParameters": [{"Name": "X", "Type": "Nexudus.Enums.eSomething"}]},
+        {"Key": "GLOBAL", "NeedsEntitiesToRun": False},
+    )
+]
+
+
+def rule(command: str, **parameters) -> CommandRule:
+    return CommandRule(name="r", asset="low_minutes_access_tokens", command=command, parameters=parameters)
+
+
+def test_a_valid_rule_gives_the_parameters_payload():
+    command, payload = check_rule(rule("NOTE", Note="hello", Urgent=True), CATALOGUE)
+    assert command.key == "NOTE"
+    assert payload == [{"Name": "Note", "Type": "string", "Value": "hello"}, {"Name": "Urgent", "Type": "Boolean", "Value": True}]
+    assert check_rule(rule("WHEN", At="2026-12-01T09:00:00"), CATALOGUE)[1][0]["Value"] == "2026-12-01T09:00:00"
+
+
+@pytest.mark.parametrize(
+    ("candidate", "message"),
+    [
+        (rule("NOPE"), "'NOPE' is not in the catalogue \\(available: ADD, GLOBAL, NOTE, ODD, WHEN\\)"),
+        (rule("ADD"), "missing parameter\\(s\\) Minutes; ADD takes Minutes \\(Int32\\)"),
+        (rule("ADD", Minutes=5, Hours=1), "unknown parameter\\(s\\) Hours"),
+        (rule("ADD", Minutes="lots"), "'Minutes' must be a Int32, not str 'lots'"),
+        (rule("ADD", Minutes=True), "must be a Int32, not bool"),
+        (rule("WHEN", At="next tuesday"), "'At' must be a System.DateTime\\?"),
+        (rule("ODD", X=1), "cannot be checked; nothing is sent unchecked"),
+        (rule("GLOBAL"), "runs without records"),
+    ],
+)
+def test_a_rule_that_does_not_fit_the_catalogue_says_why(candidate, message):
+    with pytest.raises(RuleError, match=message):
+        check_rule(candidate, CATALOGUE)
+
+
+def describe(**flags) -> CommandDescription:
+    return CommandDescription.model_validate({"Key": "K", **flags})
+
+
+def test_calls_follow_the_command_metadata():
+    ids = [5, 1, 4, 2, 3, 3]
+    assert plan_calls(describe(AppliesOnlyToOneEntity=True), ids, 10).batches == [[1], [2], [3], [4], [5]]
+    pairs = plan_calls(describe(AppliesOnlyToTwoEntities=True), ids, 10)
+    assert (pairs.batches, pairs.left_over) == ([[1, 2], [3, 4]], [5])
+    assert plan_calls(describe(), ids, 2).batches == [[1, 2], [3, 4], [5]]
+    assert plan_calls(describe(AppliesOnlyToMultipleEntities=True), ids, 2).batches == [[1, 2], [3, 4, 5]]
+    assert plan_calls(describe(AppliesOnlyToMultipleEntities=True), [7], 2).left_over == [7]
+
+
+# -- sensors and the command job against the simulator ----------------------------------------
+
+
+@pytest.fixture
+def make_project(start_simulator, tmp_path, monkeypatch):
+    monkeypatch.setenv("NEXUDUS_PACING", "off")
+    running = start_simulator(seed=21, tokens=400, contracts=10, passes=10)
+    return lambda **kwargs: Project(running, tmp_path / "nexudus.duckdb", **kwargs)
+
+
+def tick(project, sensor_name: str, cursor=None, **resources):
+    sensor = project.defs.resolve_sensor_def(sensor_name)
+    context = dg.build_sensor_context(
+        instance=project.instance, cursor=cursor,
+        resources={"warehouse": project.warehouse, "alerts": project.alerts, **resources},
+    )
+    return sensor.evaluate_tick(context)
+
+
+def run_requested(project, data, raise_on_error=True):
+    [request] = data.run_requests
+    return project.defs.resolve_job_def("nexudus_command").execute_in_process(
+        run_config=request.run_config, instance=project.instance, raise_on_error=raise_on_error
+    )
+
+
+def run_command(project, rule_name: str, ids, raise_on_error=True):
+    config = {"ops": {"run_nexudus_command": {"config": {"rule": rule_name, "record_ids": list(ids)}}}}
+    return project.defs.resolve_job_def("nexudus_command").execute_in_process(
+        run_config=config, instance=project.instance, raise_on_error=raise_on_error
+    )
+
+
+def ledger(project) -> list[tuple]:
+    return project.query("SELECT rule, record_id, outcome, dry_run, call_id FROM nexudus.command_runs ORDER BY record_id")
+
+
+def test_a_dry_run_sends_nothing_and_records_what_it_would_send(make_project):
+    project = make_project(rules=[TOP_UP])
+    project.run()
+    low = project.insight_ids("low_minutes_access_tokens")
+    data = tick(project, "nexudus_rule_top_up")
+    [request] = data.run_requests
+    assert sorted(request.run_config["ops"]["run_nexudus_command"]["config"]["record_ids"]) == sorted(low)
+    assert request.run_key.startswith("top_up:")
+    run_requested(project, data)
+    assert project.sim.commands_run == []
+    rows = ledger(project)
+    assert {row[1] for row in rows} == low and {row[2] for row in rows} == {"dry_run"} and all(row[3] for row in rows)
+    # Dry runs change nothing upstream, so the next materialization proposes the same records.
+    project.run()
+    again = tick(project, "nexudus_rule_top_up", cursor=data.cursor)
+    assert len(again.run_requests) == 1
+
+
+def test_a_live_batch_command_goes_out_once_per_record_in_bounded_batches(make_project):
+    project = make_project(rules=[TOP_UP], live=True)
+    project.run()
+    low = project.insight_ids("low_minutes_access_tokens")
+    before = {i: project.sim.get(ACCESS_TOKENS, i)["MinutesLeft"] for i in low}
+    data = tick(project, "nexudus_rule_top_up")
+    run_requested(project, data)
+    calls = project.sim.commands_run
+    sent = [i for call in calls for i in call["ids"]]
+    assert sorted(sent) == sorted(low), "every record exactly once"
+    assert all(len(call["ids"]) <= 10 and call["was_successful"] for call in calls)
+    assert len(calls) == -(-len(low) // 10)
+    assert all(project.sim.get(ACCESS_TOKENS, i)["MinutesLeft"] == before[i] + 120 for i in low)
+    assert {row[2] for row in ledger(project)} == {"succeeded"}
+    # The job itself refuses to repeat within the cooldown, whatever it is asked.
+    run_command(project, "top_up", low)
+    assert len(project.sim.commands_run) == len(calls)
+
+
+def test_a_second_tick_within_the_cooldown_sends_nothing(make_project):
+    project = make_project(rules=[EXTEND], live=True)
+    project.run()
+    first = tick(project, "nexudus_rule_extend")
+    run_requested(project, first)
+    sent = len(project.sim.commands_run)
+    assert sent == len(project.insight_ids("low_minutes_access_tokens"))  # one call per record
+    assert all(len(call["ids"]) == 1 for call in project.sim.commands_run)
+    project.run()  # a new materialization; the extended tokens are still low on minutes
+    second = tick(project, "nexudus_rule_extend", cursor=first.cursor)
+    assert second.run_requests == []
+    assert "actioned within the cooldown" in second.skip_message
+    assert len(project.sim.commands_run) == sent
+    # A repeated tick of the same materialization is harmless too.
+    assert tick(project, "nexudus_rule_extend", cursor=second.cursor).run_requests == []
+
+
+def test_a_two_record_command_goes_out_in_pairs_and_the_odd_one_waits(make_project):
+    project = make_project(rules=[MERGE], live=True)
+    project.run()
+    low = sorted(project.insight_ids("low_minutes_access_tokens"))
+    ids = low[:5]
+    run_command(project, "merge", ids)
+    assert [call["ids"] for call in project.sim.commands_run] == [ids[0:2], ids[2:4]]
+    outcomes = {row[1]: row[2] for row in ledger(project)}
+    assert outcomes[ids[4]] == "skipped"
+
+
+def test_a_failed_command_is_recorded_and_retried_on_later_ticks_up_to_the_limit(make_project):
+    project = make_project(rules=[EXTEND], live=True)
+    project.run()
+    ids = sorted(project.insight_ids("low_minutes_access_tokens"))[:3]
+    project.sim.faults.failing_command_ids = {ids[0]}
+    first = run_command(project, "extend", ids, raise_on_error=False)
+    assert not first.success
+    assert "1 record(s) failed" in first.failure_data_for_node("run_nexudus_command").error.message
+    outcomes = {(row[1], row[2]) for row in ledger(project)}
+    assert outcomes == {(ids[0], "failed"), (ids[1], "succeeded"), (ids[2], "succeeded")}
+
+    run_command(project, "extend", ids, raise_on_error=False)  # a later tick: only the failed one again
+    run_command(project, "extend", ids, raise_on_error=False)  # out of attempts (max_attempts=2)
+    attempts = [call["ids"] for call in project.sim.commands_run]
+    assert attempts.count([ids[0]]) == 2
+    assert attempts.count([ids[1]]) == 1 and attempts.count([ids[2]]) == 1
+
+
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        (CommandRule(name="broken", asset="low_minutes_access_tokens", command="ACCESSTOKEN_TELEPORT"), "not in the catalogue"),
+        (CommandRule(name="broken", asset="low_minutes_access_tokens", command="ACCESSTOKEN_ADD_MINUTES"), "missing parameter"),
+        (CommandRule(name="broken", asset="low_minutes_access_tokens", command="ACCESSTOKEN_ADD_MINUTES",
+                     parameters={"Minutes": "lots"}), "must be a Int32"),
+    ],
+)
+def test_an_invalid_rule_sends_nothing_and_explains(make_project, broken, message):
+    project = make_project(rules=[broken], live=True)
+    project.run()  # also stores the command catalogue the sensor checks against
+    data = tick(project, "nexudus_rule_broken")
+    assert data.run_requests == [] and message in data.skip_message
+    failed = run_command(project, "broken", sorted(project.insight_ids("low_minutes_access_tokens")), raise_on_error=False)
+    assert not failed.success
+    error = failed.failure_data_for_node("run_nexudus_command").error.message
+    assert "Nothing was sent" in error and message in error
+    assert project.sim.commands_run == []
+    assert project.query("SELECT count(*) FROM nexudus.command_runs") == [(0,)]
+
+
+# -- alerts ------------------------------------------------------------------------------------
+
+
+class Webhook:
+    """A webhook receiver on 127.0.0.1 that keeps what it is sent; `status` sets its answer."""
+
+    def __init__(self) -> None:
+        self.posts: list[dict] = []
+        self.status = 200
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if receiver.status == 200:
+                    receiver.posts.append(json.loads(body))
+                self.send_response(receiver.status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/secret-token"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def texts(self) -> list[str]:
+        return [post["text"] for post in self.posts]
+
+
+@pytest.fixture
+def webhook():
+    receiver = Webhook()
+    yield receiver
+    receiver.server.shutdown()
+
+
+def test_alerts_once_per_failed_check_and_once_on_recovery(make_project, webhook):
+    project = make_project(webhook=webhook.url)
+    token = dict(project.sim.records(ACCESS_TOKENS)[0])
+    project.sim.put_raw(ACCESS_TOKENS, {**token, "Id": 7, "MinutesIncluded": 60, "MinutesLeft": 90})
+    project.run()
+    first = tick(project, "nexudus_alerts")
+    [text] = webhook.texts()
+    assert "access_tokens.minutes_left_within_included (WARN)" in text and "7" in text
+
+    assert tick(project, "nexudus_alerts", cursor=first.cursor).cursor  # nothing new
+    assert len(webhook.posts) == 1
+
+    project.sim.put_raw(ACCESS_TOKENS, {**token, "Id": 7, "MinutesIncluded": 60, "MinutesLeft": 30,
+                                        "UpdatedOn": "2099-01-01T00:00:00Z"})
+    project.run()
+    second = tick(project, "nexudus_alerts", cursor=first.cursor)
+    assert len(webhook.posts) == 2 and "recovered: access_tokens.minutes_left_within_included" in webhook.texts()[1]
+    project.run()
+    tick(project, "nexudus_alerts", cursor=second.cursor)
+    assert len(webhook.posts) == 2, "a check that keeps passing sends nothing more"
+
+
+def test_an_undelivered_alert_is_sent_on_a_later_tick_and_only_once(make_project, webhook):
+    project = make_project(webhook=webhook.url)
+    token = dict(project.sim.records(ACCESS_TOKENS)[0])
+    project.sim.put_raw(ACCESS_TOKENS, {**token, "Id": 7, "ValidFrom": "2026-05-01T00:00:00", "ValidTo": "2026-01-01T00:00:00"})
+    project.run()
+    webhook.status = 500
+    refused = tick(project, "nexudus_alerts")
+    assert "stopped" in refused.skip_message and webhook.posts == []
+    webhook.status = 200
+    delivered = tick(project, "nexudus_alerts", cursor=refused.cursor)
+    tick(project, "nexudus_alerts", cursor=delivered.cursor)
+    assert len(webhook.posts) == 1 and "valid_window_ordered" in webhook.texts()[0]
+    assert webhook.url not in refused.skip_message
+
+
+def test_a_failed_run_alerts_without_leaking_the_password(make_project, webhook):
+    project = make_project(webhook=webhook.url, password="wrong-password")
+    failed = project.run(raise_on_error=False)
+    assert not failed.success
+    tick(project, "nexudus_alerts")
+    [text] = [text for text in webhook.texts() if "run failed" in text]
+    assert "nexudus_sync" in text and failed.run_id[:8] in text
+    assert "wrong-password" not in " ".join(webhook.texts())
