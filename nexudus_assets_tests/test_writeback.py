@@ -339,3 +339,30 @@ def test_a_failed_run_alerts_without_leaking_the_password(make_project, webhook)
     [text] = [text for text in webhook.texts() if "run failed" in text]
     assert "nexudus_sync" in text and failed.run_id[:8] in text
     assert "wrong-password" not in " ".join(webhook.texts())
+
+
+def test_under_flaky_answers_every_record_is_actioned_at_most_once_per_cooldown(make_project):
+    """Many ticks against a server that fails, drops and garbles answers to commands.
+
+    A garbled answer comes after the command was applied: only the ledger's `uncertain`
+    stops a resend. The simulator counts what it really applied.
+    """
+    project = make_project(rules=[EXTEND], live=True)
+    sim = project.sim
+    project.run()
+    cursor = None
+    sim.faults.error_rate, sim.faults.drop_rate, sim.faults.malformed_rate = 0.15, 0.1, 0.1
+    for _ in range(4):
+        sim.faults.error_rate, saved = 0.0, sim.faults.error_rate  # the sync itself is not under test here
+        project.run()
+        sim.faults.error_rate = saved
+        data = tick(project, "nexudus_rule_extend", cursor=cursor)
+        cursor = data.cursor
+        if data.run_requests:
+            run_requested(project, data, raise_on_error=False)
+    sim.faults.error_rate = sim.faults.drop_rate = sim.faults.malformed_rate = 0.0
+    applied = [call["ids"][0] for call in sim.commands_run if call["was_successful"]]
+    assert applied, "no command got through: the test proves nothing"
+    assert len(applied) == len(set(applied)), "a record was actioned twice within its cooldown"
+    outcomes = {row[2] for row in ledger(project)}
+    assert {"succeeded"} <= outcomes and outcomes <= {"succeeded", "failed", "uncertain"}

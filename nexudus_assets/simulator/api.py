@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import Message
 from typing import TYPE_CHECKING, Any
@@ -57,8 +56,6 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     #: Close the connection without answering.
     drop: bool = False
-    #: Run after the answer has been sent (the `on_list_page` hook).
-    after: Callable[[], None] | None = None
 
 
 def json_reply(status: int, payload: Any) -> Reply:
@@ -98,7 +95,7 @@ def _api(sim: Simulator, request: Request) -> Reply:
         wait = sim.limiter.admit(user, request.method in WRITES) if sim.enforce_limits else None
         reply = throttled(wait) if wait is not None else _route(sim, request, user)
     if malformed:
-        return Reply(200, reply.body[: len(reply.body) // 2], JSON, after=reply.after)
+        return Reply(200, reply.body[: len(reply.body) // 2], JSON)
     return reply
 
 
@@ -177,11 +174,12 @@ def _route(sim: Simulator, request: Request, user: str) -> Reply:
 
 def _list(sim: Simulator, entity: Entity, query: dict[str, str]) -> Reply:
     envelope, page = sim.list_page(entity, query)
-    reply = json_reply(200, envelope)
     hook = sim.on_list_page
     if hook is not None:
-        reply.after = lambda: hook(entity, page)
-    return reply
+        # Before the answer goes out: the client cannot ask for the next page until the
+        # hook's changes are in, so drift lands exactly between two pages.
+        hook(entity, page)
+    return json_reply(200, envelope)
 
 
 def _not_allowed(method: str) -> Reply:

@@ -110,7 +110,7 @@ class Simulator:
         self.enforce_limits = enforce_limits
         self.limiter = RateLimiter(limits or Limits())
         self.faults = faults if faults is not None else Faults(seed=seed)
-        #: Called with (entity, page number) after each list page is sent, outside the lock.
+        #: Called with (entity, page number) after each list page is built, before it is sent, outside the lock.
         self.on_list_page: Callable[[Entity, int], None] | None = None
         self._lock = threading.RLock()
         self._stats_lock = threading.Lock()

@@ -43,8 +43,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(reply.body)
-        if reply.after is not None:
-            reply.after()
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_GET
 
