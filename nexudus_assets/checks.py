@@ -1,5 +1,6 @@
 """Asset checks on the raw tables, as SQL. ERROR checks block: derived assets never see broken data."""
 
+import datetime as dt
 import os
 from dataclasses import dataclass
 
@@ -111,7 +112,7 @@ def build_row_check(check: RowCheck) -> dg.AssetChecksDefinition:
     def _row_check(warehouse: WarehouseResource) -> dg.AssetCheckResult:
         with warehouse.get_connection() as conn:
             count = conn.execute(f"SELECT count(*) FROM ({check.offending_sql})").fetchone()[0]
-            sample = conn.execute(f"{check.offending_sql} LIMIT {SAMPLE_IDS}").fetchall()
+            sample = conn.execute(f"{check.offending_sql} ORDER BY 1 LIMIT {SAMPLE_IDS}").fetchall()
         return _outcome(count == 0, check.severity, [row[0] for row in sample], count)
 
     return _row_check
@@ -131,10 +132,10 @@ def build_freshness_check(entity: Entity) -> dg.AssetChecksDefinition:
     )
     def _freshness(warehouse: WarehouseResource) -> dg.AssetCheckResult:
         with warehouse.get_connection() as conn:
+            # `finished_at` is UTC; DuckDB's now() would be cast to the machine's zone.
             age = conn.execute(
-                f"SELECT date_diff('second', max(finished_at), now()::TIMESTAMP) / 3600.0 "
-                f"FROM {SCHEMA}._sync_log WHERE entity = ?",
-                [entity.table],
+                f"SELECT date_diff('second', max(finished_at), ?) / 3600.0 FROM {SCHEMA}._sync_log WHERE entity = ?",
+                [dt.datetime.now(dt.UTC).replace(tzinfo=None), entity.table],
             ).fetchone()[0]
         return dg.AssetCheckResult(
             passed=age is not None and age <= hours,
@@ -176,8 +177,12 @@ def build_row_count_check(entity: Entity) -> dg.AssetChecksDefinition:
     return _row_count
 
 
+#: Also run on a schedule of their own: after a sync they always pass, and a sync that stopped
+#: running would otherwise never be checked again.
+freshness_checks = [build_freshness_check(entity) for entity in ENTITIES]
+
 asset_checks = [
     *(build_row_check(check) for check in ROW_CHECKS),
-    *(build_freshness_check(entity) for entity in ENTITIES),
+    *freshness_checks,
     *(build_row_count_check(entity) for entity in ENTITIES),
 ]

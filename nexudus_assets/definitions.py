@@ -10,7 +10,7 @@ from nexudus_assets.assets.commands import nexudus_commands
 from nexudus_assets.assets.insights import INSIGHTS, insight_assets
 from nexudus_assets.assets.raw import raw_assets
 from nexudus_assets.checks import asset_checks
-from nexudus_assets.jobs import build_command_job, nexudus_full_refresh, nexudus_sync
+from nexudus_assets.jobs import build_command_job, nexudus_freshness, nexudus_full_refresh, nexudus_sync
 from nexudus_assets.nexudus import DEFAULT_BASE_URL
 from nexudus_assets.resources import AlertWebhookResource, NexudusResource, WarehouseResource
 from nexudus_assets.schedules import schedules
@@ -45,7 +45,7 @@ def resources_from_env() -> dict[str, Any]:
 
 def build_defs(resources: dict[str, Any], rules: Sequence[CommandRule]) -> dg.Definitions:
     command_job = build_command_job(rules)
-    jobs = [nexudus_sync, nexudus_full_refresh, command_job]
+    jobs = [nexudus_sync, nexudus_full_refresh, nexudus_freshness, command_job]
     asset_keys = {key for asset in ASSETS for key in asset.keys}
     return dg.Definitions(
         assets=ASSETS,

@@ -6,7 +6,7 @@ import dagster as dg
 from pydantic import Field
 
 from nexudus_assets.assets import insights, raw
-from nexudus_assets.assets.raw import API_POOL
+from nexudus_assets.checks import freshness_checks
 from nexudus_assets.nexudus import ENTITIES
 from nexudus_assets.resources import NexudusResource, WarehouseResource
 from nexudus_assets.writeback.execute import run_rule
@@ -29,6 +29,13 @@ nexudus_full_refresh = dg.define_asset_job(
     executor_def=dg.in_process_executor,
 )
 
+nexudus_freshness = dg.define_asset_job(
+    name="nexudus_freshness",
+    selection=dg.AssetSelection.checks(*freshness_checks),
+    description="Only the `synced_recently` checks: notices a sync that stopped running. Calls no API.",
+    executor_def=dg.in_process_executor,
+)
+
 COMMAND_JOB = "nexudus_command"
 COMMAND_OP = "run_nexudus_command"
 
@@ -43,7 +50,6 @@ def build_command_job(rules: Sequence[CommandRule]) -> dg.JobDefinition:
 
     @dg.op(
         name=COMMAND_OP,
-        pool=API_POOL,
         description="Runs a rule's Nexudus command on the given records: dry run unless NEXUDUS_COMMANDS_LIVE=true.",
     )
     def run_nexudus_command(

@@ -3,25 +3,28 @@
 import os
 
 import dagster as dg
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from nexudus_assets.jobs import nexudus_full_refresh, nexudus_sync
+from nexudus_assets.jobs import nexudus_freshness, nexudus_full_refresh, nexudus_sync
 
-sync_schedule = dg.ScheduleDefinition(
-    name="nexudus_sync_schedule",
-    job=nexudus_sync,
-    cron_schedule=os.environ.get("NEXUDUS_SYNC_CRON", "0 * * * *"),
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Incremental sync (NEXUDUS_SYNC_CRON, default hourly).",
-)
 
-full_refresh_schedule = dg.ScheduleDefinition(
-    name="nexudus_full_refresh_schedule",
-    job=nexudus_full_refresh,
-    cron_schedule=os.environ.get("NEXUDUS_FULL_REFRESH_CRON", "30 2 * * *"),
-    execution_timezone="UTC",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Full refresh with deletion detection (NEXUDUS_FULL_REFRESH_CRON, default 02:30 nightly).",
-)
+def build_schedule(job: UnresolvedAssetJobDefinition, cron_variable: str, default_cron: str, what: str) -> dg.ScheduleDefinition:
+    return dg.ScheduleDefinition(
+        name=f"{job.name}_schedule",
+        job=job,
+        cron_schedule=os.environ.get(cron_variable, default_cron),
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=f"{what} ({cron_variable}, default `{default_cron}` UTC).",
+    )
 
-schedules = [sync_schedule, full_refresh_schedule]
+
+schedules = [
+    build_schedule(nexudus_sync, "NEXUDUS_SYNC_CRON", "0 * * * *", "Incremental sync, hourly"),
+    build_schedule(
+        nexudus_full_refresh, "NEXUDUS_FULL_REFRESH_CRON", "30 2 * * *", "Full refresh with deletion detection, nightly"
+    ),
+    build_schedule(
+        nexudus_freshness, "NEXUDUS_FRESHNESS_CRON", "45 * * * *", "The `synced_recently` checks on their own, hourly"
+    ),
+]

@@ -62,7 +62,6 @@ def test_asset_graph_snapshot():
         assert node.group_name == "nexudus_raw"
         assert node.kinds == {"nexudus", "duckdb"}
         assert node.owners == ["team:data"]
-        assert node.pools == {"nexudus_api"}
         assert "dagster/column_schema" in node.metadata
     checks: dict[str, set[str]] = {}
     for key in graph.asset_check_keys:
@@ -74,9 +73,10 @@ def test_jobs_and_schedules():
     assert {job.name for job in defs.resolve_all_job_defs() if not job.name.startswith("__")} == {
         "nexudus_sync",
         "nexudus_full_refresh",
+        "nexudus_freshness",
         "nexudus_command",
     }
-    for name in ("nexudus_sync_schedule", "nexudus_full_refresh_schedule"):
+    for name in ("nexudus_sync_schedule", "nexudus_full_refresh_schedule", "nexudus_freshness_schedule"):
         schedule = defs.resolve_schedule_def(name)
         assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     sensors = {sensor.name: sensor for sensor in defs.sensors}

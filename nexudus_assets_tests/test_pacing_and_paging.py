@@ -79,3 +79,65 @@ def test_a_list_shorter_than_promised_is_flagged():
     paginator = PageNumberPaginator(fetch=lambda n, s: next(answers), size=1)
     assert sum(len(page) for page in paginator) == 1
     assert paginator.summary.ended_short
+
+
+class CappedServer:
+    """A list of ids served `cap` at a time whatever `size` asks, echoing the asked size back."""
+
+    def __init__(self, ids: list[int], cap: int, *, envelope: str = "full") -> None:
+        self.ids = ids
+        self.cap = cap
+        self.envelope = envelope
+        self.after_page: dict[int, list[int]] = {}  # page number -> ids deleted once it is served
+
+    def __call__(self, number: int, size: int) -> Page:
+        start = (number - 1) * self.cap
+        records = [{"Id": i} for i in self.ids[start : start + self.cap]]
+        total = len(self.ids)
+        for gone in self.after_page.pop(number, []):
+            self.ids.remove(gone)
+        if self.envelope == "total-items-only":
+            return Page(records=records, total_items=total)
+        if self.envelope == "records-only":
+            return Page(records=records)
+        pages = -(-total // self.cap)
+        return Page(records=records, total_items=total, total_pages=pages, has_next_page=number < pages,
+                    current_page_size=size)
+
+
+@pytest.mark.parametrize("envelope", ["full", "total-items-only"])
+def test_deletions_behind_the_walk_skip_nothing_when_the_server_caps_the_page_size(envelope):
+    # 1000 asked, 100 served (and 1000 echoed back); 250 records behind the walk vanish after page 3.
+    server = CappedServer(list(range(1, 1001)), cap=100, envelope=envelope)
+    server.after_page[3] = list(range(1, 251))
+    paginator = PageNumberPaginator(fetch=server, size=1000)
+    seen = [record["Id"] for page in paginator for record in page]
+    assert len(seen) == len(set(seen))
+    assert set(range(251, 1001)) <= set(seen)
+
+
+def test_total_pages_wins_over_a_has_next_page_that_contradicts_it():
+    # The reference's by-Ids example: one record, one page, and yet HasNextPage true.
+    calls = []
+
+    def fetch(number, size):
+        calls.append(number)
+        return Page(records=[{"Id": 7}], total_items=1, total_pages=1, has_next_page=True)
+
+    assert [r["Id"] for page in PageNumberPaginator(fetch=fetch, size=25) for r in page] == [7]
+    assert calls == [1]
+
+
+def test_with_total_items_alone_the_walk_reads_until_it_has_them_all():
+    server = CappedServer(list(range(1, 251)), cap=100, envelope="total-items-only")
+    paginator = PageNumberPaginator(fetch=server, size=1000)
+    assert sum(len(page) for page in paginator) == 250
+    assert paginator.summary.pages == 3
+
+
+def test_with_no_envelope_a_short_first_page_is_not_taken_for_the_last():
+    # A server capping at 100 with nothing but `Records`: only an empty or shorter page ends the list.
+    server = CappedServer(list(range(1, 301)), cap=100, envelope="records-only")
+    paginator = PageNumberPaginator(fetch=server, size=1000)
+    assert sum(len(page) for page in paginator) == 300
+    assert paginator.summary.pages == 4  # the fourth, empty, ends it

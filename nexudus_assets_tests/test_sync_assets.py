@@ -1,6 +1,7 @@
 """The Dagster jobs end to end: simulator over HTTP, real DuckDB files, the project's own jobs."""
 
 import datetime as dt
+import time
 from collections import defaultdict
 from decimal import Decimal
 
@@ -248,12 +249,29 @@ def test_ids_unique_not_null_fails_when_the_key_is_broken(project):
     assert not outcome.passed and outcome.metadata["offending_rows"].value == 1
 
 
-def test_freshness_and_row_count_checks_fail_when_their_history_says_so(project):
+@pytest.fixture
+def machine_in_tokyo(monkeypatch):
+    # The age of a sync is counted in UTC whatever the machine's zone.
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_freshness_and_row_count_checks_fail_when_their_history_says_so(project, machine_in_tokyo):
     project.run()
     assert invoke_check(project, "coworker_contracts", "synced_recently").passed
     with project.warehouse.get_connection() as conn:
         conn.execute("UPDATE nexudus._sync_log SET finished_at = finished_at - INTERVAL 30 HOUR")
     assert not invoke_check(project, "coworker_contracts", "synced_recently").passed
+    # The scheduled checks-only job sees it too, with no sync and no API call.
+    project.sim.reset_stats()
+    stale = project.run("nexudus_freshness")
+    assert {key for key, e in check_outcomes(stale).items() if not e.passed} == {
+        (entity.table, "synced_recently") for entity in ENTITIES
+    }
+    assert project.sim.stats["requests"] == 0
 
     lost = [r["Id"] for r in project.sim.records(COWORKER_CONTRACTS)][:4]
     with project.warehouse.get_connection() as conn:  # rows vanish locally, with no deletion recorded
@@ -262,3 +280,37 @@ def test_freshness_and_row_count_checks_fail_when_their_history_says_so(project)
     outcome = check_outcomes(result)[("coworker_contracts", "row_count_stable")]
     assert not outcome.passed and outcome.metadata["unexplained_drop"].value == 4
     assert check_outcomes(result)[("access_tokens", "row_count_stable")].passed
+
+
+def test_insight_windows_are_open_at_as_of_and_closed_at_the_far_end(project):
+    sim = project.sim
+    as_of = dt.datetime(2026, 6, 1, 12, 0)
+    day = dt.timedelta(days=1)
+
+    def twin(entity, new_id, **changes):
+        record = {**sim.records(entity)[0], "Id": new_id, **changes}
+        sim.put_raw(entity, record)
+
+    for new_id, moment in ((9_000_001, as_of), (9_000_002, as_of + 14 * day), (9_000_003, as_of + 14 * day + dt.timedelta(minutes=1))):
+        twin(COWORKER_TIME_PASSES, new_id, ExpireDate=moment.isoformat(), Used=False, RemainingUses=None)
+    for new_id, moment in ((9_000_011, as_of), (9_000_012, as_of + 30 * day), (9_000_013, as_of + 31 * day)):
+        twin(COWORKER_CONTRACTS, new_id, RenewalDate=moment.isoformat(), Active=True, Cancelled=False)
+    for new_id, valid_to in ((9_000_021, as_of), (9_000_022, as_of + dt.timedelta(minutes=1))):
+        twin(ACCESS_TOKENS, new_id, ValidFrom=None, ValidTo=valid_to.isoformat(), MinutesLeft=5, MinutesIncluded=60)
+    config = {"as_of": as_of.isoformat()}
+    project.run(run_config={"ops": {name: {"config": config} for name in (
+        "low_minutes_access_tokens", "upcoming_contract_renewals", "expiring_time_passes")}})
+    crafted = range(9_000_000, 9_000_100)
+    assert set(crafted) & project.insight_ids("expiring_time_passes") == {9_000_002}
+    assert set(crafted) & project.insight_ids("upcoming_contract_renewals") == {9_000_012}
+    assert set(crafted) & project.insight_ids("low_minutes_access_tokens") == {9_000_022}
+
+
+def test_as_of_defaults_to_the_start_of_the_run_in_utc(project):
+    before = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    result = project.run()
+    after = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    moments = {dt.datetime.fromisoformat(metadata(result, name)["as_of"]) for name in (
+        "low_minutes_access_tokens", "upcoming_contract_renewals", "expiring_time_passes")}
+    assert len(moments) == 1, "the insights of one run must share one instant"
+    assert before - dt.timedelta(seconds=1) <= moments.pop() <= after

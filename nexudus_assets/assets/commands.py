@@ -5,7 +5,7 @@ import datetime as dt
 import dagster as dg
 
 from nexudus_assets.assets.metadata import table_metadata
-from nexudus_assets.assets.raw import API_POOL, GROUP
+from nexudus_assets.assets.raw import GROUP
 from nexudus_assets.nexudus import ENTITIES
 from nexudus_assets.resources import NexudusResource, WarehouseResource
 from nexudus_assets.warehouse.catalogue import COMMANDS, store_catalogue
@@ -20,7 +20,6 @@ from nexudus_assets.warehouse.catalogue import COMMANDS, store_catalogue
     ),
     kinds={"nexudus", "duckdb"},
     owners=["team:data"],
-    pool=API_POOL,
     metadata={"dagster/table_name": COMMANDS},
 )
 def nexudus_commands(nexudus: NexudusResource, warehouse: WarehouseResource) -> dg.MaterializeResult:

@@ -12,9 +12,6 @@ from nexudus_assets.warehouse import qualified, table_columns
 from nexudus_assets.warehouse.load import load_entity
 
 GROUP = "nexudus_raw"
-#: Every step that calls the API takes a slot of this pool; with a limit of 1 (dagster.yaml)
-#: concurrent steps can never add up past the account's published limits.
-API_POOL = "nexudus_api"
 
 
 class SyncConfig(dg.Config):
@@ -52,7 +49,6 @@ def build_raw_asset(entity: Entity) -> dg.AssetsDefinition:
         ),
         kinds={"nexudus", "duckdb"},
         owners=["team:data"],
-        pool=API_POOL,
         metadata={"dagster/table_name": table, "dagster/column_schema": schema},
     )
     def _raw(

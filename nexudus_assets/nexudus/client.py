@@ -38,6 +38,7 @@ from nexudus_assets.nexudus.errors import (
     UncertainOutcomeError,
     ValidationError,
 )
+from nexudus_assets.nexudus.lease import AccountLease
 from nexudus_assets.nexudus.models import ActionResult, CommandDescription, FieldError, NexudusRecord, Page
 from nexudus_assets.nexudus.pacing import RateLimiter, RateLimits, shared_limiter
 from nexudus_assets.nexudus.paging import PageNumberPaginator, PagingSummary
@@ -92,6 +93,23 @@ def parse_record(entity: Entity, raw: Any) -> NexudusRecord:
         raise RecordValidationError(entity.name, record_id, problems, raw=raw) from None
 
 
+def _validated(entity: Entity, number: int, raw_records: list[Any]) -> RecordPage:
+    records, rejected = [], []
+    for raw in raw_records:
+        try:
+            records.append(parse_record(entity, raw))
+        except RecordValidationError as exc:
+            rejected.append(exc)
+    return RecordPage(number=number, records=records, rejected=rejected)
+
+
+def _raw_id(raw: Any) -> int | None:
+    try:
+        return int(raw["Id"])
+    except (TypeError, KeyError, ValueError):
+        return None
+
+
 def format_minute(value: dt.datetime) -> str:
     """The documented range-filter format, `YYYY-MM-DDTHH:mm`, in UTC when the value is aware."""
     if value.tzinfo is not None:
@@ -139,6 +157,9 @@ class NexudusClient:
         self.stats = RequestStats()
         self._sleep = sleep
         self._limiter = limiter or shared_limiter(self.base_url, username, limits or RateLimits())
+        # A budget only holds if no other process spends it too; a server without limits needs no claim.
+        paced = bool(self._limiter.limits.all_methods or self._limiter.limits.writes)
+        self._lease = AccountLease(self.base_url, username) if paced else None
         self._http = httpx.Client(timeout=timeout, headers={"Accept": "application/json"})
         credentials = Credentials(
             username=username,
@@ -179,6 +200,8 @@ class NexudusClient:
 
     def close(self) -> None:
         self._http.close()
+        if self._lease is not None:
+            self._lease.release()
 
     # -- reading -------------------------------------------------------------------------
 
@@ -199,8 +222,9 @@ class NexudusClient:
             params["dir"] = dir
         params.update(self._filter_params(entity, filters or {}, ranges or {}))
         answer = self._call("GET", entity.path, params=params)
-        if isinstance(answer, list):  # a server that answers lists without the envelope
-            answer = {"Records": answer, "HasNextPage": False}
+        if isinstance(answer, list):
+            # A server that answers without the envelope: a short list is the whole of it.
+            answer = {"Records": answer, "HasNextPage": None if len(answer) >= int(params["size"]) else False}
         try:
             return Page.model_validate(answer)
         except PydanticValidationError as exc:
@@ -225,9 +249,22 @@ class NexudusClient:
             yield from self._walk(entity, filters, ranges, page_size or self.page_size, summary)
             return
         wanted = sorted(set(ids))
-        for start in range(0, len(wanted), IDS_PER_REQUEST):
+        for number, start in enumerate(range(0, len(wanted), IDS_PER_REQUEST), start=1):
             chunk = wanted[start : start + IDS_PER_REQUEST]
-            yield from self._walk(entity, {**(filters or {}), "Id": chunk}, ranges, len(chunk), summary)
+            try:
+                page = self.list_page(entity, size=len(chunk), filters={**(filters or {}), "Id": chunk}, ranges=ranges)
+            except NotFoundError:
+                continue  # the reference answers 404 "Not found" when none of the Ids exists any more
+            asked = set(chunk)
+            found = [raw for raw in page.records if _raw_id(raw) in asked]
+            if len(found) < len(page.records):
+                log.warning(
+                    "%s: a lookup of %d Ids answered %d records it was not asked for; they were ignored",
+                    entity.name, len(chunk), len(page.records) - len(found),
+                )
+            summary.pages += 1
+            summary.records += len(found)
+            yield _validated(entity, number, found)
 
     def iter_records(self, entity: Entity, **kwargs: Any) -> Iterator[NexudusRecord]:
         """Every matching record; raises on the first record that does not fit the model."""
@@ -253,13 +290,7 @@ class NexudusClient:
             summary=summary,
         )
         for number, raw_records in enumerate(paginator, start=1):
-            records, rejected = [], []
-            for raw in raw_records:
-                try:
-                    records.append(parse_record(entity, raw))
-                except RecordValidationError as exc:
-                    rejected.append(exc)
-            yield RecordPage(number=number, records=records, rejected=rejected)
+            yield _validated(entity, number, raw_records)
         if summary.ended_short:
             log.warning(
                 "%s: the list ended after %d records although the server announced %s",
@@ -404,6 +435,8 @@ class NexudusClient:
         started = time.monotonic()
         attempts = throttled = 0
         while True:
+            if self._lease is not None:
+                self.stats.paced_seconds += self._lease.acquire()
             self.stats.paced_seconds += self._limiter.acquire(write=write)
             request_headers = dict(headers or {})
             if auth_headers is not None:
@@ -417,7 +450,7 @@ class NexudusClient:
                     raise UncertainOutcomeError(
                         f"{described}: no answer ({type(exc).__name__}); it may have been applied, so it was not retried"
                     ) from None
-                problem = type(exc).__name__
+                problem, failure = type(exc).__name__, TransportError
             else:
                 status = response.status_code
                 if status in (409, 429):
@@ -442,25 +475,20 @@ class NexudusClient:
                     )
                 if status < 300:
                     try:
-                        return _Answer(status, _parse_json(response, described), response, attempts > 0)
-                    except ResponseFormatError:
+                        return _Answer(status, _parse_json(response), response, attempts > 0)
+                    except ResponseFormatError as exc:
                         if not replay_safe:
-                            raise
-                        problem = "an answer that is not JSON"
+                            raise ResponseFormatError(f"{described}: {exc}") from None
+                        problem, failure = str(exc), ResponseFormatError
                 elif status < 500:
                     return _Answer(status, _json_or_none(response), response, attempts > 0)
                 else:
-                    problem = f"HTTP {status}"
+                    problem, failure = f"HTTP {status}", ServerError
             attempts += 1
             self.stats.retries += 1
             wait = self.retry.backoff(attempts)
             if attempts >= self.retry.max_attempts or time.monotonic() + wait - started > self.retry.max_elapsed:
-                message = f"{described}: gave up after {attempts} attempts, the last one got {problem}"
-                if problem.startswith("HTTP"):
-                    raise ServerError(message)
-                if problem.startswith("an answer"):
-                    raise ResponseFormatError(message)
-                raise TransportError(message)
+                raise failure(f"{described}: gave up after {attempts} attempts, the last one got {problem}")
             log.warning("%s: %s; retry %d in %.2fs", described, problem, attempts, wait)
             self._sleep(wait)
 
@@ -488,21 +516,22 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, (moment - dt.datetime.now(dt.UTC)).total_seconds())
 
 
-def _parse_json(response: httpx.Response, described: str) -> Any:
+def _parse_json(response: httpx.Response) -> Any:
+    """The body's JSON; a body that is not JSON raises, saying what came instead."""
     content_type = response.headers.get("Content-Type", "")
     body = response.content
     if not body.strip():
         return None
     if "html" in content_type or body.lstrip()[:1] == b"<":
         raise ResponseFormatError(
-            f"{described}: expected JSON, got {content_type or 'HTML'} (HTTP {response.status_code}): "
+            f"an answer that is not JSON but {content_type or 'HTML'} (HTTP {response.status_code}): "
             f"{body[:80].decode('utf-8', 'replace')!r}"
         )
     try:
         return json.loads(body)
     except ValueError as exc:
         raise ResponseFormatError(
-            f"{described}: malformed JSON (HTTP {response.status_code}, {len(body)} bytes): {exc}"
+            f"an answer that is malformed JSON (HTTP {response.status_code}, {len(body)} bytes): {exc}"
         ) from None
 
 

@@ -249,7 +249,7 @@ class CoworkerTimePass(NexudusRecord):
 class Page(NexudusModel):
     """The list envelope. Records stay raw so that one bad record cannot sink a page."""
 
-    records: list[dict[str, Any]]
+    records: Annotated[list[dict[str, Any]], BeforeValidator(lambda value: [] if value is None else value)]
     current_page: int | None = Field(default=None, validation_alias=AliasChoices("CurrentPage", "PageNumber"))
     current_page_size: int | None = Field(
         default=None, validation_alias=AliasChoices("CurrentPageSize", "PageSize")

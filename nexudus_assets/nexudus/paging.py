@@ -32,6 +32,9 @@ class PageNumberPaginator:
     the walk steps back as many pages as the drop spans and re-reads them. Records it has
     already yielded are recognised by Id, so re-reads, and inserts that shift records to
     the right, never yield a record twice.
+
+    Pages are measured by what the server sends, not by what was asked or what it says it
+    sends: a server may cap `size` below the request and still echo the request back.
     """
 
     fetch: Callable[[int, int], Page]
@@ -42,13 +45,17 @@ class PageNumberPaginator:
     def __iter__(self) -> Iterator[list[dict[str, Any]]]:
         seen: set[Any] = set()
         number = 1
+        #: The furthest page read: pages at or before it are re-reads after a step back.
+        frontier = 0
+        #: The longest page seen: the server's real page size (the last page may be shorter).
+        page_length = 0
         previous_total: int | None = None
         stale_pages = 0
         while True:
             page = self.fetch(number, self.size)
             self.summary.pages += 1
             records = page.records
-            step = max(page.current_page_size or 0, len(records), 1)
+            page_length = max(page_length, len(records))
             total = page.total_items
             if previous_total is not None and total is not None and total < previous_total and number > 1:
                 self.summary.backoffs += 1
@@ -56,7 +63,8 @@ class PageNumberPaginator:
                     raise ResponseFormatError(
                         f"the list kept shrinking while being read ({self.summary.backoffs} step-backs); try again later"
                     )
-                number = max(1, number - math.ceil((previous_total - total) / step))
+                frontier = max(frontier, number)
+                number = max(1, number - math.ceil((previous_total - total) / max(page_length, 1)))
                 previous_total = total
                 continue
             previous_total = total
@@ -70,9 +78,11 @@ class PageNumberPaginator:
                 if key not in seen:
                     seen.add(key)
                     fresh.append(record)
-            # A step back re-reads pages it has seen; three stale pages in a row mean the
-            # server is not paging at all (it ignores `page`).
-            stale_pages = stale_pages + 1 if records and not fresh else 0
+            # New ground that only repeats what was read, three pages running: the server
+            # is not paging at all (it ignores `page`).
+            if number > frontier:
+                stale_pages = stale_pages + 1 if records and not fresh else 0
+                frontier = number
             if stale_pages >= 3:
                 raise ResponseFormatError(
                     f"pages {number - 2} to {number} repeat records already read: the server ignores `page`"
@@ -81,14 +91,21 @@ class PageNumberPaginator:
                 self.summary.records += len(fresh)
                 yield fresh
 
-            if not records or not self._has_next(page, number, len(records)):
+            if not records or not self._has_next(page, number, len(records), page_length):
                 break
             number += 1
         self.summary.ended_short = total is not None and self.summary.records < total
 
-    def _has_next(self, page: Page, number: int, count: int) -> bool:
-        if page.has_next_page is not None:
-            return page.has_next_page
+    @staticmethod
+    def _has_next(page: Page, number: int, count: int, page_length: int) -> bool:
+        # The documented envelope is not consistent (a by-Ids example says HasNextPage true on
+        # its only page), so the arithmetic fields are trusted before the flag.
         if page.total_pages is not None:
             return number < page.total_pages
-        return count >= self.size
+        if page.has_next_page is not None:
+            return page.has_next_page
+        if page.total_items is not None:
+            return number * page_length < page.total_items
+        # No envelope to go by: a page shorter than an earlier one is the last; otherwise
+        # only an empty page ends the list.
+        return count >= page_length

@@ -10,8 +10,9 @@ It shares the entity descriptions and models of `nexudus_assets.nexudus` but nev
 """
 
 from nexudus_assets.simulator.core import Simulator
+from nexudus_assets.simulator.dialect import DIALECTS, Dialect
 from nexudus_assets.simulator.faults import Faults
 from nexudus_assets.simulator.limits import Limits
 from nexudus_assets.simulator.server import SimulatorServer
 
-__all__ = ["Faults", "Limits", "Simulator", "SimulatorServer"]
+__all__ = ["DIALECTS", "Dialect", "Faults", "Limits", "Simulator", "SimulatorServer"]

@@ -62,8 +62,9 @@ def json_reply(status: int, payload: Any) -> Reply:
     return Reply(status, json.dumps(payload, separators=(",", ":")).encode())
 
 
-def throttled(retry_after: int) -> Reply:
-    return Reply(409, THROTTLED_TEXT, "text/plain; charset=utf-8", {"Retry-After": str(retry_after)})
+def throttled(sim: Simulator, retry_after: int) -> Reply:
+    status = sim.dialect.throttle_status
+    return Reply(status, THROTTLED_TEXT, "text/plain; charset=utf-8", {"Retry-After": str(retry_after)})
 
 
 def handle(sim: Simulator, request: Request) -> Reply:
@@ -93,7 +94,7 @@ def _api(sim: Simulator, request: Request) -> Reply:
         if user is None:
             return json_reply(401, DENIED)
         wait = sim.limiter.admit(user, request.method in WRITES) if sim.enforce_limits else None
-        reply = throttled(wait) if wait is not None else _route(sim, request, user)
+        reply = throttled(sim, wait) if wait is not None else _route(sim, request, user)
     if malformed:
         return Reply(200, reply.body[: len(reply.body) // 2], JSON)
     return reply
@@ -110,7 +111,7 @@ def _fault(sim: Simulator) -> Reply | bool:
     if faults.roll(faults.error_rate):
         return json_reply(500, SERVER_ERROR)
     if faults.roll(faults.throttle_rate):
-        return throttled(max(0, faults.retry_after))
+        return throttled(sim, max(0, faults.retry_after))
     if faults.roll(faults.html_rate):
         return Reply(200, MAINTENANCE_PAGE, "text/html; charset=utf-8")
     return faults.roll(faults.malformed_rate)
@@ -123,7 +124,7 @@ def _token(sim: Simulator, request: Request) -> Reply:
         # The simulator has one account, and a refresh request names no user: count them all to it.
         wait = sim.limiter.admit(sim.accounts.username, write=True)
         if wait is not None:
-            return throttled(wait)
+            return throttled(sim, wait)
     text = request.body.decode("utf-8", "replace")
     if "json" in request.headers.get("Content-Type", "").lower() or text.lstrip().startswith("{"):
         return json_reply(400, {"error": "unsupported_grant_type"})
@@ -173,13 +174,13 @@ def _route(sim: Simulator, request: Request, user: str) -> Reply:
 
 
 def _list(sim: Simulator, entity: Entity, query: dict[str, str]) -> Reply:
-    envelope, page = sim.list_page(entity, query)
+    (status, envelope), page = sim.list_page(entity, query)
     hook = sim.on_list_page
     if hook is not None:
         # Before the answer goes out: the client cannot ask for the next page until the
         # hook's changes are in, so drift lands exactly between two pages.
         hook(entity, page)
-    return json_reply(200, envelope)
+    return json_reply(status, envelope)
 
 
 def _not_allowed(method: str) -> Reply:

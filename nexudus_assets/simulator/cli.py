@@ -9,6 +9,7 @@ import threading
 from collections.abc import Sequence
 
 from nexudus_assets.simulator.core import Simulator
+from nexudus_assets.simulator.dialect import DIALECTS
 from nexudus_assets.simulator.faults import Faults
 
 
@@ -24,6 +25,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--passes", type=int, default=50)
     parser.add_argument("--now", type=dt.datetime.fromisoformat, help="ISO time the data is generated around")
     parser.add_argument("--list-shape", choices=("legacy", "modern"), default="legacy")
+    parser.add_argument(
+        "--dialect", choices=sorted(DIALECTS), default="reference",
+        help="answer as another Nexudus-compatible server would (see simulator/dialect.py)",
+    )
     parser.add_argument("--username", default="admin@example.com")
     parser.add_argument("--password", default="simulator-password")
     parser.add_argument("--totp-secret", help="base32; sign-in then needs a TOTP code")
@@ -62,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         totp_secret=args.totp_secret,
         enforce_limits=args.enforce_limits,
         faults=faults,
+        dialect=DIALECTS[args.dialect],
     )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

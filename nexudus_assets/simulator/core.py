@@ -25,6 +25,7 @@ from nexudus_assets.nexudus.entities import (
 from nexudus_assets.simulator import commands
 from nexudus_assets.simulator.auth import Accounts
 from nexudus_assets.simulator.data import Generator, World, label, utc_stamp
+from nexudus_assets.simulator.dialect import Dialect
 from nexudus_assets.simulator.faults import Faults
 from nexudus_assets.simulator.limits import Limits, RateLimiter
 from nexudus_assets.simulator.store import Table, coerce
@@ -44,6 +45,8 @@ FIRST_IDS = {
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 25
 NOT_FOUND: Answer = (404, "Not found")
+#: The stamps the API gives in UTC (with `Z`); business dates come bare, in local time.
+UTC_STAMPS = ("CreatedOn", "UpdatedOn")
 
 
 def _utc_now() -> dt.datetime:
@@ -101,11 +104,13 @@ class Simulator:
         enforce_limits: bool = False,
         faults: Faults | None = None,
         limits: Limits | None = None,
+        dialect: Dialect | None = None,
     ) -> None:
         if list_shape not in ("legacy", "modern"):
             raise ValueError(f"list_shape must be 'legacy' or 'modern', not {list_shape!r}")
         self.now = _naive_utc(now)
         self.list_shape: ListShape = list_shape
+        self.dialect = dialect or Dialect()
         self.accounts = Accounts(username, password, totp_secret, access_token_ttl, refresh_token_ttl)
         self.enforce_limits = enforce_limits
         self.limiter = RateLimiter(limits or Limits())
@@ -269,7 +274,7 @@ class Simulator:
         """Status 0 stands for a request answered by closing the connection."""
         with self._stats_lock:
             self._requests += 1
-            self._throttled += status == 409
+            self._throttled += status in (409, 429)
             self._by_status[status] += 1
             self._by_path[path] += 1
             self._request_log.append((method, path, query, status))
@@ -286,10 +291,12 @@ class Simulator:
 
     # ---------------------------------------------------------------- API semantics
 
-    def list_page(self, entity: Entity, params: Mapping[str, str]) -> tuple[dict[str, Any], int]:
-        """A list answer (envelope and records in the configured shape) and its page number."""
+    def list_page(self, entity: Entity, params: Mapping[str, str]) -> tuple[Answer, int]:
+        """A list answer (status, envelope with records in the configured shape) and its page number."""
+        dialect = self.dialect
         page = max(1, _int_param(params, "page", 1))
-        size = min(MAX_PAGE_SIZE, max(1, _int_param(params, "size", DEFAULT_PAGE_SIZE)))
+        asked = max(1, _int_param(params, "size", DEFAULT_PAGE_SIZE))
+        size = min(MAX_PAGE_SIZE, dialect.max_page_size, asked)
         with self._lock:
             table = self.table(entity)
             query = table.parse_query(params)
@@ -297,12 +304,17 @@ class Simulator:
             start = (page - 1) * size
             records = [self._list_record(table, key) for key in keys[start : start + size]]
             total = len(keys)
+        if dialect.ids_not_found_404 and query.ids is not None and not total:
+            return NOT_FOUND, page
         claimed = total + max(0, self.faults.total_items_inflation)
+        if dialect.envelope == "minimal":
+            return (200, {"Records": records, "TotalItems": claimed}), page
         pages = math.ceil(claimed / size)
         first = start + 1 if claimed else 0
-        return {
+        shown_size = min(asked, MAX_PAGE_SIZE) if dialect.echo_requested_size else size
+        return (200, {
             "Records": records,
-            "CurrentPageSize": size,
+            "CurrentPageSize": shown_size,
             "CurrentPage": page,
             "CurrentOrderField": query.order_by,
             "CurrentSortDirection": -1 if query.descending else 1,
@@ -311,10 +323,10 @@ class Simulator:
             "HasPreviousPage": page > 1,
             "LastItem": min(start + size, claimed) if claimed else 0,
             "PageNumber": page,
-            "PageSize": size,
+            "PageSize": shown_size,
             "TotalItems": claimed,
             "TotalPages": pages,
-        }, page
+        }), page
 
     def _list_record(self, table: Table, key: int) -> dict[str, Any]:
         row = table[key]
@@ -322,15 +334,26 @@ class Simulator:
             return dict(row)
         display = self._mutator.display(table.entity, row)
         if self.list_shape == "modern":
-            return {**row, **display}
+            return self._stamped({**row, **display})
         rename = table.legacy
         shaped = {rename.get(name, name): value for name, value in row.items()}
         shaped.update((rename.get(name, name), value) for name, value in display.items())
-        return shaped
+        return self._stamped(shaped)
+
+    def _stamped(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The record with its UTC stamps marked as the dialect marks them."""
+        suffix = self.dialect.utc_suffix
+        if suffix == "Z":
+            return record
+        for name in UTC_STAMPS:
+            value = record.get(name)
+            if isinstance(value, str) and value.endswith("Z"):
+                record[name] = value[:-1] + suffix
+        return record
 
     def read(self, entity: Entity, record_id: int) -> Answer:
         record = self.get(entity, record_id)
-        return (200, record) if record is not None else NOT_FOUND
+        return (200, self._stamped(record)) if record is not None else NOT_FOUND
 
     def _body_values(
         self, table: Table, body: dict[str, Any], names: Iterable[str]

@@ -100,7 +100,13 @@ def load_entity(
     requests = client.stats.requests - requests_before
     throttled = client.stats.throttled - throttled_before
     with connect() as conn:
-        result = sync.publish(conn, requests=requests, throttled=throttled, max_delete_fraction=max_delete_fraction)
+        result = sync.publish(
+            conn,
+            requests=requests,
+            throttled=throttled,
+            max_delete_fraction=max_delete_fraction,
+            complete=not paging.ended_short,
+        )
     return LoadReport(
         entity=entity,
         mode=sync.mode,

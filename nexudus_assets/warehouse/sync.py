@@ -189,11 +189,14 @@ class EntitySync:
         requests: int = 0,
         throttled: int = 0,
         max_delete_fraction: float = 0.5,
+        complete: bool = True,
     ) -> SyncResult:
         """Apply staging to the live table, advance the cursor and log the sync, in one transaction.
 
         Full mode soft-deletes live rows missing from staging; raises DeletionGuardError (and
         writes nothing) when that would hit more than `max_delete_fraction` of the live rows.
+        `complete=False` (the list ended before the count it announced) keeps the cursor where
+        it was: the records not read may be older than the ones that were.
         """
         started_at = self._require_begun()
         now = self._clock()
@@ -235,7 +238,9 @@ class EntitySync:
                 rejected=rejected,
                 live_rows=self._live_rows(conn),
                 fetched=staged + rejected,
-                high_water_mark=self._next_high_water_mark(read_high_water_mark(conn, self.entity), newest),
+                high_water_mark=self._next_high_water_mark(
+                    read_high_water_mark(conn, self.entity), newest if complete else None, started_at
+                ),
             )
             self._save_state(conn, result, now)
             self._log(conn, result, started_at, now, requests, throttled)
@@ -323,9 +328,14 @@ class EntitySync:
         (count,) = _one_row(conn, f"SELECT count(*) FROM {self._table} WHERE _deleted_at IS NULL")
         return count
 
-    def _next_high_water_mark(self, old: dt.datetime | None, newest: dt.datetime | None) -> dt.datetime | None:
+    def _next_high_water_mark(
+        self, old: dt.datetime | None, newest: dt.datetime | None, started_at: dt.datetime
+    ) -> dt.datetime | None:
         if newest is None:
             return old
+        # An `UpdatedOn` from the future (a clock ahead of ours) would carry the cursor past
+        # changes still to come; the moment the sync began is as far as it has seen.
+        newest = min(newest, started_at)
         if self.mode == "full" or old is None:
             # A full sync saw everything, so its newest change is the truth even if lower.
             return newest
