@@ -103,7 +103,7 @@ class NexudusModel(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _empty_strings_are_null(cls, data: Any) -> Any:
-        if isinstance(data, dict):
+        if isinstance(data, dict) and "" in data.values():
             return {key: (None if value == "" else value) for key, value in data.items()}
         return data
 

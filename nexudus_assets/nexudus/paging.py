@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,31 @@ class PageNumberPaginator:
     summary: PagingSummary = field(default_factory=PagingSummary)
 
     def __iter__(self) -> Iterator[list[dict[str, Any]]]:
+        # The next page is asked for before this one is handed over, so the server works on it
+        # while the caller validates and stores this one. A step back discards the guess.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nexudus-prefetch") as prefetch:
+            ahead: tuple[int, Future[Page]] | None = None
+
+            def fetch(number: int) -> Page:
+                nonlocal ahead
+                guessed, ahead = ahead, None
+                if guessed is not None:
+                    guessed_number, future = guessed
+                    if guessed_number == number:
+                        return future.result()
+                    future.exception()  # wait for it: one request at a time, and its failure is moot
+                return self.fetch(number, self.size)
+
+            for records, next_number in self._walk(fetch):
+                if next_number is not None:
+                    ahead = (next_number, prefetch.submit(self.fetch, next_number, self.size))
+                if records:
+                    yield records
+            if ahead is not None:
+                ahead[1].exception()
+
+    def _walk(self, fetch: Callable[[int], Page]) -> Iterator[tuple[list[dict[str, Any]], int | None]]:
+        """(fresh records, the page to read next or None) for each page read."""
         seen: set[Any] = set()
         number = 1
         #: The furthest page read: pages at or before it are re-reads after a step back.
@@ -52,7 +78,7 @@ class PageNumberPaginator:
         previous_total: int | None = None
         stale_pages = 0
         while True:
-            page = self.fetch(number, self.size)
+            page = fetch(number)
             self.summary.pages += 1
             records = page.records
             page_length = max(page_length, len(records))
@@ -87,14 +113,14 @@ class PageNumberPaginator:
                 raise ResponseFormatError(
                     f"pages {number - 2} to {number} repeat records already read: the server ignores `page`"
                 )
-            if fresh:
-                self.summary.records += len(fresh)
-                yield fresh
-
-            if not records or not self._has_next(page, number, len(records), page_length):
-                break
+            self.summary.records += len(fresh)
+            more = bool(records) and self._has_next(page, number, len(records), page_length)
+            if not more:
+                self.summary.ended_short = total is not None and self.summary.records < total
+            yield fresh, number + 1 if more else None
+            if not more:
+                return
             number += 1
-        self.summary.ended_short = total is not None and self.summary.records < total
 
     @staticmethod
     def _has_next(page: Page, number: int, count: int, page_length: int) -> bool:

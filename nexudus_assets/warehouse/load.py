@@ -50,7 +50,8 @@ def load_entity(
 
     Incremental runs ask for records updated since the high-water mark, floored to the
     minute (the filter's precision) and moved back by `overlap` for records committed late.
-    A run with no high-water mark yet reads everything.
+    A run with no high-water mark yet reads everything. Every write is a transaction of its
+    own on one connection, held for the load: each close of a DuckDB file checkpoints it.
     """
     started = time.monotonic()
     requests_before, throttled_before = client.stats.requests, client.stats.throttled
@@ -59,47 +60,44 @@ def load_entity(
         sync.begin(conn)
         high_water_mark = read_high_water_mark(conn, entity)
 
-    updated_since = None
-    if not full_refresh and high_water_mark is not None:
-        updated_since = high_water_mark.replace(second=0, microsecond=0) - overlap
-    ranges = {"UpdatedOn": (updated_since, None)} if updated_since else None
+        updated_since = None
+        if not full_refresh and high_water_mark is not None:
+            updated_since = high_water_mark.replace(second=0, microsecond=0) - overlap
+        ranges = {"UpdatedOn": (updated_since, None)} if updated_since else None
 
-    records: list[NexudusRecord] = []
-    rejected: list[RejectedRecord] = []
+        records: list[NexudusRecord] = []
+        rejected: list[RejectedRecord] = []
 
-    def flush() -> None:
-        if records or rejected:
-            with connect() as conn:
+        def flush() -> None:
+            if records or rejected:
                 sync.stage(conn, records, rejected)
-            records.clear()
-            rejected.clear()
+                records.clear()
+                rejected.clear()
 
-    paging = PagingSummary()
-    for page in client.iter_pages(entity, ranges=ranges, summary=paging):
-        records.extend(page.records)
-        rejected.extend(RejectedRecord.from_error(error) for error in page.rejected)
-        if len(records) + len(rejected) >= batch_rows:
-            flush()
-    flush()
+        paging = PagingSummary()
+        for page in client.iter_pages(entity, ranges=ranges, summary=paging):
+            records.extend(page.records)
+            rejected.extend(RejectedRecord.from_error(error) for error in page.rejected)
+            if len(records) + len(rejected) >= batch_rows:
+                flush()
+        flush()
 
-    recovered = 0
-    if full_refresh:
-        with connect() as conn:
+        recovered = 0
+        if full_refresh:
             missing = sync.missing_ids(conn)
-        if missing:
-            # Not in the listing is not yet deleted: a record skipped by page drift or a
-            # truncated answer must not be marked deleted. Ask for each one by Id.
-            for page in client.iter_pages(entity, ids=missing):
-                records.extend(page.records)
-                rejected.extend(RejectedRecord.from_error(error) for error in page.rejected)
-                recovered += len(page.records) + len(page.rejected)
-            flush()
-            if recovered:
-                log.warning("%s: %d records missing from the listing still exist upstream", entity.name, recovered)
+            if missing:
+                # Not in the listing is not yet deleted: a record skipped by page drift or a
+                # truncated answer must not be marked deleted. Ask for each one by Id.
+                for page in client.iter_pages(entity, ids=missing):
+                    records.extend(page.records)
+                    rejected.extend(RejectedRecord.from_error(error) for error in page.rejected)
+                    recovered += len(page.records) + len(page.rejected)
+                flush()
+                if recovered:
+                    log.warning("%s: %d records missing from the listing still exist upstream", entity.name, recovered)
 
-    requests = client.stats.requests - requests_before
-    throttled = client.stats.throttled - throttled_before
-    with connect() as conn:
+        requests = client.stats.requests - requests_before
+        throttled = client.stats.throttled - throttled_before
         result = sync.publish(
             conn,
             requests=requests,
