@@ -22,6 +22,7 @@ from nexudus_assets.warehouse import (
     EntitySync,
     RejectedRecord,
     SyncResult,
+    connect,
     ensure_schema,
     qualified,
     read_high_water_mark,
@@ -484,3 +485,21 @@ def test_stage_batches_are_bulk_inserted(conn: duckdb.DuckDBPyConnection, monkey
     sync(conn, [token(i, i % 24) for i in range(1, 5001)])
 
     assert inserts == [5000]
+
+
+def test_a_large_publish_fits_a_small_memory_limit(db_path: Path) -> None:
+    # The publish is one transaction; an upsert in it would hold every new row in memory, so a
+    # first load of a large account ran out of memory. It must stream, under any limit.
+    records = [token(i, i % 50, description=f"token {i} " * 4) for i in range(1, 150_001)]
+    small = connect(str(db_path), config={"memory_limit": "48MB", "threads": 1})
+    try:
+        first = sync(small, records)
+        assert (first.inserted, first.live_rows) == (150_000, 150_000)
+        changed = [token(i, 60, description="changed") for i in range(1, 150_001, 3)]
+        second = sync(small, changed)
+        assert (second.updated, second.inserted, second.live_rows) == (50_000, 0, 150_000)
+        assert rows(small, f"SELECT count(*) FROM {qualified(ACCESS_TOKENS)} WHERE description = 'changed'") == [
+            (50_000,)
+        ]
+    finally:
+        small.close()

@@ -8,8 +8,9 @@ import duckdb
 
 #: The catalog name the file is attached under.
 CATALOG = "warehouse"
-#: DuckDB takes 80% of RAM by default; a sync needs little (it spills to disk past the limit).
-DEFAULT_CONFIG = {"memory_limit": "256MB"}
+#: DuckDB takes 80% of RAM by default; a sync needs little and spills to disk past the limit.
+#: Keeping insertion order would hold a large upsert in memory; rows are keyed by id anyway.
+DEFAULT_CONFIG = {"memory_limit": "128MB", "preserve_insertion_order": False}
 
 
 def connect(database: str, *, read_only: bool = False, config: Mapping[str, Any] | None = None) -> duckdb.DuckDBPyConnection:
@@ -22,7 +23,9 @@ def connect(database: str, *, read_only: bool = False, config: Mapping[str, Any]
     """
     if not read_only:
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    conn = duckdb.connect(config={**DEFAULT_CONFIG, **(config or {})})
+    # Spills go beside the warehouse, not into whatever directory the process runs in.
+    spill = {} if read_only else {"temp_directory": f"{database}.tmp"}
+    conn = duckdb.connect(config={**DEFAULT_CONFIG, **spill, **(config or {})})
     try:
         escaped = database.replace("'", "''")
         conn.execute(f"ATTACH '{escaped}' AS {CATALOG}{' (READ_ONLY)' if read_only else ''}")

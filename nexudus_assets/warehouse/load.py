@@ -43,7 +43,7 @@ def load_entity(
     run_id: str,
     full_refresh: bool = False,
     overlap: dt.timedelta = dt.timedelta(minutes=5),
-    batch_rows: int = 20_000,
+    batch_rows: int = 5_000,
     max_delete_fraction: float = 0.5,
 ) -> LoadReport:
     """Sync one entity. Only `publish` touches the live table, in one transaction.

@@ -115,6 +115,8 @@ class EntitySync:
         self._now = _utc_naive(now) if now is not None else None
         self._table = qualified(entity)
         self._staging = f"{SCHEMA}._stage_{entity.table}"
+        #: The staged rows classified against the live table; lives only inside `publish`.
+        self._changes = f"{SCHEMA}._changes_{entity.table}"
         self._data_columns = data_columns(entity)
         self._columns = [quote(c.name) for c in self._data_columns]
         self._column_list = ", ".join(self._columns)
@@ -209,6 +211,10 @@ class EntitySync:
                     f" rows (more than {max_delete_fraction:.0%}); refusing, nothing was written."
                     " An empty or truncated answer from the API looks like this."
                 )
+            (deduplicate,) = _one_row(conn, f"SELECT count(*) > count(DISTINCT id) FROM {self._staging}")
+            # Classified into a table of its own first: an upsert whose source reads the table it
+            # writes must hold the whole source in memory, which a large first load cannot.
+            conn.execute(f"CREATE OR REPLACE TABLE {self._changes} AS {self._classified_sql(deduplicate)}")
             staged, inserted, updated, unchanged, newest = _one_row(
                 conn,
                 f"""SELECT
@@ -217,9 +223,10 @@ class EntitySync:
                         count(*) FILTER (WHERE _change = 'updated'),
                         count(*) FILTER (WHERE _change = 'unchanged'),
                         max(updated_on)
-                    FROM ({self._classified_sql()})""",
+                    FROM {self._changes}""",
             )
             self._upsert_changes(conn, now)
+            conn.execute(f"DROP TABLE {self._changes}")
             if deleted:
                 conn.execute(
                     f"UPDATE {self._table} SET _deleted_at = ? WHERE id IN ({self._missing_sql()})",
@@ -277,10 +284,19 @@ class EntitySync:
             names.append(name)
         return pa.Table.from_arrays(arrays, names=names)
 
-    def _classified_sql(self) -> str:
-        """Staging deduplicated by id (last staged wins), each row marked inserted/updated/unchanged."""
+    def _classified_sql(self, deduplicate: bool) -> str:
+        """Staging by id (last staged wins), each row marked inserted/updated/unchanged.
+
+        The window that keeps the last staged row of an id holds the whole staging table in
+        memory; staging holds an id twice only after page drift, so it runs only then.
+        """
         differs = " OR ".join(f"s.{c} IS DISTINCT FROM t.{c}" for c in self._value_columns)
         columns = ", ".join(f"s.{c}" for c in self._columns)
+        staged = (
+            f"(SELECT * FROM {self._staging} QUALIFY row_number() OVER (PARTITION BY id ORDER BY _seq DESC) = 1)"
+            if deduplicate
+            else self._staging
+        )
         return f"""
             SELECT {columns},
                 CASE
@@ -288,21 +304,23 @@ class EntitySync:
                     WHEN t._deleted_at IS NOT NULL OR {differs} THEN 'updated'
                     ELSE 'unchanged'
                 END AS _change
-            FROM (
-                SELECT * FROM {self._staging}
-                QUALIFY row_number() OVER (PARTITION BY id ORDER BY _seq DESC) = 1
-            ) AS s
+            FROM {staged} AS s
             LEFT JOIN {self._table} AS t ON t.id = s.id"""
 
     def _upsert_changes(self, conn: duckdb.DuckDBPyConnection, now: dt.datetime) -> None:
+        # A plain INSERT streams to the file however many rows it adds; an upsert (ON CONFLICT)
+        # holds them all in memory. So new rows are inserted and changed rows updated.
         # Unchanged rows are left alone: `_synced_at` says when a version was written.
-        assignments = ", ".join(f"{c} = excluded.{c}" for c in [*self._value_columns, "_synced_at", "_deleted_at"])
         conn.execute(
             f"""INSERT INTO {self._table} ({self._column_list}, _synced_at, _deleted_at)
-                SELECT {self._column_list}, $1, NULL
-                FROM ({self._classified_sql()})
-                WHERE _change <> 'unchanged'
-                ON CONFLICT (id) DO UPDATE SET {assignments}""",
+                SELECT {self._column_list}, $1, NULL FROM {self._changes} WHERE _change = 'inserted'""",
+            [now],
+        )
+        assignments = ", ".join(f"{c} = c.{c}" for c in self._value_columns)
+        conn.execute(
+            f"""UPDATE {self._table} AS t SET {assignments}, _synced_at = $1, _deleted_at = NULL
+                FROM {self._changes} AS c
+                WHERE t.id = c.id AND c._change = 'updated'""",
             [now],
         )
 
