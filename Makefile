@@ -22,9 +22,9 @@ $(DAGSTER_HOME)/dagster.yaml:
 demo: install
 	$(BIN)/python scripts/demo.py
 
-## test: the whole test suite
+## test: the test suite (the long reliability cases run with `make bench`)
 test: install
-	$(BIN)/pytest -n 2 -q
+	$(BIN)/pytest -n 2 -q -m "not slow"
 
 ## dev: the Dagster UI on http://127.0.0.1:3000 (with the simulator unless NEXUDUS_BASE_URL is set)
 dev: install
@@ -34,6 +34,7 @@ dev: install
 bench: install
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/pytest -n 2 -q -m slow
 
 clean:
 	rm -rf $(VENV) $(DAGSTER_HOME) data

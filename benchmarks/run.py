@@ -1,0 +1,509 @@
+"""`make bench`: the performance figures of issue 5, each beside what it is judged against.
+
+Everything runs against simulators this script starts on 127.0.0.1, and every figure comes from
+this run. Prints one table at the end and writes the same figures to benchmarks/results/latest.json.
+
+    python benchmarks/run.py              # the real sizes (about 6 minutes on 2 cores)
+    python benchmarks/run.py --quick      # 10x smaller, to check the harness
+    python benchmarks/run.py --only 1,3   # some measurements
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import httpx
+from processes import ENTITIES, PASSWORD, USERNAME, BenchmarkError, Measured, Simulator, run_measured
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+RESULTS = HERE / "results"
+PYTHON = sys.executable
+JOB = ["-m", "dagster", "job", "execute", "-m", "nexudus_assets.definitions", "-j", "nexudus_sync"]
+INSIGHTS = ["-m", "dagster", "asset", "materialize", "-m", "nexudus_assets.definitions",
+            "--select", "group:nexudus_insights"]
+SEED = 5
+PAGE_SIZE = 1000
+MB = 1024 * 1024
+_T0 = time.monotonic()
+
+
+def progress(message: str) -> None:
+    # The load average shows when something else on the machine competes for the CPUs.
+    print(f"[{time.monotonic() - _T0:7.1f}s, load {os.getloadavg()[0]:4.1f}] {message}", flush=True)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    tokens: int
+    contracts: int
+    passes: int
+    big_tokens: int
+
+    @property
+    def records(self) -> int:
+        return self.tokens + self.contracts + self.passes
+
+
+FULL = Sizes(tokens=30_000, contracts=10_000, passes=10_000, big_tokens=1_000_000)
+QUICK = Sizes(tokens=3_000, contracts=1_000, passes=1_000, big_tokens=100_000)
+
+
+@dataclass
+class Row:
+    measurement: str
+    figure: str
+    value: float | None
+    unit: str
+    target: str = ""
+    #: "pass", "miss", "" (no target stated) or "error".
+    verdict: str = ""
+    note: str = ""
+
+    def shown(self) -> str:
+        if self.value is None:
+            return f"{self.figure}: {self.note}"
+        number = f"{self.value:,.0f}" if abs(self.value) >= 100 else f"{self.value:.2f}".rstrip("0").rstrip(".")
+        return f"{self.figure}: {number} {self.unit}".rstrip() + (f" ({self.note})" if self.note else "")
+
+
+@dataclass
+class Bench:
+    sizes: Sizes
+    work: Path
+    repeat: int
+    rows: list[Row] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    commands: dict[str, list[str]] = field(default_factory=dict)
+    #: The 50k warehouse after measurement 1's full sync, for measurement 3.
+    synced_50k: Path | None = None
+    _counter: int = 0
+
+    def fresh(self, name: str) -> tuple[Path, Path]:
+        """A new DuckDB path and a new DAGSTER_HOME holding a copy of the repo's dagster.yaml."""
+        self._counter += 1
+        home = self.work / f"{self._counter:02d}-{name}-home"
+        home.mkdir()
+        shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+        return self.work / f"{self._counter:02d}-{name}.duckdb", home
+
+    def add(self, *rows: Row) -> None:
+        self.rows.extend(rows)
+
+    def note_command(self, measurement: str, line: str) -> None:
+        self.commands.setdefault(measurement, []).append(line)
+
+
+# ----------------------------------------------------------------------------- runners
+
+
+def run_job(
+    sim: Simulator, name: str, *, database: Path, home: Path, pacing: bool, timeout: float, args: list[str] = JOB
+) -> Measured:
+    env = sim.env(NEXUDUS_DUCKDB_PATH=str(database), DAGSTER_HOME=str(home))
+    if not pacing:
+        env["NEXUDUS_PACING"] = "off"
+    return run_measured([PYTHON, *args], env=env, cwd=REPO, log=RESULTS / "logs" / f"{name}.log", timeout=timeout)
+
+
+def job_line(sim: Simulator, pacing: bool, args: list[str] = JOB) -> str:
+    pacing_env = "" if pacing else "NEXUDUS_PACING=off "
+    return (
+        f"NEXUDUS_BASE_URL=<simulator>/api NEXUDUS_USERNAME={USERNAME} NEXUDUS_PASSWORD={PASSWORD} {pacing_env}"
+        f"NEXUDUS_DUCKDB_PATH=<new file> DAGSTER_HOME=<new dir with dagster.yaml> python {' '.join(args)}"
+        f"   # simulator: {sim.command}"
+    )
+
+
+def run_timings(home: Path) -> tuple[float, dict[str, float]]:
+    """The newest run's own duration (RUN_START to its end) and each step's, from its Dagster instance."""
+    import dagster as dg  # slow to import, and only needed once a job has run
+
+    instance = dg.DagsterInstance.from_config(str(home))
+    try:
+        run = instance.get_runs(limit=1)[0]
+        stats = instance.get_run_stats(run.run_id)
+        steps = {s.step_key: (s.end_time or 0) - (s.start_time or 0) for s in instance.get_run_step_stats(run.run_id)}
+        return (stats.end_time or 0) - (stats.start_time or 0), steps
+    finally:
+        instance.dispose()
+
+
+@contextmanager
+def warehouse(database: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    conn = duckdb.connect()
+    try:
+        # Attached under a fixed name, as the project does, so `nexudus.x` means the schema.
+        conn.execute(f"ATTACH '{database}' AS w (READ_ONLY)")
+        conn.execute("USE w")
+        yield conn
+    finally:
+        conn.close()
+
+
+def expect_rows(what: str, database: Path, expected: dict[str, int]) -> None:
+    """A fast sync that loaded the wrong data measures nothing: refuse the figure."""
+    with warehouse(database) as conn:
+        found = {table: conn.execute(f"SELECT count(*) FROM nexudus.{table}").fetchall()[0][0]
+                 for table, _, _ in ENTITIES}
+    if found != expected:
+        raise BenchmarkError(f"{what} loaded {found}, expected {expected}")
+
+
+def step_groups(steps: dict[str, float]) -> dict[str, tuple[int, float]]:
+    """Step seconds summed by kind: (number of steps, seconds)."""
+    tables = [table for table, _, _ in ENTITIES]
+    groups: dict[str, tuple[int, float]] = {}
+    for key, seconds in steps.items():
+        if key in tables or key == "nexudus_commands":
+            kind = "api"
+        elif key.startswith(tuple(f"{table}_" for table in tables)):
+            kind = "checks"
+        else:
+            kind = "insights"
+        count, total = groups.get(kind, (0, 0.0))
+        groups[kind] = (count + 1, total + seconds)
+    return groups
+
+
+def describe_steps(steps: dict[str, float]) -> str:
+    return ", ".join(f"{kind} {count} steps {seconds:.1f} s" for kind, (count, seconds) in sorted(step_groups(steps).items()))
+
+
+def fetch_floor(sim: Simulator) -> tuple[float, int, int]:
+    """The same pages, fetched one after the other and parsed, nothing else: (seconds, requests, records)."""
+    requests = records = 0
+    started = time.monotonic()
+    with httpx.Client(base_url=sim.base_url + "/", auth=(USERNAME, PASSWORD), timeout=60) as client:
+        for _, path, _ in ENTITIES:
+            page, pages = 1, 1
+            while page <= pages:
+                answer = client.get(path, params={"page": page, "size": PAGE_SIZE, "orderby": "Id"})
+                body = answer.raise_for_status().json()
+                requests += 1
+                records += len(body["Records"])
+                pages = body["TotalPages"]
+                page += 1
+    return time.monotonic() - started, requests, records
+
+
+def simulator(name: str, tokens: int, contracts: int, passes: int, *, enforce: bool = False) -> Simulator:
+    progress(f"starting the simulator ({tokens:,} tokens, {contracts:,} contracts, {passes:,} passes"
+             f"{', enforcing the published limits' if enforce else ''})")
+    return Simulator(tokens=tokens, contracts=contracts, passes=passes, seed=SEED, enforce_limits=enforce,
+                     log=RESULTS / "logs" / f"simulator-{name}.log")
+
+
+def list_requests(stats: dict[str, Any]) -> dict[str, int]:
+    by_path: dict[str, int] = stats["by_path"]
+    return {table: by_path.get(f"/api/{path}", 0) for table, path, _ in ENTITIES}
+
+
+def ratio_row(measurement: str, figure: str, rounds: list[float], limit: float) -> Row:
+    """The median of per-round ratios: each round's contenders ran minutes apart under the same load."""
+    value = statistics.median(rounds)
+    note = "rounds: " + ", ".join(f"{r:.2f}" for r in rounds) if len(rounds) > 1 else ""
+    return Row(measurement, figure, value, "", f"<= {limit}", "pass" if value <= limit else "miss", note)
+
+
+# ----------------------------------------------------------------------------- measurements
+
+
+def measure_sync_50k(bench: Bench, *, full: bool, incremental: bool) -> None:
+    """Measurement 1 (full sync beside its floor, Dagster's start-up and dlt) and 3 (incremental)."""
+    sizes = bench.sizes
+    expected = {"access_tokens": sizes.tokens, "coworker_contracts": sizes.contracts,
+                "coworker_time_passes": sizes.passes}
+    with simulator("50k", sizes.tokens, sizes.contracts, sizes.passes) as sim:
+        if full:
+            with simulator("empty", 0, 0, 0) as empty:
+                measure_full_sync(bench, sim, empty, expected)
+        else:
+            progress("full sync first (not measured): measurement 3 changes a synced warehouse")
+            database, home = bench.fresh("m3-setup")
+            run_job(sim, "m3-setup", database=database, home=home, pacing=False, timeout=900)
+            bench.synced_50k = database
+        if incremental:
+            measure_incremental(bench, sim)
+
+
+def measure_full_sync(bench: Bench, sim: Simulator, empty: Simulator, expected: dict[str, int]) -> None:
+    records = bench.sizes.records
+    walls: dict[str, list[float]] = {"ours": [], "floor": [], "startup": [], "dlt": []}
+    cpus: dict[str, list[float]] = {"ours": [], "startup": [], "dlt": []}
+    loads: list[float] = []
+    requests: dict[str, int] = {}
+    in_run: list[float] = []
+    steps: dict[str, float] = {}
+    # Alternating the contenders spreads any drift of the machine over all of them.
+    for attempt in range(1, bench.repeat + 1):
+        tag = f" (round {attempt} of {bench.repeat})" if bench.repeat > 1 else ""
+        loads.append(os.getloadavg()[0])
+        progress(f"1(a) fetch floor: plain httpx over the same pages{tag}")
+        sim.reset_stats()
+        seconds, _, fetched = fetch_floor(sim)
+        if fetched != records:
+            raise BenchmarkError(f"the fetch floor read {fetched} records, expected {records}")
+        walls["floor"].append(seconds)
+        requests["floor"] = sim.stats()["requests"]
+
+        progress(f"1   our nexudus_sync job, CLI, pacing off{tag}")
+        database, home = bench.fresh("m1-ours")
+        sim.reset_stats()
+        ours = run_job(sim, "m1-ours", database=database, home=home, pacing=False, timeout=900)
+        walls["ours"].append(ours.seconds)
+        cpus["ours"].append(ours.cpu_seconds)
+        stats = sim.stats()
+        requests["ours"], requests["ours_lists"] = stats["requests"], sum(list_requests(stats).values())
+        expect_rows("our job", database, expected)
+        seconds, steps = run_timings(home)
+        in_run.append(seconds)
+        bench.synced_50k = database
+
+        progress(f"1(b) Dagster's start-up: the same job against an empty simulator{tag}")
+        database, home = bench.fresh("m1-startup")
+        startup = run_job(empty, "m1-startup", database=database, home=home, pacing=False, timeout=600)
+        walls["startup"].append(startup.seconds)
+        cpus["startup"].append(startup.cpu_seconds)
+
+        progress(f"1(c) dlt rest_api pipeline into DuckDB{tag}")
+        database, _ = bench.fresh("m1-dlt")
+        dlt_dir = bench.work / f"dlt-{attempt}"
+        dlt_dir.mkdir()
+        sim.reset_stats()
+        dlt_env = sim.env(RUNTIME__DLTHUB_TELEMETRY="false", DLT_DATA_DIR=str(dlt_dir / "data"))
+        dlt = run_measured(
+            [PYTHON, str(HERE / "dlt_pipeline.py"), str(database), str(dlt_dir / "pipelines")],
+            env=dlt_env, cwd=dlt_dir, log=RESULTS / "logs" / "m1-dlt.log", timeout=900,
+        )
+        walls["dlt"].append(dlt.seconds)
+        cpus["dlt"].append(dlt.cpu_seconds)
+        requests["dlt"] = sim.stats()["requests"]
+        expect_rows("dlt", database, expected)
+
+    wall = {name: statistics.median(values) for name, values in walls.items()}
+    cpu = {name: statistics.median(values) for name, values in cpus.items()}
+    bench.details["1"] = {"walls_s": walls, "median_s": wall, "cpu_s": cpus, "requests": requests,
+                          "records": records, "ours_in_run_s": in_run, "ours_steps_s": steps, "load_before": loads}
+    repeat_note = f"median of {bench.repeat}" if bench.repeat > 1 else ""
+    m = f"1 full sync {records:,}"
+    bench.add(
+        Row(m, "ours: wall (CLI job, pacing off)", wall["ours"], "s",
+            note=", ".join(filter(None, [repeat_note, f"CPU {cpu['ours']:.1f} s"]))),
+        Row(m, "ours: requests", requests["ours"], "",
+            note=f"{requests['ours_lists']} list pages + {requests['ours'] - requests['ours_lists']} other"),
+        Row(m, "ours: records/s", records / wall["ours"], "rec/s"),
+        Row(m, "ours: of which inside the run (RUN_START..end)", statistics.median(in_run), "s",
+            note=f"last round: {describe_steps(steps)}"),
+        Row(m, "(a) fetch floor: plain httpx", wall["floor"], "s", note=f"{requests['floor']} requests"),
+        Row(m, "(b) Dagster start-up: same job, 0 records", wall["startup"], "s", note=f"CPU {cpu['startup']:.1f} s"),
+        Row(m, "(c) dlt rest_api -> DuckDB", wall["dlt"], "s",
+            note=f"{requests['dlt']} requests, CPU {cpu['dlt']:.1f} s"),
+        ratio_row(m, "ours / dlt", [o / d for o, d in zip(walls["ours"], walls["dlt"])], 0.25),
+        ratio_row(m, "ours / (floor + start-up)",
+                  [o / (f + s) for o, f, s in zip(walls["ours"], walls["floor"], walls["startup"])], 1.5),
+    )
+    bench.note_command("1", job_line(sim, pacing=False))
+    bench.note_command("1", "(a) in the harness process: fetch_floor() in benchmarks/run.py, "
+                            "GET <path>?page=1..n&size=1000&orderby=Id with Basic auth, .json()")
+    bench.note_command("1", "(b) the same job line against: " + empty.command)
+    bench.note_command("1", f"(c) NEXUDUS_BASE_URL=<simulator>/api NEXUDUS_USERNAME={USERNAME} "
+                            f"NEXUDUS_PASSWORD={PASSWORD} RUNTIME__DLTHUB_TELEMETRY=false "
+                            "python benchmarks/dlt_pipeline.py <new.duckdb> <new pipelines dir>")
+
+
+def measure_incremental(bench: Bench, sim: Simulator) -> None:
+    assert bench.synced_50k is not None
+    changed: dict[str, int] = {}
+    for table, _, _ in ENTITIES:
+        total = {"access_tokens": bench.sizes.tokens, "coworker_contracts": bench.sizes.contracts,
+                 "coworker_time_passes": bench.sizes.passes}[table]
+        changed[table] = len(sim.mutate(table, update=max(1, total // 100))["updated"])
+    progress(f"3   incremental sync after changing 1% ({changed}), same warehouse")
+    home = bench.fresh("m3-incremental")[1]
+    sim.reset_stats()
+    seconds = run_job(sim, "m3-incremental", database=bench.synced_50k, home=home, pacing=False,
+                      timeout=600).seconds
+    stats = sim.stats()
+    made = list_requests(stats)
+    with warehouse(bench.synced_50k) as conn:
+        logged = dict(conn.execute(
+            "SELECT entity, requests FROM nexudus._sync_log QUALIFY row_number() OVER "
+            "(PARTITION BY entity ORDER BY finished_at DESC) = 1").fetchall())
+        fetched = dict(conn.execute(
+            "SELECT entity, fetched FROM nexudus._sync_log QUALIFY row_number() OVER "
+            "(PARTITION BY entity ORDER BY finished_at DESC) = 1").fetchall())
+    bench.details["3"] = {"changed": changed, "list_requests": made, "sync_log_requests": logged,
+                          "fetched": fetched, "all_requests": stats["requests"], "by_path": stats["by_path"],
+                          "wall_s": seconds}
+    m = "3 incremental, 1% changed"
+    for table, _, _ in ENTITIES:
+        minimum = math.ceil(changed[table] / PAGE_SIZE) + 1
+        bench.add(Row(m, f"{table}: list requests", made[table], "", f"<= {minimum}",
+                      "pass" if made[table] <= minimum else "miss",
+                      f"{changed[table]} changed, {fetched.get(table)} read; _sync_log says {logged.get(table)}"))
+    others = stats["requests"] - sum(made.values())
+    bench.add(Row(m, "other requests in the run", others, "", note="the command catalogue, GET <entity>/commands"),
+              Row(m, "wall (CLI job)", seconds, "s"))
+    bench.note_command("3", "python benchmarks/run.py --only 3   # full sync, POST /_simulator/mutate "
+                            '{"entity": <table>, "update": <1%>} per entity, POST /_simulator/reset-stats, then:')
+    bench.note_command("3", job_line(sim, pacing=False).replace("<new file>", "<the synced file>"))
+
+
+def measure_paced(bench: Bench) -> None:
+    sizes = bench.sizes
+    with simulator("limits", sizes.tokens, sizes.contracts, sizes.passes, enforce=True) as sim:
+        progress("2   our job, pacing on, against a simulator enforcing the published limits")
+        database, home = bench.fresh("m2-paced")
+        sim.reset_stats()
+        seconds = run_job(sim, "m2-paced", database=database, home=home, pacing=True, timeout=1800).seconds
+        stats = sim.stats()
+        expect_rows("our paced job", database, {"access_tokens": sizes.tokens,
+                                                "coworker_contracts": sizes.contracts,
+                                                "coworker_time_passes": sizes.passes})
+        in_run, steps = run_timings(home)
+        bench.note_command("2", job_line(sim, pacing=True))
+    rate_floor = stats["requests"] * 0.1
+    bench.details["2"] = {"wall_s": seconds, "in_run_s": in_run, "steps_s": steps, "stats": stats,
+                          "rate_floor_s": rate_floor}
+    m = f"2 limits enforced, {sizes.records:,}"
+    bench.add(
+        Row(m, "throttled answers (409/429)", stats["throttled"], "", "0",
+            "pass" if stats["throttled"] == 0 else "miss", f"of {stats['requests']} requests"),
+        Row(m, "wall (CLI job, pacing on)", seconds, "s", note=f"{in_run:.1f} s inside the run"),
+        Row(m, "rate floor: requests x 100 ms", rate_floor, "s"),
+        Row(m, "wall / rate floor", seconds / rate_floor, "", note="no target stated; includes Dagster start-up"),
+        Row(m, "API steps / rate floor", step_groups(steps)["api"][1] / rate_floor, "",
+            note=f"the steps that call the API: {step_groups(steps)['api'][1]:.1f} s"),
+    )
+
+
+def measure_million(bench: Bench, *, memory: bool, insights: bool) -> None:
+    """Measurement 4 (peak RSS of a 1M-token sync) and 5 (the insights over its warehouse)."""
+    tokens = bench.sizes.big_tokens
+    with simulator("1m", tokens, 0, 0) as sim:
+        progress(f"4   our job over {tokens:,} access tokens, pacing off, sampling memory" if memory else
+                 f"our job over {tokens:,} access tokens first (not measured): measurement 5 needs its warehouse")
+        database, home = bench.fresh("m4-1m")
+        sim.reset_stats()
+        measured = run_job(sim, "m4-1m", database=database, home=home, pacing=False, timeout=3600)
+        requests = sim.stats()["requests"]
+        expect_rows("our 1M job", database, {"access_tokens": tokens, "coworker_contracts": 0,
+                                             "coworker_time_passes": 0})
+        in_run, steps = run_timings(home)
+        if memory:
+            peak_mb = measured.peak_rss_bytes / MB
+            bench.details["4"] = {"wall_s": measured.seconds, "peak_rss_mb": peak_mb, "requests": requests,
+                                  "own_peak_rss_mb": measured.own_peak_bytes / MB,
+                                  "tree_peak_rss_mb": measured.tree_peak_bytes / MB,
+                                  "in_run_s": in_run, "steps_s": steps}
+            m = f"4 full sync {tokens:,} tokens"
+            bench.add(
+                Row(m, "peak RSS of the job's processes", peak_mb, "MB", "< 500", "pass" if peak_mb < 500 else "miss",
+                    f"job process {measured.own_peak_bytes / MB:.0f} MB, process tree sampled "
+                    f"{measured.tree_peak_bytes / MB:.0f} MB"),
+                Row(m, "wall (CLI job, pacing off)", measured.seconds, "s",
+                    note=f"{requests} requests; access_tokens step {steps.get('access_tokens', 0):.1f} s"),
+                Row(m, "records/s", tokens / measured.seconds, "rec/s"),
+            )
+            bench.note_command("4", job_line(sim, pacing=False) + "   # peak RSS: wait4() ru_maxrss and "
+                                    "the sampled sum over the process tree")
+        if insights:
+            measure_insights(bench, sim, database)
+
+
+def measure_insights(bench: Bench, sim: Simulator, database: Path) -> None:
+    progress("5   materialize group:nexudus_insights over measurement 4's warehouse (CLI)")
+    home = bench.fresh("m5-insights")[1]
+    measured = run_job(sim, "m5-insights", database=database, home=home, pacing=False, timeout=1800,
+                       args=INSIGHTS)
+    in_run, steps = run_timings(home)
+    bench.details["5"] = {"wall_s": measured.seconds, "in_run_s": in_run, "steps_s": steps}
+    slowest = max(steps.items(), key=lambda item: item[1], default=("none", 0.0))
+    m = f"5 insights over {bench.sizes.big_tokens:,} rows"
+    bench.add(
+        Row(m, "asset work (RUN_START..end)", in_run, "s",
+            note=f"{len(steps)} steps, sum {sum(steps.values()):.1f} s; slowest {slowest[0]} "
+                 f"{slowest[1]:.1f} s; no target stated"),
+        Row(m, "Dagster start-up and exit (wall - run)", measured.seconds - in_run, "s"),
+    )
+    bench.note_command("5", job_line(sim, pacing=False, args=INSIGHTS).replace("<new file>", "<measurement 4's file>"))
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def print_table(rows: list[Row]) -> None:
+    header = ("measurement", "figure", "target", "verdict")
+    cells = [(r.measurement, r.shown(), r.target or "-", r.verdict or "-") for r in rows]
+    widths = [max(len(line[i]) for line in [header, *cells]) for i in range(4)]
+    rule = "-+-".join("-" * w for w in widths)
+    print()
+    for line in [header, None, *cells]:
+        print(rule if line is None else " | ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="10x smaller data, to check the harness")
+    parser.add_argument("--only", default="1,2,3,4,5", help="comma-separated measurement numbers")
+    parser.add_argument("--repeat", type=int, help="rounds of measurement 1, median reported (default 3; 1 with --quick)")
+    args = parser.parse_args(argv)
+    only = {int(part) for part in args.only.split(",") if part.strip()}
+    sizes = QUICK if args.quick else FULL
+    (RESULTS / "logs").mkdir(parents=True, exist_ok=True)
+    errors = 0
+    with tempfile.TemporaryDirectory(prefix="nexudus-bench-") as work:
+        bench = Bench(sizes=sizes, work=Path(work), repeat=max(1, args.repeat or (1 if args.quick else 3)))
+        steps: list[tuple[set[int], str, Callable[[], None]]] = [
+            ({1, 3}, "1/3", lambda: measure_sync_50k(bench, full=1 in only, incremental=3 in only)),
+            ({2}, "2", lambda: measure_paced(bench)),
+            ({4, 5}, "4/5", lambda: measure_million(bench, memory=4 in only, insights=5 in only)),
+        ]
+        for numbers, label, step in steps:
+            if not numbers & only:
+                continue
+            try:
+                step()
+            except Exception as failure:  # one broken measurement must not hide the others
+                errors += 1
+                progress(f"measurement {label} failed: {failure}")
+                bench.add(Row(label, "could not be measured", None, "", verdict="error",
+                              note=str(failure).splitlines()[0]))
+    print_table(bench.rows)
+    print("\nTo reproduce (python = .venv/bin/python, from the repo root):")
+    for measurement, lines in bench.commands.items():
+        for line in lines:
+            print(f"  [{measurement}] {line}")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps({
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "only": sorted(only),
+        "sizes": asdict(sizes),
+        "rows": [asdict(row) for row in bench.rows],
+        "details": bench.details,
+        "commands": bench.commands,
+    }, indent=2, default=str))
+    misses = sum(row.verdict == "miss" for row in bench.rows)
+    print(f"\n{misses} target(s) missed, {errors} measurement(s) failed; figures in {RESULTS / 'latest.json'}")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
