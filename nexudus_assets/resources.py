@@ -60,7 +60,7 @@ class AlertWebhookResource(dg.ConfigurableResource):
 
 
 class WarehouseResource(DuckDBResource):
-    """The DuckDB file. Connections are short-lived: DuckDB lets one process write at a time."""
+    """The DuckDB file. A connection lasts one piece of work (a load, a check): DuckDB lets one process write."""
 
     @contextmanager
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
