@@ -90,6 +90,18 @@ def _summary(metadata: dict) -> str:
     return "; ".join(parts)
 
 
+#: Where the alert sensor records its progress after each alert, in the instance's storage.
+PROGRESS_KEY = "nexudus_alerts.progress"
+
+
+def _newest_state(cursor: str | None, stored: dict[str, str]) -> dict:
+    """The further on of the tick cursor and the progress stored after the last alert sent."""
+    states = [json.loads(value) for value in (cursor, stored.get(PROGRESS_KEY)) if value]
+    if not states:
+        return {"after": None, "failing": []}
+    return max(states, key=lambda state: state["after"] or 0)
+
+
 def build_alert_sensor(asset_keys: Collection[dg.AssetKey], job_names: Collection[str]) -> dg.SensorDefinition:
     watched_assets = set(asset_keys)
     watched_jobs = set(job_names)
@@ -104,9 +116,10 @@ def build_alert_sensor(asset_keys: Collection[dg.AssetKey], job_names: Collectio
         ),
     )
     def nexudus_alerts(context: dg.SensorEvaluationContext, alerts: AlertWebhookResource) -> dg.SensorResult:
-        # The cursor holds the last event handled and the checks failing now; it is saved after
-        # every tick, so a restarted daemon neither repeats nor loses an alert.
-        state = json.loads(context.cursor) if context.cursor else {"after": None, "failing": []}
+        # The state is the last event handled and the checks failing now. The daemon saves it as
+        # the cursor at the end of a tick; a daemon killed mid-tick would lose it and send the
+        # tick's alerts again, so it is also written to the instance after every alert sent.
+        state = _newest_state(context.cursor, context.instance.run_storage.get_cursor_values({PROGRESS_KEY}))
         failing = set(state["failing"])
         since = None if state["after"] else (dt.datetime.now(dt.UTC) - FIRST_LOOK_BACK).timestamp()
         # Dagster 1.13 has no fetch_* query for check evaluations; run failures have one.
@@ -156,6 +169,9 @@ def build_alert_sensor(asset_keys: Collection[dg.AssetKey], job_names: Collectio
                 sent += 1
             failing = now_failing
             state["after"] = record.storage_id
+            if text:
+                state["failing"] = sorted(failing)
+                context.instance.run_storage.set_cursor_values({PROGRESS_KEY: json.dumps(state)})
         state["failing"] = sorted(failing)
         skip = f"{sent} alert(s) sent" + (f"; stopped: {undelivered}, next tick retries" if undelivered else "")
         return dg.SensorResult(skip_reason=skip, cursor=json.dumps(state))

@@ -9,6 +9,7 @@ import pytest
 
 from nexudus_assets.definitions import ACTIONABLE_ASSETS
 from nexudus_assets.nexudus import ACCESS_TOKENS, CommandDescription
+from nexudus_assets.resources import AlertWebhookResource
 from nexudus_assets.writeback.plan import check_rule, plan_calls
 from nexudus_assets.writeback.rules import CommandRule, RuleError, load_rules
 from nexudus_assets_tests.test_sync_assets import Project
@@ -366,3 +367,31 @@ def test_under_flaky_answers_every_record_is_actioned_at_most_once_per_cooldown(
     assert len(applied) == len(set(applied)), "a record was actioned twice within its cooldown"
     outcomes = {row[2] for row in ledger(project)}
     assert {"succeeded"} <= outcomes and outcomes <= {"succeeded", "failed", "uncertain"}
+
+
+class DaemonKilled(BaseException):
+    """Stands for the daemon dying in the middle of a tick."""
+
+
+def test_a_daemon_killed_mid_tick_repeats_no_alert_it_had_sent(make_project, webhook):
+    project = make_project(webhook=webhook.url)
+    token = dict(project.sim.records(ACCESS_TOKENS)[0])
+    # Two checks fail: the window is reversed and more minutes are left than included.
+    project.sim.put_raw(ACCESS_TOKENS, {**token, "Id": 7, "ValidFrom": "2026-05-01T00:00:00",
+                                        "ValidTo": "2026-01-01T00:00:00", "MinutesIncluded": 60, "MinutesLeft": 90})
+    project.run()
+
+    class DiesBeforeTheSecondAlert(AlertWebhookResource):
+        def send(self, text, log):
+            if webhook.posts:
+                raise DaemonKilled
+            super().send(text, log)
+
+    with pytest.raises(DaemonKilled):  # the tick never returns, so no cursor is saved
+        tick(project, "nexudus_alerts", alerts=DiesBeforeTheSecondAlert(url=webhook.url))
+    assert len(webhook.posts) == 1
+    restarted = tick(project, "nexudus_alerts")  # the daemon's cursor is what it was before
+    tick(project, "nexudus_alerts", cursor=restarted.cursor)
+    texts = webhook.texts()
+    assert len(texts) == 2, texts
+    assert all(any(check in text for text in texts) for check in ("valid_window_ordered", "minutes_left_within_included"))
