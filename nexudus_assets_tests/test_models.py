@@ -135,3 +135,7 @@ def test_command_parameters_survive_null_and_field_name_construction():
     assert CommandDescription.model_validate({"Key": "K", "RequiresParameters": None}).requires_parameters == []
     built = CommandDescription(key="K", requires_parameters=[{"Name": "Days", "Type": "Int32"}])
     assert [p.name for p in built.requires_parameters] == ["Days"]
+
+
+def test_a_null_records_list_is_an_empty_page():
+    assert Page.model_validate({"Records": None, "TotalItems": 0}).records == []

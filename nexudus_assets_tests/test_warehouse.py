@@ -503,3 +503,18 @@ def test_a_large_publish_fits_a_small_memory_limit(db_path: Path) -> None:
         ]
     finally:
         small.close()
+
+
+def test_an_updated_on_from_the_future_does_not_carry_the_cursor_past_the_sync(conn: duckdb.DuckDBPyConnection) -> None:
+    ahead = NOW + dt.timedelta(days=3)  # a server clock running ahead of ours
+    records = [token(1, 5), AccessToken(**{**token(2).model_dump(), "updated_on": ahead})]
+    result = sync(conn, records)
+    assert result.high_water_mark == NOW
+    assert read_high_water_mark(conn, ACCESS_TOKENS) == NOW
+
+
+def test_a_list_that_ended_short_keeps_the_cursor_where_it_was(conn: duckdb.DuckDBPyConnection) -> None:
+    sync(conn, [token(1, 5)])
+    result = sync(conn, [token(2, 9)], complete=False)
+    assert result.inserted == 1
+    assert read_high_water_mark(conn, ACCESS_TOKENS) == at(5)
