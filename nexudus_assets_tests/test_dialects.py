@@ -40,7 +40,7 @@ def test_first_sync_incremental_and_full_refresh_give_the_same_warehouse_in_ever
     sim.faults.update({"throttle_rate": 0.0})
     tokens = metadata(result, "access_tokens")
     assert (tokens["rows_inserted"], tokens["rows_updated"]) == (4, 12)
-    assert tokens["throttled_responses"] + sum(metadata(result, e.table)["throttled_responses"] for e in ENTITIES[1:]) > 0
+    assert sum(metadata(result, e.table)["throttled_responses"] for e in ENTITIES) > 0
     assert_equal_to_upstream(project)
     # Few changes: one page each, whatever the envelope says of the pages.
     assert [metadata(result, e.table)["pages"] for e in ENTITIES] == [1, 1, 1]

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nexudus_assets.nexudus.errors import NexudusError
+from nexudus_assets.nexudus.pacing import account_key
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class AccountLease:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         # Hashed: the file name must not reveal which user the account is.
-        digest = hashlib.sha256(f"{base_url.rstrip('/').lower()}\n{username.lower()}".encode()).hexdigest()[:24]
+        digest = hashlib.sha256("\n".join(account_key(base_url, username)).encode()).hexdigest()[:24]
         self.path = directory / f"{digest}.lock"
         self.timeout = timeout
         self._poll = poll

@@ -124,9 +124,14 @@ _shared: dict[tuple[str, str, RateLimits], RateLimiter] = {}
 _shared_lock = threading.Lock()
 
 
+def account_key(base_url: str, username: str) -> tuple[str, str]:
+    """One account however its URL and user are spelled: the limits are per account."""
+    return base_url.rstrip("/").lower(), username.lower()
+
+
 def shared_limiter(base_url: str, username: str, limits: RateLimits) -> RateLimiter:
     """The process-wide budget for one account on one server."""
-    key = (base_url.rstrip("/").lower(), username.lower(), limits)
+    key = (*account_key(base_url, username), limits)
     with _shared_lock:
         if key not in _shared:
             _shared[key] = RateLimiter(limits)

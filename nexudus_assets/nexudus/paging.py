@@ -56,9 +56,6 @@ class SeenKeys:
         self._others.add(other)
         return True
 
-    def __len__(self) -> int:
-        return len(self._ids) + len(self._others)
-
 
 @dataclass
 class PageNumberPaginator:
