@@ -1,21 +1,61 @@
-"""The alert sensor: failed asset checks, their recoveries, and failed runs, posted to a webhook."""
+"""The alert sensor: failed asset checks, their recoveries, and failed runs, posted to a webhook.
+
+It walks finished runs in the order the instance recorded their ends (`fetch_run_status_changes`,
+whose storage ids every instance storage orders the same way, the run-sharded SQLite one
+included) and reads each run's own check evaluations. Its state is that position, the position
+inside the run being read, and the checks failing now.
+"""
 
 import datetime as dt
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import dagster as dg
-from dagster._core.event_api import RunStatusChangeRecordsFilter
 
 from nexudus_assets.resources import AlertWebhookResource
 
-#: How many events the alert sensor reads per tick; the rest wait for the next tick.
-EVENTS_PER_TICK = 200
+#: How many finished runs the alert sensor reads per tick; the rest wait for the next tick.
+RUNS_PER_TICK = 50
 #: On its first tick the alert sensor looks back this far, not over the instance's whole history.
 FIRST_LOOK_BACK = dt.timedelta(hours=24)
+#: Where the alert sensor records its progress after each alert, in the instance's storage.
+PROGRESS_KEY = "nexudus_alerts.progress"
+#: Run ends whose check evaluations are read; only a failure is itself alerted.
+FINISHED = (dg.DagsterEventType.RUN_SUCCESS, dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.RUN_CANCELED)
 
 
-def _summary(metadata: dict) -> str:
+@dataclass
+class AlertState:
+    #: Storage id of the last run end read to its end; None before the first tick.
+    after: int | None = None
+    #: The checks failing as of `after`.
+    failing: list[str] = field(default_factory=list)
+    #: The run being read and how many of its alerts were dealt with, when a tick stopped inside it.
+    run_id: str | None = None
+    handled: int = 0
+
+    @classmethod
+    def newest(cls, *texts: str | None) -> "AlertState":
+        """The furthest on of the tick cursor and the progress stored after the last alert sent."""
+        states = [cls(**json.loads(text)) for text in texts if text]
+        if not states:
+            return cls()
+        return max(states, key=lambda state: (state.after or 0, state.handled))
+
+    def dumps(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Alert:
+    text: str
+    #: The checks failing once this alert is sent.
+    failing: frozenset[str]
+
+
+def _summary(metadata: Mapping[str, Any]) -> str:
     parts = []
     for key, value in metadata.items():
         shown = getattr(value, "value", value)
@@ -23,21 +63,55 @@ def _summary(metadata: dict) -> str:
     return "; ".join(parts)
 
 
-#: Where the alert sensor records its progress after each alert, in the instance's storage.
-PROGRESS_KEY = "nexudus_alerts.progress"
-
-
-def _newest_state(cursor: str | None, stored: dict[str, str]) -> dict:
-    """The further on of the tick cursor and the progress stored after the last alert sent."""
-    states = [json.loads(value) for value in (cursor, stored.get(PROGRESS_KEY)) if value]
-    if not states:
-        return {"after": None, "failing": []}
-    return max(states, key=lambda state: state["after"] or 0)
+def _finished_runs(instance: dg.DagsterInstance, after: int | None) -> list[dg.EventLogRecord]:
+    """Run ends after `after`, oldest first, with no gap however the per-type reads were cut."""
+    since = None if after is not None else (dt.datetime.now(dt.UTC) - FIRST_LOOK_BACK).timestamp()
+    records: list[dg.EventLogRecord] = []
+    horizon: int | None = None
+    for event_type in FINISHED:
+        found = instance.fetch_run_status_changes(
+            dg.RunStatusChangeRecordsFilter(event_type=event_type, after_storage_id=after, after_timestamp=since),
+            limit=RUNS_PER_TICK,
+            ascending=True,
+        ).records
+        records += found
+        if len(found) == RUNS_PER_TICK:
+            # This type has more after its last record: nothing later may be read yet.
+            last = found[-1].storage_id
+            horizon = last if horizon is None else min(horizon, last)
+    records.sort(key=lambda record: record.storage_id)
+    return [record for record in records if horizon is None or record.storage_id <= horizon]
 
 
 def build_alert_sensor(asset_keys: Collection[dg.AssetKey], job_names: Collection[str]) -> dg.SensorDefinition:
     watched_assets = set(asset_keys)
     watched_jobs = set(job_names)
+
+    def alerts_of_run(
+        instance: dg.DagsterInstance, run_end: dg.EventLogRecord, failing: frozenset[str]
+    ) -> Iterator[Alert]:
+        """The run's alerts in order: each failed check, each recovery, then the run's own failure."""
+        run_id = run_end.run_id
+        evaluations = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+        for record in evaluations.records:
+            evaluation = record.event_log_entry.asset_check_evaluation
+            if evaluation is None or evaluation.asset_key not in watched_assets:
+                continue
+            name = f"{evaluation.asset_key.to_user_string()}.{evaluation.check_name}"
+            if not evaluation.passed:
+                failing = failing | {name}
+                yield Alert(
+                    f":warning: Nexudus check failed: {name} ({evaluation.severity.value}) in run {run_id[:8]}. "
+                    f"{_summary(evaluation.metadata)}",
+                    failing,
+                )
+            elif name in failing:
+                failing = failing - {name}
+                yield Alert(f":white_check_mark: Nexudus check recovered: {name} passes again (run {run_id[:8]}).", failing)
+        entry = run_end.event_log_entry
+        if entry.dagster_event_type == dg.DagsterEventType.RUN_FAILURE and entry.job_name in watched_jobs:
+            reason = (entry.dagster_event.message or "").splitlines()[0] if entry.dagster_event else ""
+            yield Alert(f":x: Nexudus run failed: {entry.job_name} (run {run_id[:8]}). {reason}", failing)
 
     @dg.sensor(
         name="nexudus_alerts",
@@ -49,64 +123,31 @@ def build_alert_sensor(asset_keys: Collection[dg.AssetKey], job_names: Collectio
         ),
     )
     def nexudus_alerts(context: dg.SensorEvaluationContext, alerts: AlertWebhookResource) -> dg.SensorResult:
-        # The state is the last event handled and the checks failing now. The daemon saves it as
-        # the cursor at the end of a tick; a daemon killed mid-tick would lose it and send the
-        # tick's alerts again, so it is also written to the instance after every alert sent.
-        state = _newest_state(context.cursor, context.instance.run_storage.get_cursor_values({PROGRESS_KEY}))
-        failing = set(state["failing"])
-        since = None if state["after"] else (dt.datetime.now(dt.UTC) - FIRST_LOOK_BACK).timestamp()
-        # Dagster 1.13 has no fetch_* query for check evaluations; run failures have one.
-        records = list(
-            context.instance.get_event_records(
-                dg.EventRecordsFilter(
-                    event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION, after_cursor=state["after"], after_timestamp=since
-                ),
-                limit=EVENTS_PER_TICK,
-                ascending=True,
-            )
-        )
-        records += context.instance.fetch_run_status_changes(
-            RunStatusChangeRecordsFilter(
-                event_type=dg.DagsterEventType.RUN_FAILURE, after_storage_id=state["after"], after_timestamp=since
-            ),
-            limit=EVENTS_PER_TICK,
-            ascending=True,
-        ).records
-        records.sort(key=lambda record: record.storage_id)
+        # The daemon saves the cursor only at the end of a tick; a daemon killed mid-tick would
+        # lose it and send the tick's alerts again, so progress is also stored after every alert.
+        storage = context.instance.run_storage
+        state = AlertState.newest(context.cursor, storage.get_cursor_values({PROGRESS_KEY}).get(PROGRESS_KEY))
         sent = 0
         undelivered = None
-        for record in records[:EVENTS_PER_TICK]:
-            entry = record.event_log_entry
-            text, now_failing = None, failing
-            evaluation = entry.asset_check_evaluation
-            if evaluation is not None and evaluation.asset_key in watched_assets:
-                name = f"{evaluation.asset_key.to_user_string()}.{evaluation.check_name}"
-                if not evaluation.passed:
-                    now_failing = failing | {name}
-                    text = (
-                        f":warning: Nexudus check failed: {name} ({evaluation.severity.value}) in run "
-                        f"{entry.run_id[:8]}. {_summary(evaluation.metadata)}"
-                    )
-                elif name in failing:
-                    now_failing = failing - {name}
-                    text = f":white_check_mark: Nexudus check recovered: {name} passes again (run {entry.run_id[:8]})."
-            elif entry.dagster_event_type == dg.DagsterEventType.RUN_FAILURE and entry.job_name in watched_jobs:
-                reason = (entry.dagster_event.message or "").splitlines()[0] if entry.dagster_event else ""
-                text = f":x: Nexudus run failed: {entry.job_name} (run {entry.run_id[:8]}). {reason}"
-            if text:
+        for run_end in _finished_runs(context.instance, state.after):
+            handled = state.handled if run_end.run_id == state.run_id else 0
+            failing = frozenset(state.failing)
+            for position, alert in enumerate(alerts_of_run(context.instance, run_end, failing)):
+                failing = alert.failing
+                if position < handled:
+                    continue  # dealt with before a tick that stopped inside this run
                 try:
-                    alerts.send(text, context.log)
+                    alerts.send(alert.text, context.log)
                 except RuntimeError as exc:
                     undelivered = str(exc)
                     break
                 sent += 1
-            failing = now_failing
-            state["after"] = record.storage_id
-            if text:
-                state["failing"] = sorted(failing)
-                context.instance.run_storage.set_cursor_values({PROGRESS_KEY: json.dumps(state)})
-        state["failing"] = sorted(failing)
+                state.run_id, state.handled = run_end.run_id, position + 1
+                storage.set_cursor_values({PROGRESS_KEY: state.dumps()})
+            if undelivered:
+                break
+            state.after, state.run_id, state.handled, state.failing = run_end.storage_id, None, 0, sorted(failing)
         skip = f"{sent} alert(s) sent" + (f"; stopped: {undelivered}, next tick retries" if undelivered else "")
-        return dg.SensorResult(skip_reason=skip, cursor=json.dumps(state))
+        return dg.SensorResult(skip_reason=skip, cursor=state.dumps())
 
     return nexudus_alerts
