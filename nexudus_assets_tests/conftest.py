@@ -1,13 +1,25 @@
-"""Shared fixtures: a real simulator on 127.0.0.1 and clients pointed at it."""
+"""Shared fixtures: a real simulator on 127.0.0.1 and clients pointed at it; Dagster instances on
+SQLite and on a real PostgreSQL."""
 
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import pytest
+import yaml
 
 from nexudus_assets.nexudus import NexudusClient, RateLimits, RetryPolicy
 from nexudus_assets.simulator import Simulator
+from nexudus_assets_tests.postgres import PostgresMissingError, PostgresServer
+
+PROJECT = Path(__file__).resolve().parent.parent
+#: What `make dev` uses: run-sharded SQLite under DAGSTER_HOME, the project's run queue.
+LOCAL_INSTANCE = PROJECT / "dagster.yaml"
+#: The deployed instance; the tests take its PostgreSQL storage section.
+DEPLOYED_INSTANCE = PROJECT / "deploy" / "dagster.yaml"
 
 USERNAME = "admin@example.com"
 PASSWORD = "simulator-password"
@@ -52,3 +64,40 @@ def start_simulator() -> Iterator[Callable[..., Running]]:
 def running(start_simulator: Callable[..., Running]) -> Running:
     """A small account: 30 tokens, 20 contracts, 20 passes, legacy list shape."""
     return start_simulator(seed=3, tokens=30, contracts=20, passes=20)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL server per test process (per xdist worker); see `fresh_database()`."""
+    try:
+        server = PostgresServer()
+    except PostgresMissingError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    with server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgres"], ids=["sqlite", "postgres"])
+def dagster_instance(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dg.DagsterInstance]:
+    """A persistent instance in a temporary DAGSTER_HOME, once per storage.
+
+    `sqlite`: the project's dagster.yaml as it is. `postgres`: the same settings with the storage
+    section of deploy/dagster.yaml, on a database of its own (the `DAGSTER_POSTGRES_*` variables
+    are set for the test).
+    """
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    if request.param == "postgres":
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        for name, value in server.fresh_database().items():
+            monkeypatch.setenv(name, value)
+        settings = yaml.safe_load(LOCAL_INSTANCE.read_text())
+        settings["storage"] = yaml.safe_load(DEPLOYED_INSTANCE.read_text())["storage"]
+        (home / "dagster.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+    else:
+        shutil.copyfile(LOCAL_INSTANCE, home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with dg.DagsterInstance.get() as instance:
+        yield instance
