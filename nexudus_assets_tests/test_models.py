@@ -139,3 +139,29 @@ def test_command_parameters_survive_null_and_field_name_construction():
 
 def test_a_null_records_list_is_an_empty_page():
     assert Page.model_validate({"Records": None, "TotalItems": 0}).records == []
+
+
+@pytest.mark.parametrize("hostile", [True, False, 1.5, 7.0, "12", {"a": 1}, [7], 2**70, 2**31, 0, -3])
+def test_an_id_is_a_json_integer_within_the_documented_int_range(hostile):
+    with pytest.raises(RecordValidationError) as bad:
+        parse_record(ACCESS_TOKENS, {"Id": hostile})
+    assert bad.value.record_id is None
+    assert [name for name, _ in bad.value.problems] == ["Id"]
+    assert str(bad.value).startswith("AccessToken with the unusable Id ")
+
+
+def test_the_documented_int_range_is_accepted_to_its_end():
+    assert parse_record(ACCESS_TOKENS, {"Id": 2**31 - 1}).id == 2**31 - 1
+
+
+@pytest.mark.parametrize("hostile", [True, 2.0, "99", {"a": 1}, {"Id": True}, {"Id": "99"}, 2**70, 0])
+def test_relation_ids_are_strict_too(hostile):
+    with pytest.raises(RecordValidationError) as bad:
+        parse_record(ACCESS_TOKENS, {"Id": 5, "Business": hostile})
+    assert bad.value.record_id == 5
+    assert [name for name, _ in bad.value.problems] == ["Business"]
+
+
+def test_a_relation_may_be_null_or_an_embedded_record_with_its_id():
+    assert parse_record(ACCESS_TOKENS, {"Id": 5, "BusinessId": None}).business_id is None
+    assert parse_record(ACCESS_TOKENS, {"Id": 5, "BusinessId": {"Id": 77, "Name": "Main"}}).business_id == 77

@@ -3,7 +3,7 @@
 import pytest
 
 from nexudus_assets.nexudus import Page, RateLimiter, RateLimits, ResponseFormatError, Window
-from nexudus_assets.nexudus.paging import PageNumberPaginator
+from nexudus_assets.nexudus.paging import PageNumberPaginator, SeenKeys
 
 
 class FakeClock:
@@ -79,6 +79,37 @@ def test_a_list_shorter_than_promised_is_flagged():
     paginator = PageNumberPaginator(fetch=lambda n, s: next(answers), size=1)
     assert sum(len(page) for page in paginator) == 1
     assert paginator.summary.ended_short
+
+
+def test_a_list_that_announces_no_total_stops_at_the_page_cap():
+    fresh_ids = iter(range(1, 1_000_000))
+
+    def full_page_of_fresh_ids(number: int, size: int) -> Page:
+        return Page(records=[{"Id": next(fresh_ids)}, {"Id": next(fresh_ids)}])
+
+    paginator = PageNumberPaginator(fetch=full_page_of_fresh_ids, size=2, max_pages=5)
+    with pytest.raises(ResponseFormatError, match="still more after 5 pages"):
+        list(paginator)
+    assert paginator.summary.pages == 5
+
+
+def test_a_lying_total_pages_does_not_outweigh_the_total_items():
+    fresh_ids = iter(range(1, 1_000_000))
+
+    def endless(number: int, size: int) -> Page:
+        return Page(records=[{"Id": next(fresh_ids)}], total_items=4, total_pages=number + 1, has_next_page=True)
+
+    paginator = PageNumberPaginator(fetch=endless, size=1)
+    with pytest.raises(ResponseFormatError, match="announced 4 items"):
+        list(paginator)
+    assert paginator.summary.pages == 4 + 3
+
+
+def test_seen_keys_tell_hostile_ids_apart_from_real_ones():
+    seen = SeenKeys()
+    records = [{"Id": 1}, {"Id": True}, {"Id": 1.0}, {"Id": "1"}, {"Id": {"a": 1}}, {"Id": [1]}, {"Id": 2**70}]
+    assert [seen.add(record) for record in records] == [True] * len(records)
+    assert [seen.add(record) for record in records] == [False] * len(records)
 
 
 class CappedServer:

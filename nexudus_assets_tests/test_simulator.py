@@ -729,6 +729,45 @@ def test_inflated_totals_promise_pages_that_come_back_empty(sim: Simulator, clie
     assert second["Records"] == [] and second["HasNextPage"] is True
 
 
+def test_endless_pages_serve_fresh_ids_for_ever_under_a_small_total(sim: Simulator, client: httpx.Client) -> None:
+    last_real_id = sim.records(ACCESS_TOKENS)[-1]["Id"]
+    sim.faults.endless_pages = True
+    pages = [client.get(ACCESS_TOKENS.path, params={"size": 10, "page": page}).json() for page in (1, 2, 500)]
+    served = [record["Id"] for page in pages for record in page["Records"]]
+    assert len(served) == len(set(served)) == 30 and min(served) > last_real_id
+    assert [(page["TotalItems"], page["HasNextPage"], page["TotalPages"]) for page in pages] == [
+        (40, True, 2),
+        (40, True, 3),
+        (40, True, 501),
+    ]
+
+
+def test_hostile_ids_stand_at_odd_positions_among_good_records(sim: Simulator, client: httpx.Client) -> None:
+    real = [record["Id"] for record in sim.records(ACCESS_TOKENS)]
+    sim.faults.update({"hostile_ids": ["true", "huge", "object"]})
+    first = [record["Id"] for record in client.get(ACCESS_TOKENS.path, params={"size": 4}).json()["Records"]]
+    second = [record["Id"] for record in client.get(ACCESS_TOKENS.path, params={"size": 4, "page": 2}).json()["Records"]]
+    assert first == [real[0], True, real[2], 2**70]
+    assert second == [real[4], {"a": 1}, real[6], real[7]]
+    with pytest.raises(ValueError, match="unknown hostile_ids nope"):
+        sim.faults.update({"hostile_ids": ["nope"]})
+
+
+def test_nesting_depth_nests_a_field_of_the_first_record(sim: Simulator, client: httpx.Client) -> None:
+    sim.faults.nesting_depth = 50_000
+    text = client.get(ACCESS_TOKENS.path, params={"size": 2}).text
+    assert '"Nested":' + "[" * 50_000 + "]" * 50_000 in text
+    assert text.count('"Nested"') == 1
+
+
+def test_trickled_bodies_come_one_byte_at_a_time(sim: Simulator, client: httpx.Client) -> None:
+    sim.faults.trickle_body_seconds = 0.05
+    with client.stream("GET", ACCESS_TOKENS.path, params={"size": 1}) as answer:
+        first_pieces = [piece for _, piece in zip(range(3), answer.iter_raw(), strict=False)]
+        assert answer.status_code == 200 and int(answer.headers["Content-Length"]) > 100
+    assert first_pieces == [b"{", b'"', b"R"]
+
+
 # ---------------------------------------------------------------------------- observation and admin
 
 
@@ -766,6 +805,9 @@ def test_admin_endpoints(sim: Simulator, server: SimulatorServer) -> None:
         assert sim.faults.failing_command_ids == {5} and api.get(ACCESS_TOKENS.path).status_code == 500
         admin.post("faults", json={"error_rate": 0})
         assert admin.post("faults", json={"no_such_fault": 1}).status_code == 400
+        assert admin.post("faults", json={"hostile_ids": ["nope"]}).status_code == 400
+        assert admin.post("faults", json={"hostile_ids": ["float"]}).json()["hostile_ids"] == ["float"]
+        admin.post("faults", json={"hostile_ids": []})
         touched = admin.post(
             "mutate", json={"entity": "access_tokens", "update": 2, "insert": 3, "delete": 1}
         ).json()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
+import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -12,7 +15,7 @@ from typing import Any, Literal, Protocol
 import pyotp
 from pydantic import SecretStr
 
-from nexudus_assets.nexudus.errors import AuthenticationError
+from nexudus_assets.nexudus.errors import AuthenticationError, SignInRefusedError
 
 AuthScheme = Literal["basic", "bearer"]
 
@@ -34,6 +37,48 @@ class Credentials:
         if value.isdigit() and 6 <= len(value) <= 8:
             return value
         return pyotp.TOTP(value.replace(" ", "").upper()).now()
+
+
+class SignInRefusals:
+    """Credentials an account refused in this process: no later client sends them again.
+
+    A real account may lock out after repeated failed sign-ins, and every Dagster step makes
+    a client of its own. Refusals are kept by server, user and an HMAC of the secrets under a
+    key that exists only in this process: a corrected password is tried, and the memo holds
+    nothing that reveals the password.
+    """
+
+    def __init__(self) -> None:
+        self._key = secrets.token_bytes(32)
+        self._lock = threading.Lock()
+        #: (reason, status, request) only: a kept exception would keep its frames, secrets and all.
+        self._refused: dict[tuple[str, str, str], tuple[str, int | None, str]] = {}
+
+    def account(self, base_url: str, credentials: Credentials) -> tuple[str, str, str]:
+        secret = "\0".join(
+            value.get_secret_value() for value in (credentials.password, credentials.totp) if value is not None
+        )
+        digest = hmac.new(self._key, secret.encode(), hashlib.sha256).hexdigest()
+        return base_url, credentials.username.strip().casefold(), digest
+
+    def raise_if_refused(self, account: tuple[str, str, str]) -> None:
+        with self._lock:
+            refused = self._refused.get(account)
+        if refused is not None:
+            reason, status_code, request = refused
+            raise SignInRefusedError(
+                f"{reason}; refused earlier in this process, so not sent again (repeated failures can lock the account)",
+                status_code=status_code,
+                request=request,
+            )
+
+    def remember(self, account: tuple[str, str, str], refused: SignInRefusedError) -> None:
+        with self._lock:
+            self._refused.setdefault(account, (refused.reason, refused.status_code, refused.request))
+
+
+#: One memo per process, shared by every client.
+REFUSED_SIGN_INS = SignInRefusals()
 
 
 class Auth(Protocol):
@@ -112,6 +157,7 @@ class BearerAuth:
         self._exchange(form, fail=True)
 
     def _exchange(self, form: Mapping[str, str], *, fail: bool) -> bool:
+        """Trade `form` for tokens; on refusal, False or (`fail`) an AuthenticationError."""
         status, answer = self._post(form, {"client_id": self._client_id})
         token = answer.get("access_token") if isinstance(answer, dict) else None
         if status == 200 and token:
@@ -133,7 +179,9 @@ class BearerAuth:
             message = f"sign-in refused: {reason or 'no token in the answer'}"
             if description:
                 message += f" ({description})"
-        raise AuthenticationError(message, status_code=status, request="POST /token")
+        # 400 is OAuth's answer to a wrong password (`invalid_grant`), 401/403 the Nexudus one.
+        refusal = SignInRefusedError if status in (400, 401, 403) else AuthenticationError
+        raise refusal(message, status_code=status, request="POST /token")
 
     def __repr__(self) -> str:
         return f"BearerAuth(username={self._credentials.username!r}, client_id={self._client_id!r})"

@@ -22,7 +22,7 @@ import httpx
 from pydantic import SecretStr
 from pydantic import ValidationError as PydanticValidationError
 
-from nexudus_assets.nexudus.auth import Auth, AuthScheme, BasicAuth, BearerAuth, Credentials
+from nexudus_assets.nexudus.auth import REFUSED_SIGN_INS, Auth, AuthScheme, BasicAuth, BearerAuth, Credentials
 from nexudus_assets.nexudus.entities import Entity
 from nexudus_assets.nexudus.errors import (
     APIError,
@@ -32,6 +32,7 @@ from nexudus_assets.nexudus.errors import (
     RecordValidationError,
     ResponseFormatError,
     ServerError,
+    SignInRefusedError,
     StaleRecordError,
     ThrottledError,
     TransportError,
@@ -39,14 +40,21 @@ from nexudus_assets.nexudus.errors import (
     ValidationError,
 )
 from nexudus_assets.nexudus.lease import AccountLease
-from nexudus_assets.nexudus.models import ActionResult, CommandDescription, FieldError, NexudusRecord, Page
+from nexudus_assets.nexudus.models import ActionResult, CommandDescription, FieldError, NexudusRecord, Page, valid_id
 from nexudus_assets.nexudus.pacing import RateLimiter, RateLimits, shared_limiter
-from nexudus_assets.nexudus.paging import PageNumberPaginator, PagingSummary
+from nexudus_assets.nexudus.paging import DEFAULT_MAX_PAGES, PageNumberPaginator, PagingSummary
 
 DEFAULT_BASE_URL = "https://spaces.nexudus.com/api"
 MAX_PAGE_SIZE = 1000
 #: Ids per by-Ids request: keeps the query string far below common URL limits.
 IDS_PER_REQUEST = 100
+#: Seconds one request may take from sending to its answer's last byte.
+DEFAULT_REQUEST_DEADLINE = 60.0
+#: The largest answer read. A full page of 1000 records is a few megabytes.
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+#: Records sit three levels down a list answer (envelope, `Records`, record); this leaves
+#: room for nested values while refusing nesting that only exhausts the parser.
+MAX_JSON_DEPTH = 64
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +112,7 @@ def _validated(entity: Entity, number: int, raw_records: list[Any]) -> RecordPag
 
 
 def _raw_id(raw: Any) -> int | None:
-    try:
-        return int(raw["Id"])
-    except (TypeError, KeyError, ValueError):
-        return None
+    return valid_id(raw.get("Id")) if isinstance(raw, dict) else None
 
 
 def format_minute(value: dt.datetime) -> str:
@@ -143,16 +148,31 @@ class NexudusClient:
         limits: RateLimits | None = None,
         retry: RetryPolicy | None = None,
         timeout: float = 30.0,
+        request_deadline: float = DEFAULT_REQUEST_DEADLINE,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_pages: int = DEFAULT_MAX_PAGES,
         limiter: RateLimiter | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        """`timeout` bounds each network read; `request_deadline` a whole request, answer included.
+
+        `max_pages` bounds one walk through a list whatever the server claims; a list that
+        announces its `TotalItems` is held to those far sooner.
+        """
         if not username:
             raise AuthenticationError("no Nexudus username: set NEXUDUS_USERNAME")
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be between 1 and {MAX_PAGE_SIZE}, not {page_size}")
+        bounds = {"request_deadline": request_deadline, "max_body_bytes": max_body_bytes, "max_pages": max_pages}
+        for name, value in bounds.items():
+            if value <= 0:
+                raise ValueError(f"{name} must be positive, not {value}")
         self.base_url = base_url.rstrip("/")
         self.username = username
         self.page_size = page_size
+        self.request_deadline = request_deadline
+        self.max_body_bytes = max_body_bytes
+        self.max_pages = max_pages
         self.retry = retry or RetryPolicy()
         self.stats = RequestStats()
         self._sleep = sleep
@@ -160,7 +180,8 @@ class NexudusClient:
         # A budget only holds if no other process spends it too; a server without limits needs no claim.
         paced = bool(self._limiter.limits.all_methods or self._limiter.limits.writes)
         self._lease = AccountLease(self.base_url, username) if paced else None
-        self._http = httpx.Client(timeout=timeout, headers={"Accept": "application/json"})
+        # The deadline is checked between reads, so no single read may outwait it either.
+        self._http = httpx.Client(timeout=min(timeout, request_deadline), headers={"Accept": "application/json"})
         credentials = Credentials(
             username=username,
             password=password if isinstance(password, SecretStr) else SecretStr(password),
@@ -173,6 +194,7 @@ class NexudusClient:
             self._auth = BearerAuth(credentials, self._post_token, client_id=client_id)
         else:
             raise ValueError(f"NEXUDUS_AUTH must be 'basic' or 'bearer', not {auth!r}")
+        self._account = REFUSED_SIGN_INS.account(self.base_url, credentials)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> NexudusClient:
@@ -184,6 +206,9 @@ class NexudusClient:
             "auth": environ.get("NEXUDUS_AUTH", "basic").lower(),
             "totp": environ.get("NEXUDUS_TOTP") or None,
             "page_size": int(environ.get("NEXUDUS_PAGE_SIZE", MAX_PAGE_SIZE)),
+            "request_deadline": float(environ.get("NEXUDUS_REQUEST_DEADLINE", DEFAULT_REQUEST_DEADLINE)),
+            "max_body_bytes": int(environ.get("NEXUDUS_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
+            "max_pages": int(environ.get("NEXUDUS_MAX_PAGES", DEFAULT_MAX_PAGES)),
             "limits": RateLimits.from_env(environ),
         }
         settings.update(overrides)
@@ -288,6 +313,8 @@ class NexudusClient:
             fetch=lambda number, size: self.list_page(entity, page=number, size=size, filters=filters, ranges=ranges),
             size=size,
             summary=summary,
+            max_pages=self.max_pages,
+            described=f"GET /{entity.path}",
         )
         for number, raw_records in enumerate(paginator, start=1):
             yield _validated(entity, number, raw_records)
@@ -399,23 +426,32 @@ class NexudusClient:
 
     def _call(self, method: str, path: str, *, params: Mapping[str, str] | None = None, json: Any = None,
               replay_safe: bool | None = None) -> Any:
-        """Send an authenticated request and return its JSON; error answers become exceptions."""
+        """Send an authenticated request and return its JSON; error answers become exceptions.
+
+        Credentials refused once are not sent again by any client of this process.
+        """
         safe = method in {"GET", "PUT", "DELETE"} if replay_safe is None else replay_safe
+        REFUSED_SIGN_INS.raise_if_refused(self._account)
         reauthenticated = False
-        while True:
-            answer = self._send(
-                method, f"{self.base_url}/{path}", params=params, json=json, replay_safe=safe,
-                auth_headers=self._auth.headers,
-            )
-            if answer.status == 401 and not reauthenticated and self._auth.invalidate():
-                reauthenticated = True
-                continue
-            if 200 <= answer.status < 300:
-                return answer.body
-            if answer.status == 404 and method == "DELETE" and answer.retried:
-                # An earlier attempt got no answer: it deleted the record.
-                return {"WasSuccessful": True, "Message": "The record was deleted (first answer lost)."}
-            raise _error_for(answer, f"{method} /{path}")
+        try:
+            while True:
+                answer = self._send(
+                    method, f"{self.base_url}/{path}", params=params, json=json, replay_safe=safe,
+                    auth_headers=self._auth.headers,
+                )
+                if answer.status == 401 and not reauthenticated and self._auth.invalidate():
+                    reauthenticated = True
+                    continue
+                if 200 <= answer.status < 300:
+                    return answer.body
+                if answer.status == 404 and method == "DELETE" and answer.retried:
+                    # An earlier attempt got no answer: it deleted the record.
+                    return {"WasSuccessful": True, "Message": "The record was deleted (first answer lost)."}
+                # Basic auth signs in with every request, so its 401/403 is a refused sign-in.
+                raise _error_for(answer, f"{method} /{path}", sign_in=isinstance(self._auth, BasicAuth))
+        except SignInRefusedError as refused:
+            REFUSED_SIGN_INS.remember(self._account, refused)
+            raise
 
     def _send(
         self,
@@ -442,15 +478,19 @@ class NexudusClient:
             if auth_headers is not None:
                 request_headers.update(auth_headers())
             try:
-                response = self._http.request(method, url, params=params, json=json, data=data, headers=request_headers)
-                self.stats.requests += 1
+                response, content = self._receive(
+                    method, url, params=params, json=json, data=data, headers=request_headers
+                )
             except httpx.TransportError as exc:
                 never_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+                problem = str(exc) if isinstance(exc, _DeadlinePassed) else type(exc).__name__
                 if not replay_safe and not never_sent:
                     raise UncertainOutcomeError(
-                        f"{described}: no answer ({type(exc).__name__}); it may have been applied, so it was not retried"
+                        f"{described}: no answer ({problem}); it may have been applied, so it was not retried"
                     ) from None
-                problem, failure = type(exc).__name__, TransportError
+                failure = TransportError
+            except _UnusableAnswer as exc:
+                raise ResponseFormatError(f"{described}: {exc}") from None
             else:
                 status = response.status_code
                 if status in (409, 429):
@@ -469,19 +509,21 @@ class NexudusClient:
                     continue
                 if status >= 500 and not replay_safe:
                     raise ServerError(
-                        f"{_message(response) or 'server error'}; it may have been applied, so it was not retried",
+                        f"{_message(content) or 'server error'}; it may have been applied, so it was not retried",
                         status_code=status,
                         request=described,
                     )
                 if status < 300:
                     try:
-                        return _Answer(status, _parse_json(response), response, attempts > 0)
+                        return _Answer(status, _parse_json(response, content), response, content, attempts > 0)
+                    except _UnusableAnswer as exc:
+                        raise ResponseFormatError(f"{described}: {exc}") from None
                     except ResponseFormatError as exc:
                         if not replay_safe:
                             raise ResponseFormatError(f"{described}: {exc}") from None
                         problem, failure = str(exc), ResponseFormatError
                 elif status < 500:
-                    return _Answer(status, _json_or_none(response), response, attempts > 0)
+                    return _Answer(status, _json_or_none(content), response, content, attempts > 0)
                 else:
                     problem, failure = f"HTTP {status}", ServerError
             attempts += 1
@@ -492,12 +534,47 @@ class NexudusClient:
             log.warning("%s: %s; retry %d in %.2fs", described, problem, attempts, wait)
             self._sleep(wait)
 
+    def _receive(self, method: str, url: str, **request: Any) -> tuple[httpx.Response, bytes]:
+        """Send once and read the whole answer, within the request deadline and the size limit.
+
+        httpx bounds each read, not their sum: an answer trickling a byte at a time would
+        otherwise hold the request open for ever. The deadline is checked as each piece arrives.
+        """
+        deadline = time.monotonic() + self.request_deadline
+        with self._http.stream(method, url, **request) as response:
+            self.stats.requests += 1
+            declared = response.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > self.max_body_bytes:
+                raise _UnusableAnswer(
+                    f"an answer of {int(declared)} bytes, more than the {self.max_body_bytes} allowed (max_body_bytes)"
+                )
+            content = bytearray()
+            for piece in response.iter_bytes():
+                if time.monotonic() > deadline:
+                    raise _DeadlinePassed(
+                        f"no complete answer within the {self.request_deadline:g}s request deadline",
+                        request=response.request,
+                    )
+                content += piece
+                if len(content) > self.max_body_bytes:
+                    raise _UnusableAnswer(f"an answer larger than the {self.max_body_bytes} bytes allowed (max_body_bytes)")
+        return response, bytes(content)
+
+
+class _DeadlinePassed(httpx.TimeoutException):
+    """The answer was still arriving when the request deadline passed."""
+
+
+class _UnusableAnswer(Exception):
+    """An answer no retry is expected to mend: too large, or nested beyond any record's shape."""
+
 
 @dataclass
 class _Answer:
     status: int
     body: Any
     response: httpx.Response
+    content: bytes
     #: Earlier attempts failed without an answer; the server may have seen one of them.
     retried: bool
 
@@ -516,10 +593,32 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, (moment - dt.datetime.now(dt.UTC)).total_seconds())
 
 
-def _parse_json(response: httpx.Response) -> Any:
+def _load_json(body: bytes) -> Any:
+    """Parsed JSON; ValueError when malformed, `_UnusableAnswer` when nested too deep."""
+    try:
+        value = json.loads(body)
+    except RecursionError:
+        raise _UnusableAnswer(f"an answer nested too deep to parse (at most {MAX_JSON_DEPTH} levels are accepted)") from None
+    if _nested_deeper_than(value, MAX_JSON_DEPTH):
+        raise _UnusableAnswer(f"an answer nested more than {MAX_JSON_DEPTH} levels deep")
+    return value
+
+
+def _nested_deeper_than(value: Any, limit: int) -> bool:
+    # Iterative: a recursive walk would fail on the very nesting it is looking for.
+    pending = [(value, 1)] if isinstance(value, dict | list) else []
+    while pending:
+        node, depth = pending.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        pending.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+def _parse_json(response: httpx.Response, body: bytes) -> Any:
     """The body's JSON; a body that is not JSON raises, saying what came instead."""
     content_type = response.headers.get("Content-Type", "")
-    body = response.content
     if not body.strip():
         return None
     if "html" in content_type or body.lstrip()[:1] == b"<":
@@ -528,22 +627,22 @@ def _parse_json(response: httpx.Response) -> Any:
             f"{body[:80].decode('utf-8', 'replace')!r}"
         )
     try:
-        return json.loads(body)
+        return _load_json(body)
     except ValueError as exc:
         raise ResponseFormatError(
             f"an answer that is malformed JSON (HTTP {response.status_code}, {len(body)} bytes): {exc}"
         ) from None
 
 
-def _json_or_none(response: httpx.Response) -> Any:
+def _json_or_none(body: bytes) -> Any:
     try:
-        return response.json()
-    except ValueError:
+        return _load_json(body)
+    except (ValueError, _UnusableAnswer):
         return None
 
 
-def _message(response: httpx.Response) -> str | None:
-    answer = _json_or_none(response)
+def _message(body: bytes) -> str | None:
+    answer = _json_or_none(body)
     if isinstance(answer, dict):
         return answer.get("Message") or answer.get("message")
     if isinstance(answer, str):
@@ -551,11 +650,12 @@ def _message(response: httpx.Response) -> str | None:
     return None
 
 
-def _error_for(answer: _Answer, described: str) -> APIError:
+def _error_for(answer: _Answer, described: str, *, sign_in: bool) -> APIError:
     status = answer.status
-    message = _message(answer.response) or answer.response.reason_phrase or "error"
+    message = _message(answer.content) or answer.response.reason_phrase or "error"
     if status in (401, 403):
-        return AuthenticationError(
+        refusal = SignInRefusedError if sign_in else AuthenticationError
+        return refusal(
             f"{message} (check NEXUDUS_USERNAME/NEXUDUS_PASSWORD and the user's roles)",
             status_code=status,
             request=described,

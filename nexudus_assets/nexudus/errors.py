@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
 
-from nexudus_assets.nexudus.models import FieldError
+from nexudus_assets.nexudus.models import FieldError, valid_id
 
 
 class NexudusError(Exception):
@@ -25,6 +26,8 @@ class ResponseFormatError(NexudusError):
 
 class APIError(NexudusError):
     def __init__(self, message: str, *, status_code: int | None = None, request: str = "") -> None:
+        #: The server's reason alone, without the request and status around it.
+        self.reason = message
         self.status_code = status_code
         self.request = request
         prefix = f"{request}: " if request else ""
@@ -34,6 +37,10 @@ class APIError(NexudusError):
 
 class AuthenticationError(APIError):
     """Bad credentials, a missing role, or a refused token exchange."""
+
+
+class SignInRefusedError(AuthenticationError):
+    """The credentials themselves were refused. No client in this process sends them again."""
 
 
 class NotFoundError(APIError):
@@ -78,8 +85,15 @@ class RecordValidationError(NexudusError):
         self.entity = entity
         #: The record exactly as received, for quarantine.
         self.raw = raw
-        self.record_id = record_id
+        #: The record's Id; None when it has none that is a valid Id (the one it has is in `raw`).
+        self.record_id = valid_id(record_id)
         self.problems = problems
-        who = f"{entity} {record_id}" if record_id is not None else f"{entity} without Id"
+        if self.record_id is not None:
+            who = f"{entity} {self.record_id}"
+        elif record_id is None:
+            who = f"{entity} without Id"
+        else:
+            # Shortened: a hostile Id can be any JSON value, of any size.
+            who = f"{entity} with the unusable Id {reprlib.repr(record_id)}"
         what = "; ".join(f"field {field!r}: {message}" for field, message in problems)
         super().__init__(f"{who}: {what}")

@@ -34,14 +34,32 @@ def _to_naive_utc(value: dt.datetime | None) -> dt.datetime | None:
     return value
 
 
+#: The reference types Ids as `int`, which in the .NET the API is written in is a signed
+#: 32-bit integer; Nexudus hands out positive ones.
+MAX_ID = 2**31 - 1
+
+
+def valid_id(value: Any) -> int | None:
+    """`value` when it is an Id as documented (a JSON integer from 1 to `MAX_ID`), else None.
+
+    Booleans, floats and numeric strings are refused: `true` must never become record 1.
+    """
+    if type(value) is int and 1 <= value <= MAX_ID:
+        return value
+    return None
+
+
 def _relation_id(value: Any) -> Any:
     # Some answers embed the related record instead of its Id.
-    if isinstance(value, dict):
-        return value.get("Id")
-    return value
+    if isinstance(value, dict) and "Id" in value:
+        value = value["Id"]
+    if value is None or valid_id(value) is not None:
+        return value
+    raise ValueError(f"a related record's Id must be a whole number from 1 to {MAX_ID}")
 
 
 DateTime = Annotated[dt.datetime | None, AfterValidator(_to_naive_utc)]
+#: Validated before pydantic's own (lax) int parsing, which would turn `true` into 1.
 RelationId = Annotated[int | None, BeforeValidator(_relation_id)]
 
 
@@ -111,7 +129,7 @@ class NexudusModel(BaseModel):
 class NexudusRecord(NexudusModel):
     """Fields every record carries."""
 
-    id: int
+    id: int = Field(strict=True, ge=1, le=MAX_ID)
     unique_id: UUID | None = None
     system_id: str | None = None
     created_on: DateTime = None
@@ -306,7 +324,4 @@ class ActionResult(NexudusModel):
 
     @property
     def record_id(self) -> int | None:
-        if isinstance(self.value, dict):
-            record_id = self.value.get("Id")
-            return int(record_id) if record_id is not None else None
-        return None
+        return valid_id(self.value.get("Id")) if isinstance(self.value, dict) else None

@@ -11,7 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nexudus_assets.nexudus.errors import ResponseFormatError
-from nexudus_assets.nexudus.models import Page
+from nexudus_assets.nexudus.models import Page, valid_id
+
+#: Pages a walk reads at most when the server announces no `TotalItems`: 100 million records
+#: at the documented 1000 a page, and still a bound for a server that pages for ever.
+DEFAULT_MAX_PAGES = 100_000
+#: Pages beyond what `TotalItems` allows before the walk stops: room for records inserted
+#: while it runs, never room for a server that answers every page with `HasNextPage: true`.
+EXTRA_PAGES = 3
 
 
 @dataclass
@@ -29,8 +36,9 @@ class PagingSummary:
 class SeenKeys:
     """The records a walk has yielded, by Id: 8 bytes an Id, so a million cost 8 MB, not 100.
 
-    Integer Ids go to a sorted array; a list ordered by Id appends at its end. Anything else
-    (an Id that is not an integer, a record without one) is kept in a set.
+    Valid Ids go to a sorted array; a list ordered by Id appends at its end. Anything else
+    (an Id of any other JSON type, a record without one) is kept in a set by its text, which
+    every JSON value has: `true` is not the same as `1`, and `{"a": 1}` hashes.
     """
 
     def __init__(self) -> None:
@@ -39,8 +47,9 @@ class SeenKeys:
 
     def add(self, record: Any) -> bool:
         """Remember the record; False when it was seen before."""
-        key = record.get("Id") if isinstance(record, dict) else None
-        if isinstance(key, int) and not isinstance(key, bool) and -(2**63) <= key < 2**63:
+        raw_key = record.get("Id") if isinstance(record, dict) else None
+        key = valid_id(raw_key)
+        if key is not None:
             ids = self._ids
             if not ids or key > ids[-1]:
                 ids.append(key)
@@ -50,7 +59,7 @@ class SeenKeys:
                 return False
             ids.insert(at, key)
             return True
-        other = ("without-id", repr(record)) if key is None else key
+        other = ("without-id", repr(record)) if raw_key is None else ("id", type(raw_key).__name__, repr(raw_key))
         if other in self._others:
             return False
         self._others.add(other)
@@ -69,12 +78,18 @@ class PageNumberPaginator:
 
     Pages are measured by what the server sends, not by what was asked or what it says it
     sends: a server may cap `size` below the request and still echo the request back.
+
+    Every walk ends: once past the pages `TotalItems` allows (plus `EXTRA_PAGES`), or past
+    `max_pages` when no total is announced, it raises instead of asking for more.
     """
 
     fetch: Callable[[int, int], Page]
     size: int
     max_backoffs: int = 50
     summary: PagingSummary = field(default_factory=PagingSummary)
+    max_pages: int = DEFAULT_MAX_PAGES
+    #: Names the list in errors (`GET /spaces/accesstokens`).
+    described: str = "the list"
 
     def __iter__(self) -> Iterator[list[dict[str, Any]]]:
         # The next page is asked for before this one is handed over, so the server works on it
@@ -120,7 +135,8 @@ class PageNumberPaginator:
                 self.summary.backoffs += 1
                 if self.summary.backoffs > self.max_backoffs:
                     raise ResponseFormatError(
-                        f"the list kept shrinking while being read ({self.summary.backoffs} step-backs); try again later"
+                        f"{self.described}: the list kept shrinking while being read"
+                        f" ({self.summary.backoffs} step-backs); try again later"
                     )
                 frontier = max(frontier, number)
                 number = max(1, number - math.ceil((previous_total - total) / max(page_length, 1)))
@@ -137,16 +153,34 @@ class PageNumberPaginator:
                 frontier = number
             if stale_pages >= 3:
                 raise ResponseFormatError(
-                    f"pages {number - 2} to {number} repeat records already read: the server ignores `page`"
+                    f"{self.described}: pages {number - 2} to {number} repeat records already read:"
+                    " the server ignores `page`"
                 )
             self.summary.records += len(fresh)
             more = bool(records) and self._has_next(page, number, len(records), page_length)
-            if not more:
+            if more:
+                self._refuse_endless(number, total, page_length)
+            else:
                 self.summary.ended_short = total is not None and self.summary.records < total
             yield fresh, number + 1 if more else None
             if not more:
                 return
             number += 1
+
+    def _refuse_endless(self, number: int, total: int | None, page_length: int) -> None:
+        """Raise when the server says there is more after page `number` than it could hold."""
+        if total is not None:
+            announced = math.ceil(total / page_length)
+            if number + 1 > announced + EXTRA_PAGES:
+                raise ResponseFormatError(
+                    f"{self.described}: the server announced {total} items ({announced} pages of {page_length})"
+                    f" but still claims more after page {number}; stopped rather than page for ever"
+                )
+        if number + 1 > self.max_pages:
+            raise ResponseFormatError(
+                f"{self.described}: still more after {number} pages, the most one walk reads"
+                " (max_pages); stopped rather than page for ever"
+            )
 
     @staticmethod
     def _has_next(page: Page, number: int, count: int, page_length: int) -> bool:

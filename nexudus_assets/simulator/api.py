@@ -56,6 +56,8 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     #: Close the connection without answering.
     drop: bool = False
+    #: Above 0: send the body one byte every this many seconds.
+    trickle_seconds: float = 0.0
 
 
 def json_reply(status: int, payload: Any) -> Reply:
@@ -80,9 +82,22 @@ def handle(sim: Simulator, request: Request) -> Reply:
 
 
 def _api(sim: Simulator, request: Request) -> Reply:
-    is_token = request.path.lower().rstrip("/") == "/api/token"
+    reply = _answer(sim, request)
+    faulty = not _is_token(request) or sim.faults.include_token_endpoint
+    if faulty and reply.status == 200 and sim.faults.trickle_body_seconds > 0:
+        reply.trickle_seconds = sim.faults.trickle_body_seconds
+    return reply
+
+
+def _is_token(request: Request) -> bool:
+    return request.path.lower().rstrip("/") == "/api/token"
+
+
+def _answer(sim: Simulator, request: Request) -> Reply:
+    is_token = _is_token(request)
     malformed = False
     if not is_token or sim.faults.include_token_endpoint:
+        # Before the rate limiter counts the request: see `Faults.latency_ms`.
         fault = _fault(sim)
         if isinstance(fault, Reply):
             return fault
@@ -180,7 +195,24 @@ def _list(sim: Simulator, entity: Entity, query: dict[str, str]) -> Reply:
         # Before the answer goes out: the client cannot ask for the next page until the
         # hook's changes are in, so drift lands exactly between two pages.
         hook(entity, page)
+    depth = sim.faults.nesting_depth
+    records = envelope.get("Records") if isinstance(envelope, dict) else None
+    if depth > 0 and records:
+        return _deeply_nested(status, envelope, depth)
     return json_reply(status, envelope)
+
+
+def _deeply_nested(status: int, envelope: dict[str, Any], depth: int) -> Reply:
+    """The envelope with a field nested `depth` arrays deep in its first record.
+
+    Spliced into the text: building it as Python values would exhaust `json.dumps` first.
+    """
+    marker = "nesting-placeholder"
+    first = {**envelope["Records"][0], "Nested": marker}
+    text = json.dumps({**envelope, "Records": [first, *envelope["Records"][1:]]}, separators=(",", ":"))
+    field = '"Nested":'
+    nested = field + "[" * depth + "]" * depth
+    return Reply(status, text.replace(field + json.dumps(marker), nested, 1).encode())
 
 
 def _not_allowed(method: str) -> Reply:

@@ -10,7 +10,15 @@ from collections.abc import Sequence
 
 from nexudus_assets.simulator.core import Simulator
 from nexudus_assets.simulator.dialect import DIALECTS
-from nexudus_assets.simulator.faults import Faults
+from nexudus_assets.simulator.faults import HOSTILE_IDS, Faults
+
+
+def _hostile_id_names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = sorted(set(names) - HOSTILE_IDS.keys())
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown {', '.join(unknown)}; known: {', '.join(HOSTILE_IDS)}")
+    return names
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,13 +41,20 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--password", default="simulator-password")
     parser.add_argument("--totp-secret", help="base32; sign-in then needs a TOTP code")
     parser.add_argument("--enforce-limits", action="store_true", help="answer 409 past the published limits")
-    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="waited before the rate limiter counts")
     parser.add_argument("--jitter-ms", type=float, default=0.0)
     parser.add_argument("--error-rate", type=float, default=0.0)
     parser.add_argument("--throttle-rate", type=float, default=0.0)
     parser.add_argument("--drop-rate", type=float, default=0.0)
     parser.add_argument("--malformed-rate", type=float, default=0.0)
     parser.add_argument("--html-rate", type=float, default=0.0)
+    parser.add_argument("--endless-pages", action="store_true", help="lists never end (fresh Ids on every page)")
+    parser.add_argument("--trickle-body-seconds", type=float, default=0.0, help="send 200 bodies a byte at a time")
+    parser.add_argument(
+        "--hostile-ids", type=_hostile_id_names, default=[],
+        help=f"comma-separated, serve list records with these Ids: {', '.join(HOSTILE_IDS)}",
+    )
+    parser.add_argument("--nesting-depth", type=int, default=0, help="nest a field of each list page this deep")
     return parser
 
 
@@ -53,6 +68,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         drop_rate=args.drop_rate,
         malformed_rate=args.malformed_rate,
         html_rate=args.html_rate,
+        endless_pages=args.endless_pages,
+        trickle_body_seconds=args.trickle_body_seconds,
+        hostile_ids=tuple(args.hostile_ids),
+        nesting_depth=args.nesting_depth,
         seed=args.seed,
     )
     simulator = Simulator(

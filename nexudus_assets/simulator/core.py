@@ -26,7 +26,7 @@ from nexudus_assets.simulator import commands
 from nexudus_assets.simulator.auth import Accounts
 from nexudus_assets.simulator.data import Generator, World, label, utc_stamp
 from nexudus_assets.simulator.dialect import Dialect
-from nexudus_assets.simulator.faults import Faults
+from nexudus_assets.simulator.faults import HOSTILE_IDS, Faults
 from nexudus_assets.simulator.limits import Limits, RateLimiter
 from nexudus_assets.simulator.store import Table, coerce
 
@@ -297,19 +297,25 @@ class Simulator:
         page = max(1, _int_param(params, "page", 1))
         asked = max(1, _int_param(params, "size", DEFAULT_PAGE_SIZE))
         size = min(MAX_PAGE_SIZE, dialect.max_page_size, asked)
+        faults = self.faults
         with self._lock:
             table = self.table(entity)
             query = table.parse_query(params)
             keys = table.select(query)
             start = (page - 1) * size
-            records = [self._list_record(table, key) for key in keys[start : start + size]]
+            endless = faults.endless_pages and query.ids is None and bool(keys)
+            if endless:
+                records = self._endless_page(table, keys, start, size)
+            else:
+                records = [self._list_record(table, key) for key in keys[start : start + size]]
             total = len(keys)
+        self._replace_ids(records, start, faults.hostile_ids)
         if dialect.ids_not_found_404 and query.ids is not None and not total:
             return NOT_FOUND, page
-        claimed = total + max(0, self.faults.total_items_inflation)
+        claimed = total + max(0, faults.total_items_inflation)
         if dialect.envelope == "minimal":
             return (200, {"Records": records, "TotalItems": claimed}), page
-        pages = math.ceil(claimed / size)
+        pages = page + 1 if endless else math.ceil(claimed / size)
         first = start + 1 if claimed else 0
         shown_size = min(asked, MAX_PAGE_SIZE) if dialect.echo_requested_size else size
         return (200, {
@@ -327,6 +333,23 @@ class Simulator:
             "TotalItems": claimed,
             "TotalPages": pages,
         }), page
+
+    def _endless_page(self, table: Table, keys: list[int], start: int, size: int) -> list[dict[str, Any]]:
+        """Real records over and over, each under an Id never served before: no end in sight."""
+        records = []
+        for offset in range(start, start + size):
+            record = self._list_record(table, keys[offset % len(keys)])
+            record["Id"] = table.last_key + 1 + offset
+            records.append(record)
+        return records
+
+    @staticmethod
+    def _replace_ids(records: list[dict[str, Any]], start: int, hostile: tuple[str, ...]) -> None:
+        """Serve the records at list positions 1, 3, 5, ... under the hostile Ids, one each."""
+        for offset, record in enumerate(records, start=start):
+            slot, odd = divmod(offset, 2)
+            if odd and slot < len(hostile):
+                record["Id"] = HOSTILE_IDS[hostile[slot]]
 
     def _list_record(self, table: Table, key: int) -> dict[str, Any]:
         row = table[key]

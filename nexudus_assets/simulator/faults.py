@@ -8,11 +8,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+#: Ids no Nexudus record has, as a hostile or broken server might send them; `Faults.hostile_ids`
+#: picks among them by name.
+HOSTILE_IDS: dict[str, Any] = {
+    "true": True,
+    "object": {"a": 1},
+    "huge": 2**70,
+    "numeric_string": "12",
+    "float": 1.5,
+}
+
 
 @dataclass
 class Faults:
     """Rates are probabilities per request (0..1). Draws come from a seeded RNG."""
 
+    #: Waited before anything else, the rate limiter included: requests sent together reach
+    #: the limiter in a shuffled order, which widens the races a client has to survive.
     latency_ms: float = 0.0
     jitter_ms: float = 0.0
     #: 500 with the documented error body.
@@ -28,6 +40,16 @@ class Faults:
     html_rate: float = 0.0
     #: Lists claim this many more items (and pages) than there are; the pages stop short.
     total_items_inflation: int = 0
+    #: Every list page holds fresh Ids and says `HasNextPage: true` (and one more page in
+    #: `TotalPages`), while `TotalItems` stays the true, small count: a server paging for ever.
+    endless_pages: bool = False
+    #: Above 0: answers of HTTP 200 send their body one byte every this many seconds.
+    trickle_body_seconds: float = 0.0
+    #: Names from `HOSTILE_IDS`: list records at positions 1, 3, 5, ... are served with those
+    #: Ids instead of their own, the rest of the record unchanged.
+    hostile_ids: tuple[str, ...] = ()
+    #: Above 0: the first record of each list page carries a field nested this many arrays deep.
+    nesting_depth: int = 0
     #: Commands naming any of these Ids answer `WasSuccessful: false`.
     failing_command_ids: set[int] = field(default_factory=set)
     #: Whether `POST /api/token` suffers the faults too.
@@ -35,6 +57,7 @@ class Faults:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        self.hostile_ids = _hostile_ids(self.hostile_ids)
         self._rng = random.Random(self.seed)
         self._lock = threading.Lock()
 
@@ -64,10 +87,23 @@ class Faults:
                     self._rng.seed(self.seed)
             elif name == "failing_command_ids":
                 self.failing_command_ids = {int(i) for i in value}
+            elif name == "hostile_ids":
+                self.hostile_ids = _hostile_ids(value)
             else:
                 setattr(self, name, type(getattr(self, name))(value))
 
     def to_dict(self) -> dict[str, Any]:
         settings = {f.name: getattr(self, f.name) for f in fields(self)}
         settings["failing_command_ids"] = sorted(self.failing_command_ids)
+        settings["hostile_ids"] = list(self.hostile_ids)
         return settings
+
+
+def _hostile_ids(names: Any) -> tuple[str, ...]:
+    if isinstance(names, str):
+        raise ValueError("hostile_ids is a list of names, not one string")
+    chosen = tuple(str(name) for name in names)
+    unknown = sorted(set(chosen) - HOSTILE_IDS.keys())
+    if unknown:
+        raise ValueError(f"unknown hostile_ids {', '.join(unknown)}; known: {', '.join(HOSTILE_IDS)}")
+    return chosen

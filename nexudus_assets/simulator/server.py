@@ -42,7 +42,21 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in reply.headers.items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(reply.body)
+        if reply.trickle_seconds > 0:
+            self._trickle(reply.body, reply.trickle_seconds)
+        else:
+            self.wfile.write(reply.body)
+
+    def _trickle(self, body: bytes, interval: float) -> None:
+        """One byte every `interval` seconds, until the body is sent, the client leaves or the server stops."""
+        self.close_connection = True
+        for offset in range(len(body)):
+            if self.server.stopping.wait(interval):
+                return
+            try:
+                self.wfile.write(body[offset : offset + 1])
+            except OSError:  # the client gave up waiting
+                return
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_GET
 
@@ -57,6 +71,8 @@ class _Server(ThreadingHTTPServer):
         self.simulator = simulator
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
+        #: Set on stop, so that answers sent slowly on purpose end at once.
+        self.stopping = threading.Event()
         super().__init__(address, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -107,6 +123,7 @@ class SimulatorServer:
         if self._stopped:
             return
         self._stopped = True
+        self._server.stopping.set()
         self._server.shutdown()
         self._server.close_connections()
         self._server.server_close()

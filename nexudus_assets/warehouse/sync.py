@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from nexudus_assets.nexudus.entities import Entity
 from nexudus_assets.nexudus.errors import RecordValidationError
-from nexudus_assets.nexudus.models import NexudusRecord
+from nexudus_assets.nexudus.models import NexudusRecord, valid_id
 from nexudus_assets.warehouse.schema import (
     REJECTED_RECORDS,
     SCHEMA,
@@ -52,13 +52,9 @@ class RejectedRecord:
 
     @classmethod
     def from_error(cls, error: RecordValidationError) -> RejectedRecord:
-        # The Id comes from the raw record, so it may be anything; only a whole number is an Id.
-        record_id = error.record_id
-        if isinstance(record_id, str) and record_id.isdigit():
-            record_id = int(record_id)
-        if not isinstance(record_id, int) or isinstance(record_id, bool):
-            record_id = None
-        return cls(record_id, str(error), error.raw)
+        # Only a documented Id links the quarantine to a row: `true`, "12" or 2**70 is no record's,
+        # and stays visible in the reason and the raw JSON.
+        return cls(valid_id(error.record_id), str(error), error.raw)
 
 
 @dataclass(frozen=True)
