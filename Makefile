@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: install demo test dev bench clean
+.PHONY: install postgresql demo test deploy-check dev bench clean
 
 install: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
 
@@ -18,13 +18,34 @@ $(DAGSTER_HOME)/dagster.yaml:
 	mkdir -p $(DAGSTER_HOME)
 	ln -sf ../dagster.yaml $@
 
+# The tests start their own PostgreSQL servers from Debian's postgresql package.
+APT_INSTALL_POSTGRESQL := apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql
+
+## postgresql: installs Debian's postgresql package when no /usr/lib/postgresql/*/bin/initdb exists
+postgresql:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		:; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		sh -c '$(APT_INSTALL_POSTGRESQL)'; \
+	elif command -v sudo >/dev/null 2>&1; then \
+		sudo sh -c '$(APT_INSTALL_POSTGRESQL)'; \
+	else \
+		echo "PostgreSQL is missing and this is not root: as root, run $(APT_INSTALL_POSTGRESQL)" >&2; \
+		exit 1; \
+	fi
+
 ## demo: start the simulator, run the nexudus_sync job against it, print what it loaded
 demo: install
 	$(BIN)/python scripts/demo.py
 
-## test: the test suite (the long reliability cases run with `make bench`)
-test: install
+## test: the test suite (the long reliability cases run with `make bench`), then deploy-check
+test: install postgresql
 	$(BIN)/pytest -n 2 -q -m "not slow"
+	$(MAKE) --no-print-directory deploy-check
+
+## deploy-check: deploy/ checked, and the code location loaded as deployed (gRPC, PostgreSQL)
+deploy-check: install postgresql
+	$(BIN)/python scripts/deploy_check.py
 
 ## dev: the Dagster UI on http://127.0.0.1:3000 (with the simulator unless NEXUDUS_BASE_URL is set)
 dev: install

@@ -13,9 +13,13 @@ from nexudus_assets.writeback.execute import run_rule
 from nexudus_assets.writeback.rules import CommandRule, RuleError
 
 SYNC_SELECTION = dg.AssetSelection.groups(raw.GROUP, insights.GROUP)
+#: A deployment with run retries on (deploy/dagster.yaml) retries these jobs once: they only read
+#: Nexudus and rewrite the warehouse. The command job has no such tag: its commands cannot be undone.
+RETRY_ONCE = {"dagster/max_retries": "1"}
 
 nexudus_sync = dg.define_asset_job(
     name="nexudus_sync",
+    tags=RETRY_ONCE,
     selection=SYNC_SELECTION,
     description="Incremental sync of every entity, then the insights, with their checks.",
     executor_def=dg.in_process_executor,
@@ -23,6 +27,7 @@ nexudus_sync = dg.define_asset_job(
 
 nexudus_full_refresh = dg.define_asset_job(
     name="nexudus_full_refresh",
+    tags=RETRY_ONCE,
     selection=SYNC_SELECTION,
     description="Reads every record, marks the ones deleted upstream, then rebuilds the insights.",
     config={"ops": {entity.table: {"config": {"full_refresh": True}} for entity in ENTITIES}},
@@ -31,6 +36,7 @@ nexudus_full_refresh = dg.define_asset_job(
 
 nexudus_freshness = dg.define_asset_job(
     name="nexudus_freshness",
+    tags=RETRY_ONCE,
     selection=dg.AssetSelection.checks(*freshness_checks),
     description="Only the `synced_recently` checks: notices a sync that stopped running. Calls no API.",
     executor_def=dg.in_process_executor,
