@@ -148,7 +148,7 @@ def run_timings(home: Path) -> tuple[float, dict[str, float]]:
 def warehouse(database: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     conn = duckdb.connect()
     try:
-        # Attached under a fixed name, as the project does, so `nexudus.x` means the schema.
+        # Attached under a fixed name, as the project does, so `raw.x` means the schema.
         conn.execute(f"ATTACH '{database}' AS w (READ_ONLY)")
         conn.execute("USE w")
         yield conn
@@ -343,10 +343,10 @@ def measure_incremental(bench: Bench, sim: Simulator) -> None:
     made = list_requests(stats)
     with warehouse(bench.synced_50k) as conn:
         logged = dict(conn.execute(
-            "SELECT entity, requests FROM nexudus._sync_log QUALIFY row_number() OVER "
+            "SELECT entity, requests FROM raw._sync_log QUALIFY row_number() OVER "
             "(PARTITION BY entity ORDER BY finished_at DESC) = 1").fetchall())
         fetched = dict(conn.execute(
-            "SELECT entity, fetched FROM nexudus._sync_log QUALIFY row_number() OVER "
+            "SELECT entity, fetched FROM raw._sync_log QUALIFY row_number() OVER "
             "(PARTITION BY entity ORDER BY finished_at DESC) = 1").fetchall())
     bench.details["3"] = {"changed": changed, "list_requests": made, "sync_log_requests": logged,
                           "fetched": fetched, "all_requests": stats["requests"], "by_path": stats["by_path"],

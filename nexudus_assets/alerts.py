@@ -83,7 +83,9 @@ def _finished_runs(instance: dg.DagsterInstance, after: int | None) -> list[dg.E
     return [record for record in records if horizon is None or record.storage_id <= horizon]
 
 
-def build_alert_sensor(asset_keys: Collection[dg.AssetKey], job_names: Collection[str]) -> dg.SensorDefinition:
+def build_alert_sensor(
+    asset_keys: Collection[dg.AssetKey], job_names: Collection[str], minimum_interval_seconds: int = 30
+) -> dg.SensorDefinition:
     watched_assets = set(asset_keys)
     watched_jobs = set(job_names)
 
@@ -116,7 +118,7 @@ def build_alert_sensor(asset_keys: Collection[dg.AssetKey], job_names: Collectio
     @dg.sensor(
         name="nexudus_alerts",
         default_status=dg.DefaultSensorStatus.RUNNING,
-        minimum_interval_seconds=30,
+        minimum_interval_seconds=minimum_interval_seconds,
         description=(
             "Posts one alert per failed asset check evaluation (WARN or ERROR) and per failed run to "
             "NEXUDUS_ALERT_WEBHOOK_URL, and one recovery when a failing check passes again."

@@ -110,7 +110,7 @@ def build_row_check(check: RowCheck) -> dg.AssetChecksDefinition:
         blocking=check.severity == ERROR,
     )
     def _row_check(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        with warehouse.get_connection() as conn:
+        with warehouse.working_read_connection() as conn:
             count = conn.execute(f"SELECT count(*) FROM ({check.offending_sql})").fetchone()[0]
             sample = conn.execute(f"{check.offending_sql} ORDER BY 1 LIMIT {SAMPLE_IDS}").fetchall()
         return _outcome(count == 0, check.severity, [row[0] for row in sample], count)
@@ -131,7 +131,7 @@ def build_freshness_check(entity: Entity) -> dg.AssetChecksDefinition:
         description=f"The last successful sync finished less than {hours:g} hours ago (NEXUDUS_MAX_SYNC_AGE_HOURS).",
     )
     def _freshness(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        with warehouse.get_connection() as conn:
+        with warehouse.working_read_connection() as conn:
             # `finished_at` is UTC; DuckDB's now() would be cast to the machine's zone.
             age = conn.execute(
                 f"SELECT date_diff('second', max(finished_at), ?) / 3600.0 FROM {SCHEMA}._sync_log WHERE entity = ?",
@@ -153,7 +153,7 @@ def build_row_count_check(entity: Entity) -> dg.AssetChecksDefinition:
         description="Live rows do not fall between two syncs by more than the deletions the later one recorded.",
     )
     def _row_count(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        with warehouse.get_connection() as conn:
+        with warehouse.working_read_connection() as conn:
             history = conn.execute(
                 f"SELECT live_rows, deleted FROM {SCHEMA}._sync_log WHERE entity = ? "
                 "ORDER BY finished_at DESC LIMIT 2",

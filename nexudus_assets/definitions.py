@@ -15,6 +15,7 @@ from nexudus_assets.nexudus import DEFAULT_BASE_URL
 from nexudus_assets.resources import AlertWebhookResource, NexudusResource, WarehouseResource
 from nexudus_assets.schedules import schedules
 from nexudus_assets.sensors import build_sensors
+from nexudus_assets.warehouse import DEFAULT_LOCK_TIMEOUT_SECONDS, DEFAULT_WAREHOUSE_PATH, LOCK_TIMEOUT_VARIABLE
 from nexudus_assets.writeback.rules import CommandRule, load_rules, rules_path
 
 ASSETS = [*raw_assets, nexudus_commands, *insight_assets]
@@ -38,7 +39,12 @@ def resources_from_env() -> dict[str, Any]:
             page_size=dg.EnvVar.int("NEXUDUS_PAGE_SIZE") if "NEXUDUS_PAGE_SIZE" in os.environ else 1000,
             commands_live=os.environ.get("NEXUDUS_COMMANDS_LIVE", "").strip().lower() == "true",
         ),
-        "warehouse": WarehouseResource(database=_env("NEXUDUS_DUCKDB_PATH", "data/nexudus.duckdb")),
+        "warehouse": WarehouseResource(
+            database=_env("NEXUDUS_DUCKDB_PATH", DEFAULT_WAREHOUSE_PATH),
+            lock_timeout_seconds=(
+                dg.EnvVar.int(LOCK_TIMEOUT_VARIABLE) if LOCK_TIMEOUT_VARIABLE in os.environ else DEFAULT_LOCK_TIMEOUT_SECONDS
+            ),
+        ),
         "alerts": AlertWebhookResource(url=_env("NEXUDUS_ALERT_WEBHOOK_URL", None)),
     }
 

@@ -5,40 +5,55 @@ import sys
 from pathlib import Path
 
 from nexudus_assets.nexudus import ENTITIES
-from nexudus_assets.warehouse import SCHEMA, connect, qualified
+from nexudus_assets.warehouse import (
+    DEFAULT_WAREHOUSE_PATH,
+    SCHEMA,
+    WarehouseFiles,
+    WarehouseNotSyncedError,
+    history_table,
+    qualified,
+)
 
 
 def print_report(database: Path) -> None:
-    conn = connect(str(database), read_only=True)
     try:
-        print(f"Warehouse {database}")
-        print(f"  {'table':34} {'live':>8} {'deleted':>8} {'rejected':>9} {'requests':>9}  last sync (UTC)")
-        for entity in ENTITIES:
-            live, deleted = conn.execute(
-                f"SELECT count(*) FILTER (WHERE _deleted_at IS NULL), count(*) FILTER (WHERE _deleted_at IS NOT NULL) "
-                f"FROM {qualified(entity)}"
-            ).fetchone()
-            rejected = conn.execute(
-                f"SELECT count(*) FROM {SCHEMA}._rejected_records WHERE entity = ?", [entity.table]
-            ).fetchone()[0]
-            requests, finished = conn.execute(
-                f"SELECT requests, finished_at FROM {SCHEMA}._sync_log WHERE entity = ? "
-                "ORDER BY finished_at DESC LIMIT 1",
-                [entity.table],
-            ).fetchone() or (None, None)
-            when = f"{finished:%Y-%m-%d %H:%M:%S}" if finished else "never"
-            print(f"  {qualified(entity):34} {live:>8} {deleted:>8} {rejected:>9} {requests or 0:>9}  {when}")
-        insights = conn.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'insights' ORDER BY 1"
-        ).fetchall()
-        if insights:
-            print("\nInsights")
-            for (name,) in insights:
-                rows = conn.execute(f"SELECT count(*) FROM insights.{name}").fetchone()[0]
-                print(f"  insights.{name:40} {rows:>8} rows")
-    finally:
-        conn.close()
+        with WarehouseFiles(Path(database)).read_published() as conn:
+            print(f"Warehouse {database}")
+            print(
+                f"  {'table':34} {'live':>8} {'deleted':>8} {'versions':>9} {'rejected':>9} {'requests':>9}"
+                "  last sync (UTC)"
+            )
+            for entity in ENTITIES:
+                live, deleted = conn.execute(
+                    "SELECT count(*) FILTER (WHERE _deleted_at IS NULL), count(*) FILTER (WHERE _deleted_at IS NOT NULL) "
+                    f"FROM {qualified(entity)}"
+                ).fetchone()
+                versions = conn.execute(f"SELECT count(*) FROM {history_table(entity)}").fetchone()[0]
+                rejected = conn.execute(
+                    f"SELECT count(*) FROM {SCHEMA}._rejected_records WHERE entity = ?", [entity.table]
+                ).fetchone()[0]
+                requests, finished = conn.execute(
+                    f"SELECT requests, finished_at FROM {SCHEMA}._sync_log WHERE entity = ? "
+                    "ORDER BY finished_at DESC LIMIT 1",
+                    [entity.table],
+                ).fetchone() or (None, None)
+                when = f"{finished:%Y-%m-%d %H:%M:%S}" if finished else "never"
+                print(
+                    f"  {qualified(entity):34} {live:>8} {deleted:>8} {versions:>9} {rejected:>9} {requests or 0:>9}"
+                    f"  {when}"
+                )
+            insights = conn.execute(
+                "SELECT table_name FROM information_schema.tables"
+                " WHERE table_catalog = current_database() AND table_schema = 'insights' ORDER BY 1"
+            ).fetchall()
+            if insights:
+                print("\nInsights")
+                for (name,) in insights:
+                    rows = conn.execute(f"SELECT count(*) FROM insights.{name}").fetchone()[0]
+                    print(f"  insights.{name:40} {rows:>8} rows")
+    except WarehouseNotSyncedError:
+        print(f"Warehouse {database}: not synced yet.")
 
 
 if __name__ == "__main__":
-    print_report(Path(sys.argv[1] if len(sys.argv) > 1 else os.environ.get("NEXUDUS_DUCKDB_PATH", "data/nexudus.duckdb")))
+    print_report(Path(sys.argv[1] if len(sys.argv) > 1 else os.environ.get("NEXUDUS_DUCKDB_PATH", DEFAULT_WAREHOUSE_PATH)))

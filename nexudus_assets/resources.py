@@ -3,16 +3,20 @@
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import dagster as dg
 import duckdb
 import httpx
-from dagster._utils.backoff import backoff
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from nexudus_assets.nexudus import DEFAULT_BASE_URL, NexudusClient, RateLimits
-from nexudus_assets.warehouse import connect
+from nexudus_assets.warehouse import (
+    DEFAULT_LOCK_TIMEOUT_SECONDS,
+    LOCK_TIMEOUT_VARIABLE,
+    WarehouseFiles,
+)
 
 
 class NexudusResource(dg.ConfigurableResource):
@@ -60,27 +64,44 @@ class AlertWebhookResource(dg.ConfigurableResource):
 
 
 class WarehouseResource(DuckDBResource):
-    """The DuckDB file. A connection lasts one piece of work (a load, a check): DuckDB lets one process write."""
+    """The warehouse file people open (`database`), and the private working file beside it that runs write.
+
+    A connection lasts one piece of work (a load, a check, an insight). See
+    `nexudus_assets.warehouse.files` for how the two files relate.
+    """
+
+    lock_timeout_seconds: int = Field(
+        default=DEFAULT_LOCK_TIMEOUT_SECONDS,
+        description=(
+            f"{LOCK_TIMEOUT_VARIABLE}: how long a write waits for another process holding the working file"
+            " before it fails naming that process."
+        ),
+    )
+
+    def _files(self) -> WarehouseFiles:
+        return WarehouseFiles(Path(self.database), self.lock_timeout_seconds, self.connection_config)
 
     @contextmanager
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        # Another process may hold the file for a moment (a sensor, a finishing run): wait for it.
-        conn = backoff(
-            fn=connect,
-            retry_on=(duckdb.IOException,),
-            kwargs={"database": self.database, "config": self.connection_config},
-            max_retries=10,
-        )
-        try:
+        """Read-write, on the working file; published for readers when the block ends without error."""
+        with self._files().write() as conn:
             yield conn
-        finally:
-            conn.close()
+
+    @contextmanager
+    def working_read_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Read-only, on the working file as the run's last write left it; publishes nothing.
+
+        For asset checks and metadata inside a run. Raises WarehouseNotSyncedError before the first sync.
+        """
+        with self._files().read_latest() as conn:
+            yield conn
 
     @contextmanager
     def read_only_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """For sensors. Raises `duckdb.IOException` while a run holds the file: skip and retry."""
-        conn = connect(self.database, read_only=True, config=self.connection_config)
-        try:
+        """Read-only, on the published snapshot, never waiting; for sensors and the command job.
+
+        Raises WarehouseNotSyncedError before the first sync, and WarehouseBusyError in the moment
+        someone holds the published file read-write while a run writes: skip and retry.
+        """
+        with self._files().read_published() as conn:
             yield conn
-        finally:
-            conn.close()

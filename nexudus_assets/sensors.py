@@ -10,6 +10,7 @@ from nexudus_assets.assets.insights import INSIGHTS_SCHEMA, insight_by_name
 from nexudus_assets.jobs import COMMAND_OP
 from nexudus_assets.alerts import build_alert_sensor
 from nexudus_assets.resources import WarehouseResource
+from nexudus_assets.warehouse import WarehouseError, WarehouseNotSyncedError
 from nexudus_assets.warehouse.catalogue import read_catalogue
 from nexudus_assets.warehouse.ledger import blocked_ids
 from nexudus_assets.writeback.plan import check_rule
@@ -45,9 +46,11 @@ def build_command_sensor(rule: CommandRule, job: dg.JobDefinition) -> dg.SensorD
                     max_attempts=rule.max_attempts, now=now,
                 )
                 catalogue = read_catalogue(conn, entity)
-        except duckdb.Error as exc:
-            # A run holds the file (DuckDB has one writer): the cursor stays, the next tick retries.
-            return dg.SensorResult(skip_reason=f"the warehouse cannot be read now ({type(exc).__name__}); next tick retries")
+        except WarehouseNotSyncedError:
+            return dg.SensorResult(skip_reason="the warehouse is not synced yet; the next tick looks again")
+        except (duckdb.Error, WarehouseError) as exc:
+            # Held read-write by someone while a run writes: the cursor stays, the next tick retries.
+            return dg.SensorResult(skip_reason=f"the warehouse cannot be read now ({exc}); next tick retries")
         cursor = str(storage_id)
         if catalogue is not None:
             try:

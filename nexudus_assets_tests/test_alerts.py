@@ -144,8 +144,3 @@ def test_a_daemon_killed_mid_tick_repeats_no_alert_it_had_sent(make_project, web
     assert len(texts) == 2, texts
     assert all(any(check in text for text in texts) for check in ("valid_window_ordered", CHECK))
 
-
-@pytest.fixture
-def dagster_instance(tmp_path):
-    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
-        yield instance

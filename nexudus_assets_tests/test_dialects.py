@@ -76,4 +76,4 @@ def test_records_gone_from_the_listing_are_confirmed_by_id_before_they_are_marke
     tokens = metadata(result, "access_tokens")
     assert tokens["rows_deleted"] == 1
     assert tokens["rows_recovered_by_id"] == 2
-    assert project.query("SELECT id FROM nexudus.access_tokens WHERE _deleted_at IS NOT NULL") == [(deleted,)]
+    assert project.query("SELECT id FROM raw.access_tokens WHERE _deleted_at IS NOT NULL") == [(deleted,)]

@@ -141,7 +141,7 @@ def read_warehouse(database: Path, *, read_only: bool = True) -> dict[str, Table
     try:
         states = {}
         for entity in ENTITIES:
-            if not _table_exists(conn, "nexudus", entity.table):
+            if not _table_exists(conn, "raw", entity.table):
                 states[entity.table] = TableState({}, None, 0)
                 continue
             twins = conn.execute(
@@ -156,13 +156,13 @@ def read_warehouse(database: Path, *, read_only: bool = True) -> dict[str, Table
                 rows[row["id"]] = row
             hwm = None
             logged = 0
-            if _table_exists(conn, "nexudus", "_sync_state"):
+            if _table_exists(conn, "raw", "_sync_state"):
                 found = conn.execute(
-                    "SELECT high_water_mark FROM nexudus._sync_state WHERE entity = ?", [entity.table]
+                    "SELECT high_water_mark FROM raw._sync_state WHERE entity = ?", [entity.table]
                 ).fetchall()
                 hwm = found[0][0] if found else None
                 logged = conn.execute(
-                    "SELECT count(*) FROM nexudus._sync_log WHERE entity = ?", [entity.table]
+                    "SELECT count(*) FROM raw._sync_log WHERE entity = ?", [entity.table]
                 ).fetchone()[0]
             states[entity.table] = TableState(rows, hwm, logged)
         return states
@@ -182,7 +182,7 @@ def deleted_ids(database: Path, entity: Entity) -> set[int]:
 def rejected_records(database: Path) -> list[dict[str, Any]]:
     conn = connect(str(database), read_only=True)
     try:
-        rows = _fetch(conn, "SELECT entity, record_id, reason, raw_json, run_id FROM nexudus._rejected_records")
+        rows = _fetch(conn, "SELECT entity, record_id, reason, raw_json, run_id FROM raw._rejected_records")
     finally:
         conn.close()
     for row in rows:
@@ -294,7 +294,7 @@ def assert_throttling_is_logged(database: Path, sim: Simulator, run_id: str) -> 
     """Each entity's `_sync_log` row counts the 409s its list requests got."""
     conn = connect(str(database), read_only=True)
     try:
-        query = "SELECT entity, throttled FROM nexudus._sync_log WHERE run_id = ?"
+        query = "SELECT entity, throttled FROM raw._sync_log WHERE run_id = ?"
         logged = dict(conn.execute(query, [run_id]).fetchall())
     finally:
         conn.close()
@@ -868,7 +868,7 @@ def test_no_secret_reaches_logs_events_instance_storage_or_the_warehouse(
         **warehouse_contents(database),
     }
     assert len(events) > 50 and any(str(home) in name for name in haystacks), "nothing to scan"
-    assert {"the warehouse table nexudus.access_tokens", "the warehouse table nexudus._sync_log"} <= haystacks.keys()
+    assert {"the warehouse table raw.access_tokens", "the warehouse table raw._sync_log"} <= haystacks.keys()
     assert find_leaks(haystacks, secret_forms(SECRET_PASSWORD, tokens)) == []
 
 

@@ -4,16 +4,19 @@ import datetime as dt
 import time
 from collections import defaultdict
 from decimal import Decimal
+from pathlib import Path
 
 import dagster as dg
+import duckdb
 import pytest
 
 from nexudus_assets.checks import asset_checks
 from nexudus_assets.definitions import build_defs
 from nexudus_assets.nexudus import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES, ENTITIES
 from nexudus_assets.resources import AlertWebhookResource, NexudusResource, WarehouseResource
-from nexudus_assets.warehouse import qualified
+from nexudus_assets.warehouse import WarehouseFiles, qualified
 from nexudus_assets_tests.conftest import PASSWORD, USERNAME
+from nexudus_assets_tests.test_warehouse import held_open
 
 BOOKKEEPING = {"_extra", "_synced_at", "_deleted_at"}
 
@@ -22,12 +25,13 @@ class Project:
     """The code location wired to one simulator and one DuckDB file."""
 
     def __init__(
-        self, running, database, page_size: int = 1000, rules=(), live: bool = False, webhook=None, password=PASSWORD
+        self, running, database, page_size: int = 1000, rules=(), live: bool = False, webhook=None, password=PASSWORD,
+        lock_timeout_seconds: int = 120,
     ) -> None:
         self.running = running
         self.sim = running.sim
         self.database = str(database)
-        self.warehouse = WarehouseResource(database=self.database)
+        self.warehouse = WarehouseResource(database=self.database, lock_timeout_seconds=lock_timeout_seconds)
         self.alerts = AlertWebhookResource(url=webhook)
         self.nexudus = NexudusResource(
             base_url=running.base_url, username=USERNAME, password=password, page_size=page_size, commands_live=live
@@ -132,7 +136,7 @@ def test_a_run_that_fails_midway_leaves_the_previous_state_and_the_next_run_repa
     project = Project(start_simulator(seed=12, tokens=500, contracts=20, passes=20), tmp_path / "w.duckdb", page_size=100)
     project.run()
     before = project.live_rows(ACCESS_TOKENS)
-    cursor = project.query("SELECT * FROM nexudus._sync_state ORDER BY entity")
+    cursor = project.query("SELECT * FROM raw._sync_state ORDER BY entity")
     project.sim.mutate(ACCESS_TOKENS, update=300, insert=50)
 
     def break_after_first_page(entity, page):
@@ -143,7 +147,7 @@ def test_a_run_that_fails_midway_leaves_the_previous_state_and_the_next_run_repa
     failed = project.run(raise_on_error=False)
     assert not failed.success
     assert project.live_rows(ACCESS_TOKENS) == before
-    assert project.query("SELECT * FROM nexudus._sync_state ORDER BY entity") == cursor
+    assert project.query("SELECT * FROM raw._sync_state ORDER BY entity") == cursor
 
     project.sim.on_list_page = None
     project.sim.faults.error_rate = 0.0
@@ -263,7 +267,7 @@ def test_freshness_and_row_count_checks_fail_when_their_history_says_so(project,
     project.run()
     assert invoke_check(project, "coworker_contracts", "synced_recently").passed
     with project.warehouse.get_connection() as conn:
-        conn.execute("UPDATE nexudus._sync_log SET finished_at = finished_at - INTERVAL 30 HOUR")
+        conn.execute("UPDATE raw._sync_log SET finished_at = finished_at - INTERVAL 30 HOUR")
     assert not invoke_check(project, "coworker_contracts", "synced_recently").passed
     # The scheduled checks-only job sees it too, with no sync and no API call.
     project.sim.reset_stats()
@@ -314,3 +318,91 @@ def test_as_of_defaults_to_the_start_of_the_run_in_utc(project):
         "low_minutes_access_tokens", "upcoming_contract_renewals", "expiring_time_passes")}
     assert len(moments) == 1, "the insights of one run must share one instant"
     assert before - dt.timedelta(seconds=1) <= moments.pop() <= after
+
+
+@pytest.fixture
+def small_project(start_simulator, tmp_path, monkeypatch):
+    monkeypatch.setenv("NEXUDUS_PACING", "off")
+    return Project(start_simulator(seed=13, tokens=200, contracts=40, passes=40), tmp_path / "warehouse.duckdb")
+
+
+def test_an_analyst_holding_the_warehouse_read_write_neither_fails_nor_delays_two_syncs(
+    start_simulator, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("NEXUDUS_PACING", "off")
+    # A one-second wait at most: a sync that waited for the analyst would fail, not just slow down.
+    project = Project(
+        start_simulator(seed=14, tokens=300, contracts=40, passes=40), tmp_path / "warehouse.duckdb",
+        lock_timeout_seconds=1,
+    )
+    project.run()
+    first_count = len(project.upstream_rows(ACCESS_TOKENS))
+    with held_open(Path(project.database)) as analyst:
+        for _ in range(2):
+            project.sim.mutate(ACCESS_TOKENS, update=20, insert=10)
+            project.sim.mutate(COWORKER_CONTRACTS, update=5, insert=2)
+            assert project.run().success
+            # The rule sensors' reader keeps working while the analyst holds the file.
+            assert len(project.live_rows(ACCESS_TOKENS)) == len(project.upstream_rows(ACCESS_TOKENS))
+        assert analyst.query(f"SELECT count(*) FROM {qualified(ACCESS_TOKENS)}") == [(first_count,)]
+    with duckdb.connect(project.database, read_only=True) as fresh:
+        for entity in ENTITIES:
+            cursor = fresh.execute(f"SELECT * FROM {qualified(entity)} WHERE _deleted_at IS NULL")
+            names = [d[0] for d in cursor.description]
+            skip = BOOKKEEPING | set(entity.model.display_fields)
+            found = {row[0]: {n: v for n, v in zip(names, row, strict=True) if n not in skip} for row in cursor.fetchall()}
+            assert found == project.upstream_rows(entity), entity.name
+
+
+def step_failures(result) -> list[str]:
+    """Each failed step's error with its causes: Dagster wraps what the asset raised."""
+    messages = []
+    for event in result.all_events:
+        if event.is_step_failure:
+            error, texts = event.event_specific_data.error, []
+            while error is not None:
+                texts.append(error.message)
+                error = error.cause
+            messages.append(" | ".join(texts))
+    return messages
+
+
+def test_a_process_holding_the_working_file_fails_the_sync_after_the_wait_naming_it(start_simulator, tmp_path, monkeypatch):
+    monkeypatch.setenv("NEXUDUS_PACING", "off")
+    project = Project(
+        start_simulator(seed=15, tokens=50, contracts=10, passes=10), tmp_path / "warehouse.duckdb",
+        lock_timeout_seconds=1,
+    )
+    project.run()
+    working = WarehouseFiles(Path(project.database)).working
+    with held_open(working) as intruder:
+        failed = project.run(raise_on_error=False)
+    assert not failed.success
+    messages = step_failures(failed)
+    assert messages and all(f"(PID {intruder.pid})" in message for message in messages), messages
+    assert project.run().success
+
+
+def test_a_corrupt_warehouse_fails_every_step_at_once_saying_so(small_project):
+    Path(small_project.database).write_bytes(b"\x00garbage" * 4096)
+    failed = small_project.run(raise_on_error=False)
+    assert not failed.success
+    messages = step_failures(failed)
+    assert messages and all("not a valid DuckDB database file" in message for message in messages), messages
+
+
+@pytest.mark.parametrize("file_name", ["warehouse.duckdb", "nexudus.duckdb"])
+def test_the_file_opened_directly_answers_every_table_by_schema_and_name(start_simulator, tmp_path, monkeypatch, file_name):
+    monkeypatch.setenv("NEXUDUS_PACING", "off")
+    project = Project(start_simulator(seed=16, tokens=100, contracts=20, passes=20), tmp_path / file_name)
+    project.run()
+    with duckdb.connect(project.database) as direct:  # as `duckdb data/warehouse.duckdb` opens it
+        tables = direct.execute(
+            "SELECT schema_name, table_name FROM duckdb_tables() WHERE NOT table_name LIKE '\\_%' ESCAPE '\\'"
+        ).fetchall()
+        assert ("raw", "access_tokens") in tables and ("insights", "low_minutes_access_tokens") in tables
+        for schema, table in tables:
+            direct.execute(f"SELECT count(*) FROM {schema}.{table}").fetchall()
+        assert direct.execute("SELECT count(*) FROM raw.access_tokens").fetchone() == (100,)
+        assert direct.execute("SELECT count(*) FROM raw.access_tokens_history").fetchone() == (100,)
+        assert direct.execute("SELECT count(*) FROM raw._sync_log").fetchone()[0] == len(ENTITIES)

@@ -1,10 +1,16 @@
-"""The warehouse layer against real DuckDB files: schema from the models, staged syncs, safety."""
+"""The warehouse layer against real DuckDB files: schema from the models, staged syncs, history, the files."""
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
 import json
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -22,8 +28,13 @@ from nexudus_assets.warehouse import (
     EntitySync,
     RejectedRecord,
     SyncResult,
+    WarehouseBusyError,
+    WarehouseFiles,
+    WarehouseNotSyncedError,
+    WarehouseUnreadableError,
     connect,
     ensure_schema,
+    history_table,
     qualified,
     read_high_water_mark,
     table_columns,
@@ -39,15 +50,14 @@ def at(hours: int) -> dt.datetime:
 
 
 def token(record_id: int, updated_hours: int = 0, **fields: Any) -> AccessToken:
-    return AccessToken(
-        id=record_id,
-        unique_id=UUID(int=record_id),
-        access_code=f"code-{record_id}",
-        minutes_included=60,
-        minutes_left=30,
-        updated_on=at(updated_hours),
+    values: dict[str, Any] = {
+        "unique_id": UUID(int=record_id),
+        "access_code": f"code-{record_id}",
+        "minutes_included": 60,
+        "minutes_left": 30,
         **fields,
-    )
+    }
+    return AccessToken(id=record_id, updated_on=at(updated_hours), **values)
 
 
 def sync(
@@ -364,8 +374,8 @@ def test_failure_inside_publish_rolls_everything_back(
 
 def test_rejected_records_are_quarantined_verbatim(conn: duckdb.DuckDBPyConnection) -> None:
     sync(conn, [token(1, 1), token(2, 2), token(3, 3)], mode="full", run_id="first")
-    raw = {"Id": "3", "MinutesLeft": "lots", "Nested": {"A": [1, 2.5, None]}}
-    error = RecordValidationError("AccessToken", "3", [("MinutesLeft", "not an integer")], raw=raw)
+    raw = {"Id": 3, "MinutesLeft": "lots", "Nested": {"A": [1, 2.5, None]}}
+    error = RecordValidationError("AccessToken", 3, [("MinutesLeft", "not an integer")], raw=raw)
 
     result = sync(
         conn,
@@ -517,3 +527,330 @@ def test_a_list_that_ended_short_keeps_the_cursor_where_it_was(conn: duckdb.Duck
     result = sync(conn, [token(2, 9)], complete=False)
     assert result.inserted == 1
     assert read_high_water_mark(conn, ACCESS_TOKENS) == at(5)
+
+
+# ---------------------------------------------------------------- history
+
+
+def versions(conn: duckdb.DuckDBPyConnection, record_id: int) -> list[tuple[Any, ...]]:
+    """(minutes_left, _valid_from, _valid_to, _deleted_at) of each version of one token, oldest first."""
+    return rows(
+        conn,
+        f"SELECT minutes_left, _valid_from, _valid_to, _deleted_at FROM {history_table(ACCESS_TOKENS)}"
+        " WHERE id = ? ORDER BY _valid_from",
+        [record_id],
+    )
+
+
+def test_history_keeps_one_version_per_change_a_sync_saw(conn: duckdb.DuckDBPyConnection) -> None:
+    first, second, third = NOW, NOW + dt.timedelta(minutes=2), NOW + dt.timedelta(minutes=4)
+    sync(conn, [token(1, 1, minutes_left=500), token(2, 1)], now=first)
+    sync(conn, [token(1, 2, minutes_left=400), token(2, 1)], now=second)
+    sync(conn, [token(1, 3, minutes_left=300), token(2, 1)], now=third)
+
+    assert versions(conn, 1) == [(500, first, second, None), (400, second, third, None), (300, third, None, None)]
+    assert versions(conn, 2) == [(30, first, None, None)]  # unchanged: still its first version
+    history_columns_found = [name for (name,) in rows(
+        conn,
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?"
+        " ORDER BY ordinal_position",
+        [SCHEMA, "access_tokens_history"],
+    )]
+    assert history_columns_found == [c.name for c in table_columns(ACCESS_TOKENS)] + ["_valid_from", "_valid_to"]
+    # The current versions are the live table, column for column.
+    live_columns = ", ".join(f'"{c.name}"' for c in table_columns(ACCESS_TOKENS))
+    assert rows(
+        conn, f"SELECT {live_columns} FROM {history_table(ACCESS_TOKENS)} WHERE _valid_to IS NULL ORDER BY id"
+    ) == rows(conn, f"SELECT {live_columns} FROM {qualified(ACCESS_TOKENS)} ORDER BY id")
+
+
+def test_a_full_refresh_closes_the_versions_of_deleted_records_and_a_return_opens_one(
+    conn: duckdb.DuckDBPyConnection,
+) -> None:
+    gone_at, back_at = NOW + dt.timedelta(days=1), NOW + dt.timedelta(days=2)
+    sync(conn, [token(1, 1), token(2, 2), token(3, 3)], mode="full", run_id="first")
+    sync(conn, [token(1, 1), token(2, 2)], mode="full", run_id="second", now=gone_at)
+    assert versions(conn, 3) == [(30, NOW, gone_at, gone_at)]
+    assert versions(conn, 1) == [(30, NOW, None, None)]
+
+    sync(conn, [token(3, 3)], run_id="third", now=back_at)
+    assert versions(conn, 3) == [(30, NOW, gone_at, gone_at), (30, back_at, None, None)]
+
+
+def test_history_is_written_with_the_publish_or_not_at_all(
+    conn: duckdb.DuckDBPyConnection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sync(conn, [token(1, 1, minutes_left=500)])
+    before = rows(conn, f"SELECT * FROM {history_table(ACCESS_TOKENS)}")
+
+    def broken_log(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(EntitySync, "_log", broken_log)
+    with pytest.raises(RuntimeError, match="disk full"):
+        sync(conn, [token(1, 2, minutes_left=400)], now=NOW + dt.timedelta(hours=1))
+    assert rows(conn, f"SELECT * FROM {history_table(ACCESS_TOKENS)}") == before
+
+
+# ---------------------------------------------------------------- upgrading an earlier warehouse
+
+
+def write_legacy_warehouse(path: Path) -> None:
+    """A warehouse as earlier versions wrote it: every table in schema `nexudus`, no history."""
+    with duckdb.connect(str(path)) as legacy:
+        sync(legacy, [token(1, 1), token(2, 2), token(3, 3)], mode="full", run_id="old")
+        sync(legacy, [token(1, 1), token(2, 2)], mode="full", run_id="old-full", now=NOW + dt.timedelta(days=1))
+        for entity in ENTITIES:
+            legacy.execute(f"DROP TABLE {history_table(entity)}")
+        legacy.execute("CREATE TABLE raw.commands (entity VARCHAR, key VARCHAR, PRIMARY KEY (entity, key))")
+        legacy.execute("INSERT INTO raw.commands VALUES ('AccessToken', 'ACCESSTOKEN_ADD_MINUTES')")
+        legacy.execute("CREATE TABLE raw._stage_access_tokens AS SELECT * FROM raw.access_tokens")
+        legacy.execute("CREATE SCHEMA nexudus")
+        for (name,) in legacy.execute("SELECT table_name FROM duckdb_tables() WHERE schema_name = 'raw'").fetchall():
+            ddl = legacy.execute(
+                "SELECT sql FROM duckdb_tables() WHERE schema_name = 'raw' AND table_name = ?", [name]
+            ).fetchone()[0]
+            legacy.execute(ddl.replace(f"CREATE TABLE raw.{name}(", f"CREATE TABLE nexudus.{name}(", 1))
+            legacy.execute(f'INSERT INTO nexudus."{name}" SELECT * FROM raw."{name}"')
+            legacy.execute(f'DROP TABLE raw."{name}"')
+        legacy.execute("DROP SCHEMA raw")
+        # The command ledger's old home: another module moves it, the upgrade leaves it be.
+        legacy.execute("CREATE TABLE nexudus.command_runs (call_id VARCHAR, record_id BIGINT)")
+        legacy.execute("INSERT INTO nexudus.command_runs VALUES ('call-1', 1)")
+
+
+def test_an_earlier_warehouse_moves_to_schema_raw_with_its_history_backfilled(db_path: Path) -> None:
+    write_legacy_warehouse(db_path)
+    with duckdb.connect(str(db_path)) as legacy:
+        old_tokens = rows(legacy, "SELECT * FROM nexudus.access_tokens ORDER BY id")
+        old_log = rows(legacy, "SELECT * FROM nexudus._sync_log ORDER BY finished_at")
+
+    with duckdb.connect(str(db_path)) as conn:
+        ensure_schema(conn)
+
+        tables = set(rows(conn, "SELECT schema_name, table_name FROM duckdb_tables()"))
+        assert {(SCHEMA, e.table) for e in ENTITIES} | {(SCHEMA, f"{e.table}_history") for e in ENTITIES} <= tables
+        assert {(SCHEMA, "_sync_state"), (SCHEMA, "_sync_log"), (SCHEMA, "_rejected_records"), (SCHEMA, "commands")} <= tables
+        assert {name for schema, name in tables if schema == "nexudus"} == {"command_runs"}
+        assert rows(conn, "SELECT * FROM nexudus.command_runs") == [("call-1", 1)]
+        assert (SCHEMA, "_stage_access_tokens") not in tables
+        assert rows(conn, f"SELECT * FROM {qualified(ACCESS_TOKENS)} ORDER BY id") == old_tokens
+        assert rows(conn, f"SELECT * FROM {SCHEMA}._sync_log ORDER BY finished_at") == old_log
+        assert rows(conn, f"SELECT key FROM {SCHEMA}.commands") == [("ACCESSTOKEN_ADD_MINUTES",)]
+        # One version per row: seen when synced, until deleted.
+        assert [versions(conn, record_id) for record_id in (1, 3)] == [
+            [(30, NOW, None, None)],
+            [(30, NOW, NOW + dt.timedelta(days=1), NOW + dt.timedelta(days=1))],
+        ]
+        # The keys came along: the cursor's upsert and the live table's primary key still hold.
+        assert read_high_water_mark(conn, ACCESS_TOKENS) == at(2)
+        with pytest.raises(duckdb.ConstraintException):
+            conn.execute(f"INSERT INTO {qualified(ACCESS_TOKENS)} (id, _synced_at) VALUES (1, ?)", [NOW])
+
+        result = sync(conn, [token(1, 9, minutes_left=10)], run_id="new", now=NOW + dt.timedelta(days=2))
+        assert (result.updated, result.live_rows) == (1, 2)
+        assert versions(conn, 1) == [(30, NOW, NOW + dt.timedelta(days=2), None), (10, NOW + dt.timedelta(days=2), None, None)]
+
+
+def test_an_upgrade_without_a_ledger_leaves_no_old_schema(db_path: Path) -> None:
+    write_legacy_warehouse(db_path)
+    with duckdb.connect(str(db_path)) as conn:
+        conn.execute("DROP TABLE nexudus.command_runs")
+        ensure_schema(conn)
+        assert rows(conn, "SELECT count(*) FROM duckdb_schemas() WHERE schema_name = 'nexudus'") == [(0,)]
+
+
+def test_a_warehouse_holding_both_schemas_is_refused_and_left_as_it_was(db_path: Path) -> None:
+    write_legacy_warehouse(db_path)
+    with duckdb.connect(str(db_path)) as conn:
+        conn.execute("CREATE SCHEMA raw")
+        conn.execute("CREATE TABLE raw.access_tokens (id BIGINT)")
+        with pytest.raises(RuntimeError, match="both nexudus.access_tokens and raw.access_tokens exist"):
+            ensure_schema(conn)
+        assert rows(conn, "SELECT count(*) FROM nexudus.access_tokens") == [(3,)]
+
+
+# ---------------------------------------------------------------- the working file and the published one
+
+#: Another OS process with the file open, as the DuckDB CLI or a BI tool would have it; it runs
+#: each SQL line it reads and prints the rows.
+_HOLDER = """
+import sys, duckdb
+conn = duckdb.connect(sys.argv[1], read_only=sys.argv[2] == "read_only")
+print("holding", flush=True)
+for line in sys.stdin:
+    print(repr(conn.execute(line).fetchall()), flush=True)
+"""
+
+
+class Holder:
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+        self.pid = process.pid
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        assert self.process.stdin and self.process.stdout
+        self.process.stdin.write(sql + "\n")
+        self.process.stdin.flush()
+        return ast.literal_eval(self.process.stdout.readline())
+
+
+@contextmanager
+def held_open(path: Path, *, read_only: bool = False) -> Iterator[Holder]:
+    process = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(path), "read_only" if read_only else "read_write"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert process.stdout and process.stdout.readline().strip() == "holding"
+        yield Holder(process)
+    finally:
+        assert process.stdin
+        process.stdin.close()
+        process.wait(timeout=30)
+
+
+def token_count(conn: duckdb.DuckDBPyConnection) -> int:
+    return rows(conn, f"SELECT count(*) FROM {qualified(ACCESS_TOKENS)}")[0][0]
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> WarehouseFiles:
+    return WarehouseFiles(tmp_path / "warehouse.duckdb", lock_timeout_seconds=30)
+
+
+def test_a_write_is_published_and_a_process_holding_the_old_file_keeps_its_snapshot(files: WarehouseFiles) -> None:
+    with files.write() as conn:
+        sync(conn, [token(1, 1), token(2, 2)])
+    assert files.working.exists() and files.published.exists()
+
+    with held_open(files.published) as analyst:  # read-write, the DuckDB CLI's default
+        assert analyst.query(f"SELECT count(*) FROM {qualified(ACCESS_TOKENS)}") == [(2,)]
+        with files.write() as conn:
+            sync(conn, [token(3, 3)], run_id="second")
+        with files.write() as conn:
+            sync(conn, [token(4, 4)], run_id="third")
+        # Consistent: what the analyst opened, unchanged; the new data is there for the next open.
+        assert analyst.query(f"SELECT count(*) FROM {qualified(ACCESS_TOKENS)}") == [(2,)]
+        with duckdb.connect(str(files.published), read_only=True) as fresh:
+            assert token_count(fresh) == 4
+        # Sensors read on while the analyst holds the published file read-write.
+        with files.read_published() as reader:
+            assert token_count(reader) == 4
+    assert not list(files.published.parent.glob("*.partial"))
+
+
+def test_a_write_that_fails_publishes_nothing(files: WarehouseFiles) -> None:
+    with files.write() as conn:
+        sync(conn, [token(1, 1)])
+    with pytest.raises(RuntimeError, match="midway"), files.write() as conn:
+        sync(conn, [token(2, 2)], run_id="second")
+        raise RuntimeError("midway")
+    with duckdb.connect(str(files.published), read_only=True) as published:
+        assert token_count(published) == 1
+
+
+def test_readers_wait_for_nothing_and_say_when_they_cannot_read(files: WarehouseFiles) -> None:
+    with files.write() as conn:
+        sync(conn, [token(1, 1)])
+    with held_open(files.published) as analyst, held_open(files.working) as writer:
+        with pytest.raises(WarehouseBusyError) as raised, files.read_published():
+            pass
+    assert f"PID {analyst.pid}" in str(raised.value) and f"PID {writer.pid}" in str(raised.value)
+    # Readers of the published file never stand in the way of a write.
+    with held_open(files.published, read_only=True), files.write() as conn:
+        sync(conn, [token(2, 2)], run_id="second")
+
+
+def test_the_working_file_held_elsewhere_is_waited_for_then_its_holder_is_named(tmp_path: Path) -> None:
+    files = WarehouseFiles(tmp_path / "warehouse.duckdb", lock_timeout_seconds=1)
+    with files.write() as conn:
+        sync(conn, [token(1, 1)])
+
+    with held_open(files.working) as intruder:
+        started = time.monotonic()
+        with pytest.raises(WarehouseBusyError) as raised, files.write():
+            pass
+        waited = time.monotonic() - started
+    assert waited >= 1
+    message = str(raised.value)
+    assert f"(PID {intruder.pid})" in message and str(files.working) in message
+    assert "NEXUDUS_WAREHOUSE_LOCK_TIMEOUT" in message and str(files.published) in message
+
+    # Let go within the wait, and the write goes ahead.
+    patient = WarehouseFiles(files.published, lock_timeout_seconds=60)
+    with held_open(files.working) as intruder:
+        releaser = threading.Timer(0.5, lambda: intruder.process.stdin and intruder.process.stdin.close())
+        releaser.start()
+        with patient.write() as conn:
+            sync(conn, [token(2, 2)], run_id="second")
+        releaser.join()
+    with patient.read_published() as conn:
+        assert token_count(conn) == 2
+
+
+_WRITER = """
+import sys, time
+from pathlib import Path
+from nexudus_assets.warehouse import WarehouseFiles
+with WarehouseFiles(Path(sys.argv[1])).write():
+    print("writing", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_second_writer_waits_for_the_first_then_names_it(tmp_path: Path) -> None:
+    files = WarehouseFiles(tmp_path / "warehouse.duckdb", lock_timeout_seconds=1)
+    first = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(files.published)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert first.stdout and first.stdout.readline().strip() == "writing"
+        with pytest.raises(WarehouseBusyError, match=rf"write session of .* \(PID {first.pid}\)"), files.write():
+            pass
+    finally:
+        assert first.stdin
+        first.stdin.close()
+        assert first.wait(timeout=30) == 0
+    with files.write() as conn:  # the first one let go
+        sync(conn, [token(1, 1)])
+
+
+def test_a_corrupt_file_fails_at_once_naming_it(tmp_path: Path) -> None:
+    # A long wait allowed: a corrupt file must not be retried at all.
+    files = WarehouseFiles(tmp_path / "warehouse.duckdb", lock_timeout_seconds=600)
+    files.published.write_bytes(b"not a database " * 1000)
+    started = time.monotonic()
+    with pytest.raises(WarehouseUnreadableError, match="not a valid DuckDB database file") as raised, files.write():
+        pass
+    assert str(files.published) in str(raised.value) and "backup" in str(raised.value)
+    assert not files.working.exists(), "a copy of the corrupt file would stand in the way of a restored one"
+    with pytest.raises(WarehouseUnreadableError, match="not a valid DuckDB database file"), files.read_published():
+        pass
+
+    files.published.unlink()
+    with files.write() as conn:
+        sync(conn, [token(1, 1)])
+    files.working.write_bytes(files.working.read_bytes()[:5000])  # truncated
+    with pytest.raises(WarehouseUnreadableError, match=f"{files.working.name}.*Delete it"), files.write():
+        pass
+    assert time.monotonic() - started < 60
+
+
+def test_the_working_file_starts_from_the_published_one(files: WarehouseFiles) -> None:
+    with files.write() as conn:
+        sync(conn, [token(1, 1), token(2, 2)])
+    files.working.unlink()  # a restored backup, or an upgrade: only the published file exists
+
+    with files.read_latest() as conn:
+        assert token_count(conn) == 2
+    with files.write() as conn:
+        result = sync(conn, [token(2, 2), token(3, 3)], run_id="second")
+    assert (result.inserted, result.unchanged, result.live_rows) == (1, 1, 3)
+
+
+def test_no_warehouse_yet_says_not_synced_yet(files: WarehouseFiles) -> None:
+    for reader in (files.read_published, files.read_latest):
+        with pytest.raises(WarehouseNotSyncedError, match="not synced yet"), reader():
+            pass
+    assert not files.working.exists() and not files.published.exists()

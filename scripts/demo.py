@@ -1,40 +1,41 @@
 """`make demo`: the nexudus_sync job against the simulator, then what it loaded.
 
-Always the simulator, never a real account, and its own DuckDB file (data/demo.duckdb).
+Always the simulator, never a real account. It uses the same Dagster instance and warehouse file
+as `make dev` with the simulator, and keeps them: a second demo is an incremental sync.
 """
 
+import json
 import os
 import subprocess
 import sys
 import time
-from pathlib import Path
+import uuid
 
 import dagster as dg
-from simulated_account import running_simulator
+from simulated_account import ACCOUNT_SUMMARY, PROJECT, running_simulator, use_project_instance
 
 from nexudus_assets.report import print_report
 
-DATABASE = Path("data/demo.duckdb")
-RUN_LOG = Path("data/demo-run.log")
+RUN_LOG = PROJECT / "data" / "demo-run.log"
+DEMO_TAG = "nexudus/demo"
 
 
 def main() -> int:
     if os.environ.get("NEXUDUS_BASE_URL"):
         print("Note: the demo always uses the simulator; NEXUDUS_BASE_URL is used by `make dev` and the jobs.")
-    DATABASE.parent.mkdir(exist_ok=True)
-    # Every demo starts a new simulated account, so it starts a new warehouse too.
-    DATABASE.unlink(missing_ok=True)
-    print("Starting the Nexudus simulator (2,000 tokens, 500 contracts, 500 passes; published limits enforced)...")
-    with running_simulator(["--seed", "7", "--tokens", "2000", "--contracts", "500", "--passes", "500",
-                            "--enforce-limits"]) as env:
-        env["NEXUDUS_DUCKDB_PATH"] = str(DATABASE)
-        print(f"Running `dagster job execute -j nexudus_sync` against {env['NEXUDUS_BASE_URL']} ...")
+    use_project_instance()
+    RUN_LOG.parent.mkdir(exist_ok=True)
+    demo_id = uuid.uuid4().hex
+    print(f"Starting the Nexudus simulator ({ACCOUNT_SUMMARY})...")
+    with running_simulator() as env:
+        database = env["NEXUDUS_DUCKDB_PATH"]
+        print(f"Running `dagster job execute -j nexudus_sync` against {env['NEXUDUS_BASE_URL']} into {database} ...")
         started = time.monotonic()
         with RUN_LOG.open("w") as log:
             finished = subprocess.run(
                 [sys.executable, "-m", "dagster", "job", "execute", "-m", "nexudus_assets.definitions",
-                 "-j", "nexudus_sync"],
-                env=env, stdout=log, stderr=subprocess.STDOUT,
+                 "-j", "nexudus_sync", "--tags", json.dumps({DEMO_TAG: demo_id})],
+                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT,
             )
         seconds = time.monotonic() - started
     if finished.returncode != 0:
@@ -42,18 +43,18 @@ def main() -> int:
         print(f"The job failed (exit {finished.returncode}); full log in {RUN_LOG}.")
         return finished.returncode
     print(f"The job succeeded in {seconds:.1f}s (full log in {RUN_LOG}).\n")
-    print_report(DATABASE)
-    print_check_results()
+    print_report(database)
+    print_check_results(demo_id)
     return 0
 
 
-def print_check_results() -> None:
-    instance = dg.DagsterInstance.get()
-    run = instance.get_runs(limit=1)[0]
-    evaluations = [
-        entry.dagster_event.event_specific_data
-        for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
-    ]
+def print_check_results(demo_id: str) -> None:
+    with dg.DagsterInstance.get() as instance:
+        [run] = instance.get_runs(filters=dg.RunsFilter(tags={DEMO_TAG: demo_id}), limit=1)
+        evaluations = [
+            entry.dagster_event.event_specific_data
+            for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+        ]
     failed = [e for e in evaluations if not e.passed]
     print(f"\nAsset checks: {len(evaluations) - len(failed)} passed, {len(failed)} failed")
     for evaluation in failed:

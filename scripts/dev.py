@@ -1,23 +1,27 @@
-"""`make dev`: the Dagster UI, against NEXUDUS_BASE_URL if set, else against the simulator."""
+"""`make dev`: the Dagster UI, against NEXUDUS_BASE_URL if set, else against the simulator.
+
+With the simulator it uses the same account, Dagster instance and warehouse file as `make demo`.
+"""
 
 import os
 import subprocess
 import sys
 
-from simulated_account import running_simulator
+from simulated_account import ACCOUNT_SUMMARY, PROJECT, running_simulator, use_project_instance
 
 DEV_COMMAND = [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", "3000"]
 
 
 def main() -> int:
+    use_project_instance()
     if os.environ.get("NEXUDUS_BASE_URL"):
         print(f"Using the Nexudus account at {os.environ['NEXUDUS_BASE_URL']} (no simulator).")
-        return subprocess.call(DEV_COMMAND)
-    print("NEXUDUS_BASE_URL is not set: starting the simulator and pointing the code location at it.")
-    with running_simulator(["--seed", "7", "--tokens", "2000", "--contracts", "500", "--passes", "500"]) as env:
-        env.setdefault("NEXUDUS_DUCKDB_PATH", "data/dev.duckdb")
+        return subprocess.call(DEV_COMMAND, cwd=PROJECT)
+    print(f"NEXUDUS_BASE_URL is not set: starting the simulator ({ACCOUNT_SUMMARY}) and pointing the code location at it.")
+    with running_simulator() as env:
+        print(f"Warehouse: {env['NEXUDUS_DUCKDB_PATH']}; Dagster instance: {env['DAGSTER_HOME']}.")
         try:
-            return subprocess.call(DEV_COMMAND, env=env)
+            return subprocess.call(DEV_COMMAND, env=env, cwd=PROJECT)
         except KeyboardInterrupt:
             return 0
 

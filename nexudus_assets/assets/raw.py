@@ -1,4 +1,4 @@
-"""One raw asset per Nexudus entity: the API's records, typed, in `nexudus.<table>`."""
+"""One raw asset per Nexudus entity: the API's records, typed, in `raw.<table>` and `raw.<table>_history`."""
 
 import datetime as dt
 
@@ -8,7 +8,7 @@ from pydantic import Field
 from nexudus_assets.assets.metadata import table_metadata
 from nexudus_assets.nexudus import ENTITIES, Entity
 from nexudus_assets.resources import NexudusResource, WarehouseResource
-from nexudus_assets.warehouse import qualified, table_columns
+from nexudus_assets.warehouse import history_table, qualified, table_columns
 from nexudus_assets.warehouse.load import load_entity
 
 GROUP = "nexudus_raw"
@@ -45,7 +45,8 @@ def build_raw_asset(entity: Entity) -> dg.AssetsDefinition:
         description=(
             f"Every {entity.name} record from `GET /{entity.path}`, one row per record, keyed by `id`. "
             "Incremental by `UpdatedOn`; a full refresh also marks records deleted upstream (`_deleted_at`). "
-            "Records that fail validation are quarantined in `nexudus._rejected_records`."
+            f"Every version a sync saw is kept in `{history_table(entity)}`. "
+            "Records that fail validation are quarantined in `raw._rejected_records`."
         ),
         kinds={"nexudus", "duckdb"},
         owners=["team:data"],
@@ -72,7 +73,7 @@ def build_raw_asset(entity: Entity) -> dg.AssetsDefinition:
             f"{entity.name}: {report.mode} sync read {result.fetched} records in {report.requests} requests "
             f"({result.inserted} new, {result.updated} updated, {result.deleted} deleted, {result.rejected} rejected)"
         )
-        with warehouse.get_connection() as conn:
+        with warehouse.working_read_connection() as conn:
             metadata = table_metadata(conn, table, where="_deleted_at IS NULL", schema=schema)
         return dg.MaterializeResult(
             metadata={

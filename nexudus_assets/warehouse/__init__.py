@@ -1,10 +1,29 @@
-"""The DuckDB warehouse: typed entity tables, staged syncs published in one transaction.
+"""The DuckDB warehouse: typed entity tables and their history, staged syncs published in one transaction.
 
-Pure Python over a caller-supplied DuckDB connection; no Dagster, no HTTP.
+Pure Python over DuckDB connections and files; no Dagster, no HTTP.
 """
 
 from nexudus_assets.warehouse.connection import CATALOG, connect
-from nexudus_assets.warehouse.schema import SCHEMA, Column, ensure_schema, qualified, table_columns, transaction
+from nexudus_assets.warehouse.files import (
+    DEFAULT_LOCK_TIMEOUT_SECONDS,
+    DEFAULT_WAREHOUSE_PATH,
+    LOCK_TIMEOUT_VARIABLE,
+    WarehouseBusyError,
+    WarehouseError,
+    WarehouseFiles,
+    WarehouseNotSyncedError,
+    WarehouseUnreadableError,
+)
+from nexudus_assets.warehouse.schema import (
+    SCHEMA,
+    Column,
+    ensure_schema,
+    history_columns,
+    history_table,
+    qualified,
+    table_columns,
+    transaction,
+)
 from nexudus_assets.warehouse.sync import (
     DeletionGuardError,
     EntitySync,
@@ -15,6 +34,9 @@ from nexudus_assets.warehouse.sync import (
 
 __all__ = [
     "CATALOG",
+    "DEFAULT_LOCK_TIMEOUT_SECONDS",
+    "DEFAULT_WAREHOUSE_PATH",
+    "LOCK_TIMEOUT_VARIABLE",
     "connect",
     "SCHEMA",
     "Column",
@@ -22,7 +44,14 @@ __all__ = [
     "EntitySync",
     "RejectedRecord",
     "SyncResult",
+    "WarehouseBusyError",
+    "WarehouseError",
+    "WarehouseFiles",
+    "WarehouseNotSyncedError",
+    "WarehouseUnreadableError",
     "ensure_schema",
+    "history_columns",
+    "history_table",
     "qualified",
     "read_high_water_mark",
     "table_columns",

@@ -1,4 +1,4 @@
-"""`nexudus.commands`: the command catalogue per entity, as last fetched from the API."""
+"""`raw.commands`: the command catalogue per entity, as last fetched from the API."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 import duckdb
 
 from nexudus_assets.nexudus import CommandDescription, Entity
-from nexudus_assets.warehouse.schema import SCHEMA, transaction
+from nexudus_assets.warehouse.schema import SCHEMA, ensure_schema, transaction
 
 COMMANDS = f"{SCHEMA}.commands"
 
@@ -26,8 +26,9 @@ def store_catalogue(
         for entity, commands in catalogue.items()
         for command in commands
     ]
+    # The schema first: a warehouse of an earlier version moves its tables, this one included.
+    ensure_schema(conn)
     with transaction(conn):
-        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
         conn.execute(
             f"""CREATE OR REPLACE TABLE {COMMANDS} (
                 entity VARCHAR NOT NULL, key VARCHAR NOT NULL, name VARCHAR,

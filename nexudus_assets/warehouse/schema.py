@@ -1,4 +1,4 @@
-"""The `nexudus` schema in DuckDB: one table per entity, typed from its model, plus bookkeeping.
+"""The `raw` schema in DuckDB: per entity a live table and its history, typed from its model, plus bookkeeping.
 
 Entity columns come from the pydantic model's fields, never from a hand-written list, so a
 field added to a model becomes a column on the next `ensure_schema` (additive only).
@@ -24,7 +24,10 @@ from pydantic_core import to_jsonable_python
 from nexudus_assets.nexudus.entities import ENTITIES, Entity
 from nexudus_assets.nexudus.models import NexudusRecord
 
-SCHEMA = "nexudus"
+SCHEMA = "raw"
+#: Where earlier versions kept these tables. A file named `nexudus.duckdb` is catalog `nexudus`,
+#: so `nexudus.access_tokens` was ambiguous to anyone opening the file directly.
+LEGACY_SCHEMA = "nexudus"
 
 #: The cursor per entity; written only in the transaction that publishes the rows it covers.
 SYNC_STATE = f"{SCHEMA}._sync_state"
@@ -85,15 +88,26 @@ _DESCRIPTIONS = {
     "_extra": "Fields Nexudus sent that the model does not know, as a JSON object; NULL when none.",
     "_synced_at": "When a sync wrote this version of the row (UTC).",
     "_deleted_at": "When a full sync found the record gone from Nexudus (UTC); NULL while it exists.",
+    "_valid_from": "When a sync first saw this version of the record (UTC).",
+    "_valid_to": (
+        "When a sync saw a newer version, or found the record deleted (UTC); NULL for the current version."
+    ),
 }
 
 SYNCED_AT = Column("_synced_at", "TIMESTAMP", _DESCRIPTIONS["_synced_at"], nullable=False)
 DELETED_AT = Column("_deleted_at", "TIMESTAMP", _DESCRIPTIONS["_deleted_at"])
+VALID_FROM = Column("_valid_from", "TIMESTAMP", _DESCRIPTIONS["_valid_from"], nullable=False)
+VALID_TO = Column("_valid_to", "TIMESTAMP", _DESCRIPTIONS["_valid_to"])
 
 
 def qualified(entity: Entity) -> str:
-    """`nexudus.access_tokens`."""
+    """`raw.access_tokens`: the live table, one row per record."""
     return f"{SCHEMA}.{entity.table}"
+
+
+def history_table(entity: Entity) -> str:
+    """`raw.access_tokens_history`: one row per version of a record a sync saw."""
+    return f"{SCHEMA}.{entity.table}_history"
 
 
 def quote(name: str) -> str:
@@ -145,6 +159,11 @@ def data_columns(entity: Entity) -> list[Column]:
 def table_columns(entity: Entity) -> list[Column]:
     """Every column of the entity's table, with a description for each."""
     return [*data_columns(entity), SYNCED_AT, DELETED_AT]
+
+
+def history_columns(entity: Entity) -> list[Column]:
+    """Every column of the entity's history table: the live table's, then the version's validity."""
+    return [*table_columns(entity), VALID_FROM, VALID_TO]
 
 
 def column_ddl(columns: Sequence[Column]) -> str:
@@ -216,33 +235,99 @@ _BOOKKEEPING_DDL = (
 def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
     """Create the schema and its tables if missing and add columns models gained; one transaction.
 
+    A warehouse written by an earlier version is upgraded in the same transaction: its tables move
+    from schema `nexudus` to `raw`, and each history table starts with one version per row.
     Raises TypeError when an existing column's type no longer matches its model field: only
     additive migrations are automatic.
     """
     with transaction(conn):
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+        _move_legacy_tables(conn)
         for ddl in _BOOKKEEPING_DDL:
             conn.execute(ddl)
         for entity in ENTITIES:
-            _ensure_entity_table(conn, entity)
+            _ensure_table(conn, qualified(entity), table_columns(entity), primary_key="id")
+            if _ensure_table(conn, history_table(entity), history_columns(entity)):
+                _backfill_history(conn, entity)
 
 
-def _ensure_entity_table(conn: duckdb.DuckDBPyConnection, entity: Entity) -> None:
-    table = qualified(entity)
-    columns = table_columns(entity)
-    conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({column_ddl(columns)}, PRIMARY KEY (id))")
+def _tables_in(conn: duckdb.DuckDBPyConnection, schema: str) -> dict[str, str]:
+    """Table name -> its CREATE statement, for the tables of `schema` in the warehouse file."""
+    found = conn.execute(
+        "SELECT table_name, sql FROM duckdb_tables() WHERE database_name = current_database() AND schema_name = ?",
+        [schema],
+    ).fetchall()
+    return dict(found)
+
+
+#: Bookkeeping tables kept beside the entity tables (`commands` is the command catalogue).
+_MOVED_BOOKKEEPING = ("_sync_state", "_sync_log", "_rejected_records", "commands")
+
+
+def _move_legacy_tables(conn: duckdb.DuckDBPyConnection) -> None:
+    """Move the data and bookkeeping tables of schema `nexudus` to `raw`, keeping their keys.
+
+    DuckDB has no `ALTER TABLE ... SET SCHEMA`: each table is recreated from its own DDL and
+    filled. Staging left by a killed run is dropped (the next sync stages afresh). Any other
+    table of the old schema is not ours to move and stays where it is.
+    """
+    legacy = _tables_in(conn, LEGACY_SCHEMA)
+    if not legacy:
+        return
+    current = _tables_in(conn, SCHEMA)
+    moved = {entity.table for entity in ENTITIES} | set(_MOVED_BOOKKEEPING)
+    for name, ddl in legacy.items():
+        if name.startswith("_stage_") or name.startswith("_changes_"):
+            conn.execute(f"DROP TABLE {LEGACY_SCHEMA}.{quote(name)}")
+            continue
+        if name not in moved:
+            continue
+        if name in current:
+            raise RuntimeError(
+                f"both {LEGACY_SCHEMA}.{name} and {SCHEMA}.{name} exist: the warehouse holds an old and a new"
+                f" copy of the same table. Keep one (DROP TABLE the other) and run the sync again."
+            )
+        prefix = f"CREATE TABLE {LEGACY_SCHEMA}.{name}("
+        if not ddl.startswith(prefix):
+            raise RuntimeError(f"cannot move {LEGACY_SCHEMA}.{name} to {SCHEMA}: unexpected definition {ddl!r}")
+        conn.execute(f"CREATE TABLE {SCHEMA}.{name}({ddl.removeprefix(prefix)}")
+        conn.execute(f"INSERT INTO {SCHEMA}.{quote(name)} SELECT * FROM {LEGACY_SCHEMA}.{quote(name)}")
+        conn.execute(f"DROP TABLE {LEGACY_SCHEMA}.{quote(name)}")
+    if not _tables_in(conn, LEGACY_SCHEMA):
+        conn.execute(f"DROP SCHEMA {LEGACY_SCHEMA}")
+
+
+def _backfill_history(conn: duckdb.DuckDBPyConnection, entity: Entity) -> None:
+    """A new history table starts with the version each row holds: seen at `_synced_at`, until `_deleted_at`."""
+    columns = ", ".join(quote(c.name) for c in table_columns(entity))
+    conn.execute(
+        f"""INSERT INTO {history_table(entity)} ({columns}, _valid_from, _valid_to)
+            SELECT {columns}, _synced_at, _deleted_at FROM {qualified(entity)}"""
+    )
+
+
+def _ensure_table(
+    conn: duckdb.DuckDBPyConnection, table: str, columns: Sequence[Column], primary_key: str | None = None
+) -> bool:
+    """Create the table or add the columns it lacks, and describe every column; True when created."""
+    schema, name = table.split(".")
     existing = {
-        name: (data_type, comment)
-        for name, data_type, comment in conn.execute(
-            "SELECT column_name, data_type, comment FROM duckdb_columns() WHERE schema_name = ? AND table_name = ?",
-            [SCHEMA, entity.table],
+        column_name: (data_type, comment)
+        for column_name, data_type, comment in conn.execute(
+            "SELECT column_name, data_type, comment FROM duckdb_columns()"
+            " WHERE database_name = current_database() AND schema_name = ? AND table_name = ?",
+            [schema, name],
         ).fetchall()
     }
+    created = not existing
+    if created:
+        key = f", PRIMARY KEY ({primary_key})" if primary_key else ""
+        conn.execute(f"CREATE TABLE {table} ({column_ddl(columns)}{key})")
     for column in columns:
         actual_type, comment = existing.get(column.name, (None, None))
-        if actual_type is None:
+        if actual_type is None and not created:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN {column_ddl([column])}")
-        elif actual_type != column.duckdb_type:
+        elif actual_type is not None and actual_type != column.duckdb_type:
             raise TypeError(
                 f"{table}.{column.name} is {actual_type} but the model now needs {column.duckdb_type};"
                 " only added columns are migrated automatically"
@@ -252,3 +337,4 @@ def _ensure_entity_table(conn: duckdb.DuckDBPyConnection, entity: Entity) -> Non
         if comment != column.description:
             text = column.description.replace("'", "''")
             conn.execute(f"COMMENT ON COLUMN {table}.{quote(column.name)} IS '{text}'")
+    return created

@@ -1,8 +1,8 @@
 """Writing one entity's sync: stage batches as pages arrive, then publish in one transaction.
 
-Only `publish` touches the live table, and it also advances the cursor and writes the sync
-log, so a run killed at any point leaves the previous state intact and the high-water mark
-never runs ahead of the rows it covers.
+Only `publish` touches the live table and its history, and it also advances the cursor and
+writes the sync log, so a run killed at any point leaves the previous state intact and the
+high-water mark never runs ahead of the rows it covers.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from nexudus_assets.warehouse.schema import (
     data_columns,
     ensure_schema,
     field_kinds,
+    history_table,
     qualified,
     quote,
     to_json,
@@ -110,6 +111,7 @@ class EntitySync:
         self.mode = mode
         self._now = _utc_naive(now) if now is not None else None
         self._table = qualified(entity)
+        self._history = history_table(entity)
         self._staging = f"{SCHEMA}._stage_{entity.table}"
         #: The staged rows classified against the live table; lives only inside `publish`.
         self._changes = f"{SCHEMA}._changes_{entity.table}"
@@ -189,7 +191,7 @@ class EntitySync:
         max_delete_fraction: float = 0.5,
         complete: bool = True,
     ) -> SyncResult:
-        """Apply staging to the live table, advance the cursor and log the sync, in one transaction.
+        """Apply staging to the live table and its history, advance the cursor and log the sync, in one transaction.
 
         Full mode soft-deletes live rows missing from staging; raises DeletionGuardError (and
         writes nothing) when that would hit more than `max_delete_fraction` of the live rows.
@@ -222,8 +224,15 @@ class EntitySync:
                     FROM {self._changes}""",
             )
             self._upsert_changes(conn, now)
+            self._add_versions(conn, now)
             conn.execute(f"DROP TABLE {self._changes}")
             if deleted:
+                # The history first: the live rows still say which records are missing.
+                conn.execute(
+                    f"""UPDATE {self._history} SET _valid_to = ?, _deleted_at = ?
+                        WHERE _valid_to IS NULL AND id IN ({self._missing_sql()})""",
+                    [now, now, *self._missing_params()],
+                )
                 conn.execute(
                     f"UPDATE {self._table} SET _deleted_at = ? WHERE id IN ({self._missing_sql()})",
                     [now, *self._missing_params()],
@@ -317,6 +326,21 @@ class EntitySync:
             f"""UPDATE {self._table} AS t SET {assignments}, _synced_at = $1, _deleted_at = NULL
                 FROM {self._changes} AS c
                 WHERE t.id = c.id AND c._change = 'updated'""",
+            [now],
+        )
+
+    def _add_versions(self, conn: duckdb.DuckDBPyConnection, now: dt.datetime) -> None:
+        """Close the current version of each changed record and add the new ones, as plain streaming writes."""
+        conn.execute(
+            f"""UPDATE {self._history} AS h SET _valid_to = $1
+                FROM {self._changes} AS c
+                WHERE h.id = c.id AND c._change = 'updated' AND h._valid_to IS NULL""",
+            [now],
+        )
+        conn.execute(
+            f"""INSERT INTO {self._history} ({self._column_list}, _synced_at, _deleted_at, _valid_from, _valid_to)
+                SELECT {self._column_list}, $1, NULL, $1, NULL FROM {self._changes}
+                WHERE _change IN ('inserted', 'updated')""",
             [now],
         )
 
