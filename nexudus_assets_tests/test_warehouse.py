@@ -606,14 +606,15 @@ def write_legacy_warehouse(path: Path) -> None:
         legacy.execute("INSERT INTO raw.commands VALUES ('AccessToken', 'ACCESSTOKEN_ADD_MINUTES')")
         legacy.execute("CREATE TABLE raw._stage_access_tokens AS SELECT * FROM raw.access_tokens")
         legacy.execute("CREATE SCHEMA nexudus")
-        for (name,) in legacy.execute("SELECT table_name FROM duckdb_tables() WHERE schema_name = 'raw'").fetchall():
+        earlier_tables = [e.table for e in ENTITIES] + ["_sync_state", "_sync_log", "_rejected_records", "commands"]
+        for name in [*earlier_tables, "_stage_access_tokens"]:
             ddl = legacy.execute(
                 "SELECT sql FROM duckdb_tables() WHERE schema_name = 'raw' AND table_name = ?", [name]
             ).fetchone()[0]
             legacy.execute(ddl.replace(f"CREATE TABLE raw.{name}(", f"CREATE TABLE nexudus.{name}(", 1))
             legacy.execute(f'INSERT INTO nexudus."{name}" SELECT * FROM raw."{name}"')
             legacy.execute(f'DROP TABLE raw."{name}"')
-        legacy.execute("DROP SCHEMA raw")
+        legacy.execute("DROP SCHEMA raw CASCADE")
         # The command ledger's old home: another module moves it, the upgrade leaves it be.
         legacy.execute("CREATE TABLE nexudus.command_runs (call_id VARCHAR, record_id BIGINT)")
         legacy.execute("INSERT INTO nexudus.command_runs VALUES ('call-1', 1)")
