@@ -23,7 +23,9 @@ from nexudus_assets.nexudus import (
     TransportError,
     UncertainOutcomeError,
     ValidationError,
+    Window,
 )
+from nexudus_assets.simulator.limits import Limits
 from nexudus_assets_tests.conftest import PASSWORD
 
 def api_requests(sim, suffix: str, method: str = "GET") -> list:
@@ -355,3 +357,19 @@ def test_secrets_never_reach_logs_errors_or_reprs(start_simulator, caplog):
     assert "Bearer " not in everything and "Basic " not in everything
     for token in running.sim.issued_tokens():
         assert token not in everything
+
+
+def test_pacing_is_never_early_at_the_server_whatever_the_network_delay(start_simulator):
+    """The server counts each request after a random delay; windows are crossed many times."""
+    running = start_simulator(
+        seed=8, tokens=400, contracts=5, passes=5, enforce_limits=True,
+        limits=Limits(all_methods=((0.1, 1), (3, 12)), writes=()),
+    )
+    running.sim.faults.jitter_ms = 150  # before the server's limiter counts the request
+    client = running.client(
+        limits=RateLimits(all_methods=(Window(1, 0.1), Window(12, 3)), writes=(), margin=0), page_size=10
+    )
+    with client:
+        records = [record for page in client.iter_pages(ACCESS_TOKENS) for record in page.records]
+    assert len(records) == 400 and client.stats.requests >= 40
+    assert running.sim.stats["by_status"].get(409, 0) == 0, running.sim.stats["by_status"]

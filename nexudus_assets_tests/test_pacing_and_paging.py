@@ -26,15 +26,15 @@ def test_the_limiter_spaces_requests_and_honours_every_window():
     )
     sent = []
     for _ in range(121):
-        limiter.acquire(write=False)
-        sent.append(clock.now)
+        with limiter.slot(write=False):
+            sent.append(clock.now)
     assert all(b - a >= 0.1 - 1e-9 for a, b in zip(sent, sent[1:], strict=False))
     assert sent[120] - sent[0] >= 60  # the 121st waits for the minute window
     clock.now += 120
     writes = []
     for _ in range(61):
-        limiter.acquire(write=True)
-        writes.append(clock.now)
+        with limiter.slot(write=True):
+            writes.append(clock.now)
     assert writes[60] - writes[0] >= 60
 
 
@@ -42,7 +42,22 @@ def test_a_retry_after_pause_holds_every_caller():
     clock = FakeClock()
     limiter = RateLimiter(RateLimits.unlimited(), clock=clock, sleep=clock.sleep)
     limiter.pause_until(5.0)
-    assert limiter.acquire(write=False) == pytest.approx(5.0)
+    with limiter.slot(write=False) as waited:
+        assert waited == pytest.approx(5.0)
+
+
+def test_the_next_request_is_spaced_from_the_previous_answer_not_from_its_sending():
+    clock = FakeClock()
+    limiter = RateLimiter(RateLimits(all_methods=(Window(1, 0.1), Window(3, 10)), writes=(), margin=0),
+                          clock=clock, sleep=clock.sleep)
+    sent = []
+    for _ in range(4):
+        with limiter.slot(write=False):
+            sent.append(clock.now)
+            clock.now += 0.25  # the answer takes a quarter of a second to come back
+    assert sent[1] - sent[0] == pytest.approx(0.35)  # 0.25 in flight, then the 100 ms interval
+    # The fourth waits ten seconds from the first answer, not from the first request.
+    assert sent[3] == pytest.approx(sent[0] + 0.25 + 10)
 
 
 def test_a_shrinking_total_steps_back_and_finds_the_shifted_record():

@@ -473,14 +473,16 @@ class NexudusClient:
         while True:
             if self._lease is not None:
                 self.stats.paced_seconds += self._lease.acquire()
-            self.stats.paced_seconds += self._limiter.acquire(write=write)
             request_headers = dict(headers or {})
             if auth_headers is not None:
+                # Before the slot: signing in is a request of its own, paced the same way.
                 request_headers.update(auth_headers())
             try:
-                response, content = self._receive(
-                    method, url, params=params, json=json, data=data, headers=request_headers
-                )
+                with self._limiter.slot(write=write) as waited:
+                    self.stats.paced_seconds += waited
+                    response, content = self._receive(
+                        method, url, params=params, json=json, data=data, headers=request_headers
+                    )
             except httpx.TransportError as exc:
                 never_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
                 problem = str(exc) if isinstance(exc, _DeadlinePassed) else type(exc).__name__

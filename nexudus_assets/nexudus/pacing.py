@@ -6,7 +6,8 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 
@@ -27,8 +28,7 @@ class RateLimits:
         Window(200_000, 86_400),
     )
     writes: tuple[Window, ...] = (Window(60, 60), Window(5_000, 86_400))
-    #: Added to every window: the server counts arrivals, we count departures, and the two
-    #: drift apart by the network's jitter.
+    #: Added to every window, for a server whose clock runs slightly faster than ours.
     margin: float = 0.01
 
     @classmethod
@@ -78,10 +78,12 @@ class _SlidingLog:
 
 
 class RateLimiter:
-    """Blocks each caller until its request fits every window, then books it.
+    """Holds requests to every window as the server counts them.
 
-    Thread-safe. The lock is held while waiting on purpose: callers queue in order and
-    nobody can book a slot another caller is already waiting for.
+    The server counts a request when it arrives, which is some time after we send it and
+    before its answer comes back. So a request is booked at the moment its answer arrived, and
+    the next one waits for that answer: measured from there, no window can be early at the
+    server, whatever delay the network adds on the way. Thread-safe: callers queue in order.
     """
 
     def __init__(
@@ -94,29 +96,39 @@ class RateLimiter:
         self.limits = limits
         self._clock = clock
         self._sleep = sleep
-        self._lock = threading.Lock()
+        #: Held from the wait until the answer is booked: one request of the budget at a time.
+        self._turn = threading.Lock()
         self._all = [_SlidingLog(w) for w in limits.all_methods]
         self._writes = [_SlidingLog(w) for w in limits.writes]
         self._paused_until = 0.0
 
-    def acquire(self, *, write: bool) -> float:
-        """Wait for a slot and take it; returns the seconds waited."""
+    @contextmanager
+    def slot(self, *, write: bool) -> Iterator[float]:
+        """Wait until a request fits every window and send it inside; yields the seconds waited.
+
+        The request is booked when the block ends, answered or not: a request that failed
+        on the way may still have reached the server.
+        """
         logs = self._all + self._writes if write else self._all
-        waited = 0.0
-        with self._lock:
+        with self._turn:
+            waited = 0.0
             while True:
                 now = self._clock()
                 delay = max([self._paused_until - now] + [log.wait(now, self.limits.margin) for log in logs])
                 if delay <= 0:
-                    for log in logs:
-                        log.sent.append(now)
-                    return waited
+                    break
                 self._sleep(delay)
                 waited += delay
+            try:
+                yield waited
+            finally:
+                answered = self._clock()
+                for log in logs:
+                    log.sent.append(answered)
 
     def pause_until(self, moment: float) -> None:
         """The server said `Retry-After`: nobody sharing this budget sends before `moment`."""
-        # Not under the lock: a waiter holds it, and a late pause only lengthens the next wait.
+        # Not under the lock: the caller holds its turn, and a late pause only lengthens the next wait.
         self._paused_until = max(self._paused_until, moment)
 
 
