@@ -12,7 +12,7 @@ from nexudus_assets.assets.raw import raw_assets
 from nexudus_assets.checks import asset_checks
 from nexudus_assets.jobs import build_command_job, nexudus_freshness, nexudus_full_refresh, nexudus_sync
 from nexudus_assets.nexudus import DEFAULT_BASE_URL
-from nexudus_assets.resources import AlertWebhookResource, NexudusResource, WarehouseResource
+from nexudus_assets.resources import AlertWebhookResource, CommandLedgerResource, NexudusResource, WarehouseResource
 from nexudus_assets.schedules import schedules
 from nexudus_assets.sensors import build_sensors
 from nexudus_assets.warehouse import DEFAULT_LOCK_TIMEOUT_SECONDS, DEFAULT_WAREHOUSE_PATH, LOCK_TIMEOUT_VARIABLE
@@ -45,12 +45,15 @@ def resources_from_env() -> dict[str, Any]:
                 dg.EnvVar.int(LOCK_TIMEOUT_VARIABLE) if LOCK_TIMEOUT_VARIABLE in os.environ else DEFAULT_LOCK_TIMEOUT_SECONDS
             ),
         ),
+        "ledger": CommandLedgerResource(path=_env("NEXUDUS_LEDGER_PATH", None)),
         "alerts": AlertWebhookResource(url=_env("NEXUDUS_ALERT_WEBHOOK_URL", None)),
     }
 
 
 def build_defs(resources: dict[str, Any], rules: Sequence[CommandRule]) -> dg.Definitions:
-    command_job = build_command_job(rules)
+    """`resources` without a `ledger` get the default one, beside the warehouse."""
+    resources = {"ledger": CommandLedgerResource(), **resources}
+    command_job = build_command_job(rules, live=resources["nexudus"].commands_live)
     jobs = [nexudus_sync, nexudus_full_refresh, nexudus_freshness, command_job]
     asset_keys = {key for asset in ASSETS for key in asset.keys}
     return dg.Definitions(

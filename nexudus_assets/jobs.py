@@ -3,13 +3,16 @@
 from collections.abc import Sequence
 
 import dagster as dg
+import duckdb
 from pydantic import Field
 
 from nexudus_assets.assets import insights, raw
 from nexudus_assets.checks import freshness_checks
 from nexudus_assets.nexudus import ENTITIES
-from nexudus_assets.resources import NexudusResource, WarehouseResource
+from nexudus_assets.resources import CommandLedgerResource, NexudusResource, WarehouseResource
+from nexudus_assets.warehouse import WarehouseError
 from nexudus_assets.writeback.execute import run_rule
+from nexudus_assets.writeback.ledger import LedgerError, open_ledger
 from nexudus_assets.writeback.rules import CommandRule, RuleError
 
 SYNC_SELECTION = dg.AssetSelection.groups(raw.GROUP, insights.GROUP)
@@ -44,6 +47,16 @@ nexudus_freshness = dg.define_asset_job(
 
 COMMAND_JOB = "nexudus_command"
 COMMAND_OP = "run_nexudus_command"
+#: On every run of the command job: "true" when it sends commands to Nexudus. A live run that
+#: started is the Dagster instance's evidence that a ledger existed, should it go missing.
+LIVE_TAG = "nexudus/live"
+_STARTED = [
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.SUCCESS,
+    dg.DagsterRunStatus.FAILURE,
+    dg.DagsterRunStatus.CANCELING,
+    dg.DagsterRunStatus.CANCELED,
+]
 
 
 class CommandRunConfig(dg.Config):
@@ -51,7 +64,16 @@ class CommandRunConfig(dg.Config):
     record_ids: list[int] = Field(description="The Nexudus record ids the rule's sensor singled out.")
 
 
-def build_command_job(rules: Sequence[CommandRule]) -> dg.JobDefinition:
+def _earlier_live_run(context: dg.OpExecutionContext) -> str | None:
+    records = context.instance.get_run_records(
+        dg.RunsFilter(job_name=COMMAND_JOB, tags={LIVE_TAG: "true"}, statuses=_STARTED), limit=2
+    )
+    earlier = [record.dagster_run.run_id for record in records if record.dagster_run.run_id != context.run_id]
+    return f"live command run {earlier[0]} of this Dagster instance" if earlier else None
+
+
+def build_command_job(rules: Sequence[CommandRule], *, live: bool) -> dg.JobDefinition:
+    """`live`: NEXUDUS_COMMANDS_LIVE as the code location loaded it; it tags every run of the job."""
     by_name = {rule.name: rule for rule in rules}
 
     @dg.op(
@@ -59,21 +81,47 @@ def build_command_job(rules: Sequence[CommandRule]) -> dg.JobDefinition:
         description="Runs a rule's Nexudus command on the given records: dry run unless NEXUDUS_COMMANDS_LIVE=true.",
     )
     def run_nexudus_command(
-        context: dg.OpExecutionContext, config: CommandRunConfig, nexudus: NexudusResource, warehouse: WarehouseResource
+        context: dg.OpExecutionContext,
+        config: CommandRunConfig,
+        nexudus: NexudusResource,
+        warehouse: WarehouseResource,
+        ledger: CommandLedgerResource,
     ) -> dg.Output[None]:
+        if nexudus.commands_live and context.run.tags.get(LIVE_TAG) != "true":
+            raise dg.Failure(
+                "Nothing was sent. Live commands are switched on for this run only; set NEXUDUS_COMMANDS_LIVE=true "
+                "for the code location, so that its runs are tagged as live."
+            )
+        ledger_path = ledger.location(warehouse.database)
+        try:
+            # First, before anything can fail: a run tagged live has always opened (or made) the ledger.
+            command_ledger = open_ledger(ledger_path, used_before_by=_earlier_live_run(context))
+        except LedgerError as exc:
+            raise dg.Failure(description=f"Nothing was sent. {exc}") from None
         rule = by_name.get(config.rule)
         if rule is None:
             raise dg.Failure(f"no command rule named {config.rule!r}; known: {', '.join(sorted(by_name)) or 'none'}")
         entity = insights.insight_by_name(rule.asset).entity
         assert entity is not None  # load_rules only admits insights of record ids
         try:
+            with warehouse.read_only_connection() as conn:
+                rows = conn.execute(f"SELECT id FROM {insights.INSIGHTS_SCHEMA}.{rule.asset}").fetchall()
+        except (duckdb.Error, WarehouseError) as exc:
+            raise dg.Failure(
+                description=f"Nothing was sent. {rule.asset} cannot be read to confirm the records: {exc}"
+            ) from None
+        try:
             with nexudus.get_client() as client:
                 report = run_rule(
-                    client, warehouse.get_connection, rule, entity, config.record_ids,
+                    client, command_ledger, rule, entity, config.record_ids, insight_ids={row[0] for row in rows},
                     live=nexudus.commands_live, run_id=context.run.run_id,
                 )
         except RuleError as exc:
             raise dg.Failure(description=f"Nothing was sent. {exc}") from None
+        except LedgerError as exc:
+            raise dg.Failure(
+                description=f"Stopped before the next call. {exc}. The calls made so far are in the ledger."
+            ) from None
         summary = {
             "rule": rule.name,
             "command": report.command_key,
@@ -84,19 +132,32 @@ def build_command_job(rules: Sequence[CommandRule]) -> dg.JobDefinition:
             "uncertain": len(report.uncertain),
             "left_alone_within_cooldown": len(report.blocked),
             "without_partner": len(report.left_over),
+            "refused_not_in_insight": len(report.refused),
+            "ledger": str(ledger_path),
         }
         context.log.info(f"{'DRY RUN: ' if report.dry_run else ''}{summary}")
+        if report.refused:
+            context.log.warning(
+                f"{rule.name}: {len(report.refused)} record(s) asked for are not in {rule.asset} now and were refused: "
+                f"{report.refused[:20]}"
+            )
         if report.failed or report.uncertain:
             raise dg.Failure(
                 description=(
                     f"{rule.name}: {len(report.failed)} record(s) failed and {len(report.uncertain)} may or may not "
-                    f"have been changed; all recorded in nexudus.command_runs. " + " | ".join(report.messages[:5])
+                    f"have been changed; all recorded in the command ledger {ledger_path}. "
+                    + " | ".join(report.messages[:5])
                 ),
                 metadata=summary,
             )
         return dg.Output(None, metadata=summary)
 
-    @dg.job(name=COMMAND_JOB, executor_def=dg.in_process_executor, description=run_nexudus_command.description)
+    @dg.job(
+        name=COMMAND_JOB,
+        executor_def=dg.in_process_executor,
+        description=run_nexudus_command.description,
+        tags={LIVE_TAG: "true" if live else "false"},
+    )
     def nexudus_command() -> None:
         run_nexudus_command()
 

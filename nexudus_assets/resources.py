@@ -1,4 +1,4 @@
-"""Dagster resources: the Nexudus account and the DuckDB warehouse, configured from the environment."""
+"""Dagster resources: the Nexudus account, the DuckDB warehouse and the command ledger, configured from the environment."""
 
 import logging
 from collections.abc import Iterator
@@ -17,6 +17,7 @@ from nexudus_assets.warehouse import (
     LOCK_TIMEOUT_VARIABLE,
     WarehouseFiles,
 )
+from nexudus_assets.writeback.ledger import default_ledger_path
 
 
 class NexudusResource(dg.ConfigurableResource):
@@ -43,6 +44,18 @@ class NexudusResource(dg.ConfigurableResource):
             page_size=self.page_size,
             limits=RateLimits.from_env(),
         )
+
+
+class CommandLedgerResource(dg.ConfigurableResource):
+    """Where the command ledger lives: a SQLite file of its own (see `nexudus_assets.writeback.ledger`)."""
+
+    path: str | None = Field(
+        default=None,
+        description="NEXUDUS_LEDGER_PATH; by default `<warehouse stem>.ledger.sqlite` beside the warehouse file.",
+    )
+
+    def location(self, warehouse_database: str) -> Path:
+        return Path(self.path) if self.path else default_ledger_path(warehouse_database)
 
 
 class AlertWebhookResource(dg.ConfigurableResource):

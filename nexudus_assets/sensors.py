@@ -9,10 +9,11 @@ import duckdb
 from nexudus_assets.assets.insights import INSIGHTS_SCHEMA, insight_by_name
 from nexudus_assets.jobs import COMMAND_OP
 from nexudus_assets.alerts import build_alert_sensor
-from nexudus_assets.resources import WarehouseResource
+from nexudus_assets.resources import CommandLedgerResource, WarehouseResource
 from nexudus_assets.warehouse import WarehouseError, WarehouseNotSyncedError
 from nexudus_assets.warehouse.catalogue import read_catalogue
-from nexudus_assets.warehouse.ledger import blocked_ids
+from nexudus_assets.writeback.execute import command_key
+from nexudus_assets.writeback.ledger import CommandLedger, LedgerError
 from nexudus_assets.writeback.plan import check_rule
 from nexudus_assets.writeback.rules import CommandRule, RuleError
 
@@ -27,10 +28,13 @@ def build_command_sensor(rule: CommandRule, job: dg.JobDefinition) -> dg.SensorD
         minimum_interval_seconds=60,
         description=(
             f"On each new materialization of `{rule.asset}`, asks `{job.name}` to run {rule.command} on its "
-            f"records, less those actioned in the last {rule.cooldown_hours:g} h or out of attempts."
+            f"records, less those the command ledger shows actioned with the same command and parameters in the "
+            f"last {rule.cooldown_hours:g} h, or out of attempts."
         ),
     )
-    def _rule_sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource) -> dg.SensorResult:
+    def _rule_sensor(
+        context: dg.SensorEvaluationContext, warehouse: WarehouseResource, ledger: CommandLedgerResource
+    ) -> dg.SensorResult:
         latest = context.instance.fetch_materializations(dg.AssetKey(rule.asset), limit=1).records
         if not latest:
             return dg.SensorResult(skip_reason=f"{rule.asset} has not been materialized yet")
@@ -41,16 +45,23 @@ def build_command_sensor(rule: CommandRule, job: dg.JobDefinition) -> dg.SensorD
         try:
             with warehouse.read_only_connection() as conn:
                 ids = [row[0] for row in conn.execute(f"SELECT id FROM {INSIGHTS_SCHEMA}.{rule.asset} ORDER BY id").fetchall()]
-                blocked = blocked_ids(
-                    conn, rule.name, cooldown=dt.timedelta(hours=rule.cooldown_hours),
-                    max_attempts=rule.max_attempts, now=now,
-                )
                 catalogue = read_catalogue(conn, entity)
         except WarehouseNotSyncedError:
             return dg.SensorResult(skip_reason="the warehouse is not synced yet; the next tick looks again")
         except (duckdb.Error, WarehouseError) as exc:
             # Held read-write by someone while a run writes: the cursor stays, the next tick retries.
             return dg.SensorResult(skip_reason=f"the warehouse cannot be read now ({exc}); next tick retries")
+        ledger_path = ledger.location(warehouse.database)
+        blocked: set[int] = set()
+        # No ledger yet: nothing is blocked. The command job decides whether one may be created.
+        if ledger_path.exists():
+            try:
+                blocked = CommandLedger(ledger_path).blocked_ids(
+                    command_key(rule, entity), cooldown=dt.timedelta(hours=rule.cooldown_hours),
+                    max_attempts=rule.max_attempts, now=now,
+                )
+            except LedgerError as exc:
+                return dg.SensorResult(skip_reason=f"Not running: {exc}; the next tick retries")
         cursor = str(storage_id)
         if catalogue is not None:
             try:

@@ -1,17 +1,23 @@
-"""Command rules, their sensors and the command job; the alert sensor. Simulator over HTTP, real DuckDB."""
+"""Command rules, their sensors and the command job; the alert sensor. Simulator over HTTP, real files."""
 
 import json
+import shutil
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from nexudus_assets.definitions import ACTIONABLE_ASSETS
 from nexudus_assets.nexudus import ACCESS_TOKENS, CommandDescription
-from nexudus_assets.resources import AlertWebhookResource
+from nexudus_assets.resources import AlertWebhookResource, CommandLedgerResource
+from nexudus_assets.writeback.ledger import CommandLedger, default_ledger_path
 from nexudus_assets.writeback.plan import check_rule, plan_calls
 from nexudus_assets.writeback.rules import CommandRule, RuleError, load_rules
+from nexudus_assets_tests.conftest import PASSWORD, USERNAME
 from nexudus_assets_tests.test_sync_assets import Project
 
 TOP_UP = CommandRule(
@@ -41,6 +47,25 @@ MERGE = CommandRule(name="merge", asset="low_minutes_access_tokens", command="AC
         ("rules:\n  - {name: a, asset: monthly_recurring_revenue_by_tariff, command: K}", "not an insight of record ids"),
         ("rules:\n  - {name: a, asset: low_minutes_access_tokens, command: K}\n"
          "  - {name: a, asset: expiring_time_passes, command: K}", "used twice"),
+        ("rule:\n  - {name: a, asset: low_minutes_access_tokens, command: K}", "unknown top-level key\\(s\\) 'rule'"),
+        ("rules: []\nrules:\n  - {name: a, asset: low_minutes_access_tokens, command: K}",
+         "rules.yaml: key 'rules' is given twice \\(lines 1 and 2\\)"),
+        ("rules:\n  - name: a\n    asset: low_minutes_access_tokens\n    command: K\n"
+         "  - name: b\n    asset: low_minutes_access_tokens\n    command: K\n    asset: expiring_time_passes",
+         "rule 'b' in .*key 'asset' is given twice \\(lines 6 and 8\\)"),
+        ("rules:\n  - name: a\n    asset: low_minutes_access_tokens\n    command: K\n"
+         "    parameters:\n      Minutes: 120\n      Minutes: 12000", "rule 'a' in .*key 'Minutes' is given twice"),
+        ("rules:\n  - {name: a, asset: low_minutes_access_tokens, command: K, cooldown_hours: .inf}",
+         "'a'.*cooldown_hours.*finite number of hours, at least 1/60"),
+        ("rules:\n  - {name: a, asset: low_minutes_access_tokens, command: K, cooldown_hours: .nan}", "cooldown_hours"),
+        ("rules:\n  - {name: a, asset: low_minutes_access_tokens, command: K, cooldown_hours: 0.01}",
+         "'a'.*at least 1/60 \\(one minute\\), not 0.01"),
+        ("rules:\n  - {name: a, asset: low_minutes_access_tokens, command: K, parameters: {Minutes: .nan}}",
+         "'a'.*'Minutes' is nan; a parameter must be a finite number"),
+        ("rules:\n  - {name: a, asset: low_minutes_access_tokens, command: K, parameters: {Minutes: -.inf}}",
+         "'Minutes' is -inf"),
+        ("rules:\n  - {name: a, asset: low_minutes_access_tokens, command: K, "
+         "parameters: {Minutes: 99999999999999999999999999999999}}", "'a'.*beyond what any .NET number can hold"),
     ],
 )
 def test_a_malformed_rules_file_fails_loudly_naming_the_rule(tmp_path, text, message):
@@ -68,6 +93,10 @@ CATALOGUE = [
         {"Key": "WHEN", "RequiresParameters": [{"Name": "At", "Type": "System.DateTime?"}]},
         {"Key": "ODD", "RequiresParameters": [{"Name": "X", "Type": "Nexudus.Enums.eSomething"}]},
         {"Key": "GLOBAL", "NeedsEntitiesToRun": False},
+        {"Key": "SMALL", "RequiresParameters": [{"Name": "Count", "Type": "System.Byte"}]},
+        {"Key": "BIG", "RequiresParameters": [{"Name": "Total", "Type": "Int64"}]},
+        {"Key": "PRICE", "RequiresParameters": [{"Name": "Amount", "Type": "Decimal"}]},
+        {"Key": "RATIO", "RequiresParameters": [{"Name": "Share", "Type": "Single"}]},
     )
 ]
 
@@ -81,16 +110,29 @@ def test_a_valid_rule_gives_the_parameters_payload():
     assert command.key == "NOTE"
     assert payload == [{"Name": "Note", "Type": "string", "Value": "hello"}, {"Name": "Urgent", "Type": "Boolean", "Value": True}]
     assert check_rule(rule("WHEN", At="2026-12-01T09:00:00"), CATALOGUE)[1][0]["Value"] == "2026-12-01T09:00:00"
+    # Each number within its declared type's range passes, edges included.
+    for command, name, value in [("ADD", "Minutes", -(2**31)), ("SMALL", "Count", 255), ("BIG", "Total", 2**40),
+                                 ("PRICE", "Amount", "12.50"), ("PRICE", "Amount", 2**96 - 1), ("RATIO", "Share", 0.5)]:
+        assert check_rule(rule(command, **{name: value}), CATALOGUE)[1][0]["Value"] == value
 
 
 @pytest.mark.parametrize(
     ("candidate", "message"),
     [
-        (rule("NOPE"), "'NOPE' is not in the catalogue \\(available: ADD, GLOBAL, NOTE, ODD, WHEN\\)"),
+        (rule("NOPE"), "'NOPE' is not in the catalogue \\(available: ADD, BIG, GLOBAL, NOTE, ODD, PRICE, RATIO, SMALL, WHEN\\)"),
         (rule("ADD"), "missing parameter\\(s\\) Minutes; ADD takes Minutes \\(Int32\\)"),
         (rule("ADD", Minutes=5, Hours=1), "unknown parameter\\(s\\) Hours"),
-        (rule("ADD", Minutes="lots"), "'Minutes' must be a Int32, not str 'lots'"),
-        (rule("ADD", Minutes=True), "must be a Int32, not bool"),
+        (rule("ADD", Minutes="lots"), "'Minutes' must be a Int32 \\(.*\\), not str 'lots'"),
+        (rule("ADD", Minutes=True), "must be a Int32 \\(.*\\), not bool"),
+        (rule("ADD", Minutes=-99999999999), "must be a Int32 \\(a whole number from -2147483648 to 2147483647\\)"),
+        (rule("ADD", Minutes=2**31), "must be a Int32"),
+        (rule("ADD", Minutes=1.5), "must be a Int32"),
+        (rule("SMALL", Count=256), "'Count' must be a System.Byte \\(a whole number from 0 to 255\\)"),
+        (rule("SMALL", Count=-1), "must be a System.Byte"),
+        (rule("BIG", Total=2**63), "must be a Int64"),
+        (rule("PRICE", Amount="NaN"), "'Amount' must be a Decimal \\(a finite number"),
+        (rule("PRICE", Amount="1e30"), "must be a Decimal"),
+        (rule("RATIO", Share=1e39), "must be a Single"),
         (rule("WHEN", At="next tuesday"), "'At' must be a System.DateTime\\?"),
         (rule("ODD", X=1), "cannot be checked; nothing is sent unchecked"),
         (rule("GLOBAL"), "runs without records"),
@@ -120,16 +162,28 @@ def test_calls_follow_the_command_metadata():
 
 @pytest.fixture
 def make_project(start_simulator, tmp_path, monkeypatch):
+    """Projects on one simulator, one warehouse file and one persistent Dagster instance (or the
+    `instance` given): a later call is the same deployment with other settings (rules renamed, live
+    switched)."""
     monkeypatch.setenv("NEXUDUS_PACING", "off")
     running = start_simulator(seed=21, tokens=400, contracts=10, passes=10)
-    return lambda **kwargs: Project(running, tmp_path / "nexudus.duckdb", **kwargs)
+    (tmp_path / "instance").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "instance")) as default_instance:
+
+        def make(instance=default_instance, **kwargs) -> Project:
+            project = Project(running, tmp_path / "nexudus.duckdb", **kwargs)
+            project.instance = instance
+            return project
+
+        yield make
 
 
 def tick(project, sensor_name: str, cursor=None, **resources):
     sensor = project.defs.resolve_sensor_def(sensor_name)
     context = dg.build_sensor_context(
         instance=project.instance, cursor=cursor,
-        resources={"warehouse": project.warehouse, "alerts": project.alerts, **resources},
+        resources={"warehouse": project.warehouse, "alerts": project.alerts, "ledger": CommandLedgerResource(),
+                   **resources},
     )
     return sensor.evaluate_tick(context)
 
@@ -148,8 +202,28 @@ def run_command(project, rule_name: str, ids, raise_on_error=True):
     )
 
 
+def ledger_path(project) -> Path:
+    return default_ledger_path(project.database)
+
+
 def ledger(project) -> list[tuple]:
-    return project.query("SELECT rule, record_id, outcome, dry_run, call_id FROM nexudus.command_runs ORDER BY record_id")
+    """(rule, record id, outcome, dry run, call id) of every ledger row, by record id."""
+    rows = CommandLedger(ledger_path(project)).rows()
+    return sorted((row.rule, row.record_id, row.outcome, row.dry_run, row.call_id) for row in rows)
+
+
+def sent_ids(project) -> list[int]:
+    return [record_id for call in project.sim.commands_run for record_id in call["ids"]]
+
+
+def failure(result) -> str:
+    return result.failure_data_for_node("run_nexudus_command").error.message
+
+
+def summary(result) -> dict:
+    """The command op's output metadata."""
+    [event] = [event for event in result.all_node_events if event.is_successful_output]
+    return {key: value.value for key, value in event.step_output_data.metadata.items()}
 
 
 def test_a_dry_run_sends_nothing_and_records_what_it_would_send(make_project):
@@ -160,7 +234,8 @@ def test_a_dry_run_sends_nothing_and_records_what_it_would_send(make_project):
     [request] = data.run_requests
     assert sorted(request.run_config["ops"]["run_nexudus_command"]["config"]["record_ids"]) == sorted(low)
     assert request.run_key.startswith("top_up:")
-    run_requested(project, data)
+    result = run_requested(project, data)
+    assert result.dagster_run.tags["nexudus/live"] == "false"
     assert project.sim.commands_run == []
     rows = ledger(project)
     assert {row[1] for row in rows} == low and {row[2] for row in rows} == {"dry_run"} and all(row[3] for row in rows)
@@ -176,10 +251,10 @@ def test_a_live_batch_command_goes_out_once_per_record_in_bounded_batches(make_p
     low = project.insight_ids("low_minutes_access_tokens")
     before = {i: project.sim.get(ACCESS_TOKENS, i)["MinutesLeft"] for i in low}
     data = tick(project, "nexudus_rule_top_up")
-    run_requested(project, data)
+    result = run_requested(project, data)
+    assert result.dagster_run.tags["nexudus/live"] == "true"
     calls = project.sim.commands_run
-    sent = [i for call in calls for i in call["ids"]]
-    assert sorted(sent) == sorted(low), "every record exactly once"
+    assert sorted(sent_ids(project)) == sorted(low), "every record exactly once"
     assert all(len(call["ids"]) <= 10 and call["was_successful"] for call in calls)
     assert len(calls) == -(-len(low) // 10)
     assert all(project.sim.get(ACCESS_TOKENS, i)["MinutesLeft"] == before[i] + 120 for i in low)
@@ -206,6 +281,124 @@ def test_a_second_tick_within_the_cooldown_sends_nothing(make_project):
     assert tick(project, "nexudus_rule_extend", cursor=second.cursor).run_requests == []
 
 
+def test_a_renamed_rule_sends_nothing_again(make_project):
+    project = make_project(rules=[EXTEND], live=True)
+    project.run()
+    run_requested(project, tick(project, "nexudus_rule_extend"))
+    sent = sorted(sent_ids(project))
+    assert sent
+
+    renamed = make_project(rules=[EXTEND.model_copy(update={"name": "extend_low_tokens"})], live=True)
+    renamed.run()
+    data = tick(renamed, "nexudus_rule_extend_low_tokens")
+    assert data.run_requests == [] and "actioned within the cooldown" in data.skip_message
+    result = run_command(renamed, "extend_low_tokens", sent)  # even when asked directly
+    assert summary(result)["left_alone_within_cooldown"] == len(sent)
+    assert sorted(sent_ids(project)) == sent
+    assert {row[0] for row in ledger(project)} == {"extend"}
+
+
+def test_two_rules_with_the_same_command_and_parameters_act_once(make_project):
+    twin = EXTEND.model_copy(update={"name": "extend_twin", "cooldown_hours": 1})
+    project = make_project(rules=[EXTEND, twin], live=True)
+    project.run()
+    low = sorted(project.insight_ids("low_minutes_access_tokens"))
+    first, second = tick(project, "nexudus_rule_extend"), tick(project, "nexudus_rule_extend_twin")
+    assert len(first.run_requests) == len(second.run_requests) == 1  # both see the records before either runs
+    run_requested(project, first)
+    run_requested(project, second)
+    assert sorted(sent_ids(project)) == low
+    # Other parameters are another action: the twin with 14 days acts on the same records.
+    longer = make_project(rules=[EXTEND.model_copy(update={"name": "extend_more", "parameters": {"Days": 14}})],
+                          live=True)
+    run_command(longer, "extend_more", low)
+    assert sorted(sent_ids(project)) == sorted(low + low)
+
+
+def test_a_lost_warehouse_does_not_reset_the_ledger(make_project):
+    project = make_project(rules=[EXTEND], live=True)
+    project.run()
+    first = tick(project, "nexudus_rule_extend")
+    run_requested(project, first)
+    sent = sorted(sent_ids(project))
+    warehouse = Path(project.database)
+    for path in warehouse.parent.iterdir():  # the warehouse and every file runs keep beside it, but the ledger
+        if warehouse.stem in path.name and path != ledger_path(project):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    assert not warehouse.exists() and ledger_path(project).exists()
+
+    project.run()  # a new warehouse from scratch
+    data = tick(project, "nexudus_rule_extend", cursor=first.cursor)
+    assert data.run_requests == [] and "actioned within the cooldown" in data.skip_message
+    run_command(project, "extend", sent)
+    assert sorted(sent_ids(project)) == sent
+
+
+def test_a_missing_ledger_after_a_live_run_stops_write_back_loudly(make_project, dagster_instance):
+    project = make_project(rules=[EXTEND], live=True, instance=dagster_instance)
+    project.run()
+    low = sorted(project.insight_ids("low_minutes_access_tokens"))
+    run_command(project, "extend", low[:2])
+    assert sorted(sent_ids(project)) == low[:2]
+    path = ledger_path(project)
+    path.unlink()
+
+    # Live, and a dry run too: either would make a new, empty ledger.
+    for attempt in (project, make_project(rules=[EXTEND], instance=dagster_instance)):
+        refused = run_command(attempt, "extend", low, raise_on_error=False)
+        assert not refused.success
+        message = failure(refused)
+        assert "Nothing was sent" in message and f"expected at {path}" in message
+        assert "NEXUDUS_LEDGER_PATH" in message and "python -m nexudus_assets.writeback.ledger init" in message
+        assert not path.exists(), "no new, empty ledger"
+    assert sorted(sent_ids(project)) == low[:2]
+
+    # Starting afresh is a deliberate act.
+    subprocess.run([sys.executable, "-m", "nexudus_assets.writeback.ledger", "init", str(path)], check=True,
+                   capture_output=True)
+    run_command(project, "extend", low[:3])
+    assert sorted(sent_ids(project)) == sorted(low[:2] + low[:3])
+
+
+def test_the_first_run_of_an_instance_makes_the_ledger(make_project):
+    project = make_project(rules=[EXTEND], live=True)
+    project.run()
+    assert not ledger_path(project).exists()
+    ids = sorted(project.insight_ids("low_minutes_access_tokens"))[:2]
+    run_command(project, "extend", ids)
+    assert sorted(sent_ids(project)) == ids and [row[1] for row in ledger(project)] == ids
+
+
+def test_ids_outside_the_insight_are_refused_and_recorded(make_project):
+    project = make_project(rules=[TOP_UP], live=True)
+    project.run()
+    low = sorted(project.insight_ids("low_minutes_access_tokens"))
+    outside = sorted(set(project.live_rows(ACCESS_TOKENS)) - set(low))[:2] + [999_999_999]
+    result = run_command(project, "top_up", low[:3] + outside)
+    assert sorted(sent_ids(project)) == low[:3]
+    assert summary(result)["refused_not_in_insight"] == 3
+    outcomes = {row[1]: row[2] for row in ledger(project)}
+    assert {i: outcomes[i] for i in outside} == dict.fromkeys(outside, "refused")
+    assert {outcomes[i] for i in low[:3]} == {"succeeded"}
+
+
+def test_live_commands_switched_on_for_one_run_only_are_refused(make_project):
+    project = make_project(rules=[EXTEND])  # the code location loaded as a dry run
+    project.run()
+    ids = sorted(project.insight_ids("low_minutes_access_tokens"))[:2]
+    config = {
+        "ops": {"run_nexudus_command": {"config": {"rule": "extend", "record_ids": ids}}},
+        "resources": {"nexudus": {"config": {
+            "base_url": project.nexudus.base_url, "username": USERNAME, "password": PASSWORD, "commands_live": True,
+        }}},
+    }
+    result = project.defs.resolve_job_def("nexudus_command").execute_in_process(
+        run_config=config, instance=project.instance, raise_on_error=False
+    )
+    assert not result.success and "NEXUDUS_COMMANDS_LIVE" in failure(result)
+    assert project.sim.commands_run == []
+
+
 def test_a_two_record_command_goes_out_in_pairs_and_the_odd_one_waits(make_project):
     project = make_project(rules=[MERGE], live=True)
     project.run()
@@ -224,7 +417,7 @@ def test_a_failed_command_is_recorded_and_retried_on_later_ticks_up_to_the_limit
     project.sim.faults.failing_command_ids = {ids[0]}
     first = run_command(project, "extend", ids, raise_on_error=False)
     assert not first.success
-    assert "1 record(s) failed" in first.failure_data_for_node("run_nexudus_command").error.message
+    assert "1 record(s) failed" in failure(first)
     outcomes = {(row[1], row[2]) for row in ledger(project)}
     assert outcomes == {(ids[0], "failed"), (ids[1], "succeeded"), (ids[2], "succeeded")}
 
@@ -242,6 +435,8 @@ def test_a_failed_command_is_recorded_and_retried_on_later_ticks_up_to_the_limit
         (CommandRule(name="broken", asset="low_minutes_access_tokens", command="ACCESSTOKEN_ADD_MINUTES"), "missing parameter"),
         (CommandRule(name="broken", asset="low_minutes_access_tokens", command="ACCESSTOKEN_ADD_MINUTES",
                      parameters={"Minutes": "lots"}), "must be a Int32"),
+        (CommandRule(name="broken", asset="low_minutes_access_tokens", command="ACCESSTOKEN_ADD_MINUTES",
+                     parameters={"Minutes": -99999999999}), "a whole number from -2147483648 to 2147483647"),
     ],
 )
 def test_an_invalid_rule_sends_nothing_and_explains(make_project, broken, message):
@@ -251,10 +446,10 @@ def test_an_invalid_rule_sends_nothing_and_explains(make_project, broken, messag
     assert data.run_requests == [] and message in data.skip_message
     failed = run_command(project, "broken", sorted(project.insight_ids("low_minutes_access_tokens")), raise_on_error=False)
     assert not failed.success
-    error = failed.failure_data_for_node("run_nexudus_command").error.message
+    error = failure(failed)
     assert "Nothing was sent" in error and message in error
     assert project.sim.commands_run == []
-    assert project.query("SELECT count(*) FROM nexudus.command_runs") == [(0,)]
+    assert ledger(project) == []
 
 
 # -- alerts ------------------------------------------------------------------------------------

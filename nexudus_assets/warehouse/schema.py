@@ -34,7 +34,6 @@ SYNC_STATE = f"{SCHEMA}._sync_state"
 #: One row per published sync, for freshness and row-count checks.
 SYNC_LOG = f"{SCHEMA}._sync_log"
 #: Records that failed validation, kept verbatim.
-COMMAND_RUNS = f"{SCHEMA}.command_runs"
 REJECTED_RECORDS = f"{SCHEMA}._rejected_records"
 
 
@@ -206,20 +205,6 @@ _BOOKKEEPING_DDL = (
         high_water_mark TIMESTAMP,
         requests BIGINT NOT NULL,
         throttled BIGINT NOT NULL
-    )""",
-    f"""CREATE TABLE IF NOT EXISTS {COMMAND_RUNS} (
-        call_id VARCHAR NOT NULL,
-        rule VARCHAR NOT NULL,
-        entity VARCHAR NOT NULL,
-        command_key VARCHAR NOT NULL,
-        record_id BIGINT NOT NULL,
-        parameters JSON,
-        dry_run BOOLEAN NOT NULL,
-        outcome VARCHAR NOT NULL,
-        message VARCHAR,
-        run_id VARCHAR,
-        created_at TIMESTAMP NOT NULL,
-        finished_at TIMESTAMP
     )""",
     f"""CREATE TABLE IF NOT EXISTS {REJECTED_RECORDS} (
         entity VARCHAR NOT NULL,

@@ -1,13 +1,14 @@
-"""Running one rule's command on a set of records: validated, recorded, never twice."""
+"""Running one rule's command on a set of records: validated, claimed in the ledger, never twice."""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 from nexudus_assets.nexudus import (
     AuthenticationError,
+    CommandDescription,
     Entity,
     NexudusClient,
     NexudusError,
@@ -17,9 +18,7 @@ from nexudus_assets.nexudus import (
     UncertainOutcomeError,
     ValidationError,
 )
-from nexudus_assets.warehouse import ensure_schema
-from nexudus_assets.warehouse.ledger import Outcome, blocked_ids, finish_call, record_calls
-from nexudus_assets.warehouse.load import Connect
+from nexudus_assets.writeback.ledger import CommandKey, CommandLedger, Outcome
 from nexudus_assets.writeback.plan import check_rule, plan_calls
 from nexudus_assets.writeback.rules import CommandRule
 
@@ -33,15 +32,22 @@ class CommandReport:
     rule: str
     command_key: str
     dry_run: bool
+    #: Asked for, but not in the rule's insight: never sent, recorded as `refused`.
+    refused: list[int] = field(default_factory=list)
     #: Asked for, but actioned within the cooldown or out of attempts: left alone.
     blocked: list[int] = field(default_factory=list)
-    #: No call could take them (the odd one out of a two-record command).
+    #: No call could take them (the odd one out of a two-record command), recorded as `skipped`.
     left_over: list[int] = field(default_factory=list)
     calls: int = 0
     succeeded: list[int] = field(default_factory=list)
     failed: list[int] = field(default_factory=list)
     uncertain: list[int] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
+
+
+def command_key(rule: CommandRule, entity: Entity) -> CommandKey:
+    """What the rule does, as the ledger's cooldown compares it."""
+    return CommandKey.of(entity.name, rule.command, rule.parameters)
 
 
 def _outcome_of(error: NexudusError) -> Outcome:
@@ -54,61 +60,77 @@ def _outcome_of(error: NexudusError) -> Outcome:
     return "uncertain"
 
 
+def _min_records(command: CommandDescription) -> int:
+    return 2 if command.applies_only_to_two_entities or command.applies_only_to_multiple_entities else 1
+
+
 def run_rule(
     client: NexudusClient,
-    connect: Connect,
+    ledger: CommandLedger,
     rule: CommandRule,
     entity: Entity,
     record_ids: Sequence[int],
     *,
+    insight_ids: Collection[int],
     live: bool,
     run_id: str,
     clock: Callable[[], dt.datetime] = _now,
 ) -> CommandReport:
     """Check the rule against the live catalogue, then send (or, dry, record) one call per batch.
 
-    Raises RuleError before anything is sent or recorded when the rule does not fit the catalogue.
+    `insight_ids`: the records the rule's insight lists now; any other id asked for is refused.
+    Each live call is claimed in the ledger first, so another run at the same time, or a record
+    actioned meanwhile, is never sent twice. Raises RuleError before anything is sent or
+    recorded when the rule does not fit the catalogue.
     """
     command, parameters = check_rule(rule, client.commands(entity))
-    with connect() as conn:
-        ensure_schema(conn)
-        blocked = blocked_ids(
-            conn, rule.name, cooldown=dt.timedelta(hours=rule.cooldown_hours), max_attempts=rule.max_attempts,
-            now=clock(),
-        )
+    key = command_key(rule, entity)
+    cooldown = dt.timedelta(hours=rule.cooldown_hours)
     report = CommandReport(rule=rule.name, command_key=command.key, dry_run=not live)
-    report.blocked = sorted(set(record_ids) & blocked)
-    calls = plan_calls(command, [i for i in record_ids if i not in blocked], rule.batch_size)
+    common = {"rule": rule.name, "run_id": run_id, "dry_run": not live}
+
+    requested = list(dict.fromkeys(record_ids))
+    report.refused = sorted(i for i in requested if i not in insight_ids)
+    if report.refused:
+        ledger.record(key, [report.refused], **common, outcome="refused",
+                      message=f"not in {rule.asset} at its latest materialization", now=clock())
+
+    # A snapshot to plan the calls with; the claim of each call decides.
+    blocked = ledger.blocked_ids(key, cooldown=cooldown, max_attempts=rule.max_attempts, now=clock())
+    wanted = [i for i in requested if i in insight_ids]
+    report.blocked = sorted(set(wanted) & blocked)
+    calls = plan_calls(command, [i for i in wanted if i not in blocked], rule.batch_size)
     report.left_over = calls.left_over
-    common = {
-        "rule": rule.name, "entity": entity.name, "command_key": command.key, "parameters": parameters,
-        "run_id": run_id,
-    }
-    with connect() as conn:
-        if calls.left_over:
-            record_calls(conn, **common, calls=[calls.left_over], dry_run=not live, outcome="skipped",
-                         message=f"{command.key} takes records in pairs; no partner left", now=clock())
-        if not live:
-            record_calls(conn, **common, calls=calls.batches, dry_run=True, outcome="dry_run",
-                         message=f"dry run: would send {command.key} with {parameters}", now=clock())
-            report.calls = len(calls.batches)
-            return report
+    if calls.left_over:
+        ledger.record(key, [calls.left_over], **common, outcome="skipped",
+                      message=f"{command.key} takes records in pairs; no partner left", now=clock())
+    if not live:
+        ledger.record(key, calls.batches, **common, outcome="dry_run",
+                      message=f"dry run: would send {command.key} with {parameters}", now=clock())
+        report.calls = len(calls.batches)
+        return report
 
     for batch in calls.batches:
-        with connect() as conn:
-            # Committed before sending: a run killed mid-call leaves `pending`, which blocks a resend.
-            [call_id] = record_calls(conn, **common, calls=[batch], dry_run=False, outcome="pending",
-                                     message="sending", now=clock())
+        claim = ledger.claim(
+            key, batch, rule=rule.name, run_id=run_id, cooldown=cooldown, max_attempts=rule.max_attempts,
+            min_records=_min_records(command), now=clock(),
+        )
+        report.blocked.extend(claim.blocked)
+        report.left_over.extend(claim.skipped)
+        if claim.call_id is None:
+            continue
         outcome: Outcome
         try:
-            result = client.run_command(entity, command.key, batch, parameters)
+            result = client.run_command(entity, command.key, claim.claimed, parameters)
             outcome, message = "succeeded", result.message or "done"
         except NexudusError as error:
             outcome, message = _outcome_of(error), str(error)
-        with connect() as conn:
-            finish_call(conn, call_id, outcome, message, clock())
+        ledger.finish(claim.call_id, outcome, message, clock())
         report.calls += 1
-        {"succeeded": report.succeeded, "failed": report.failed, "uncertain": report.uncertain}[outcome].extend(batch)
+        {"succeeded": report.succeeded, "failed": report.failed, "uncertain": report.uncertain}[outcome].extend(
+            claim.claimed
+        )
         if outcome != "succeeded":
-            report.messages.append(f"{batch}: {outcome}: {message}")
+            report.messages.append(f"{claim.claimed}: {outcome}: {message}")
+    report.blocked.sort()
     return report

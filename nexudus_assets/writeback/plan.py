@@ -3,30 +3,41 @@
 from __future__ import annotations
 
 import datetime as dt
+import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from nexudus_assets.nexudus import CommandDescription
-from nexudus_assets.writeback.rules import CommandRule, RuleError
+from nexudus_assets.writeback.rules import LARGEST_NUMBER, CommandRule, RuleError
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
-    if _is_int(value) or isinstance(value, float):
-        return True
-    if isinstance(value, str):
-        try:
-            Decimal(value)
-        except InvalidOperation:
-            return False
-        return True
-    return False
+def _as_decimal(value: Any) -> Decimal | None:
+    """A number given as int, float or numeric text, exactly; None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        return Decimal(value)
+    except InvalidOperation:
+        return None
+
+
+def _whole(low: int, high: int) -> Callable[[Any], bool]:
+    return lambda value: _is_int(value) and low <= value <= high
+
+
+def _real(largest: float | int) -> Callable[[Any], bool]:
+    def accepts(value: Any) -> bool:
+        number = _as_decimal(value)
+        return number is not None and number.is_finite() and number.copy_abs() <= largest
+
+    return accepts
 
 
 def _is_datetime(value: Any) -> bool:
@@ -47,14 +58,33 @@ def _is_guid(value: Any) -> bool:
     return isinstance(value, str)
 
 
-#: .NET type names the catalogue uses (lower-cased, without `System.` and `?`) -> a value test.
-_TYPES = {
-    **dict.fromkeys(("string", "str", "text"), lambda v: isinstance(v, str)),
-    **dict.fromkeys(("boolean", "bool"), lambda v: isinstance(v, bool)),
-    **dict.fromkeys(("int", "int16", "int32", "int64", "integer", "long", "short", "byte"), _is_int),
-    **dict.fromkeys(("decimal", "double", "float", "single", "number"), _is_number),
-    **dict.fromkeys(("datetime", "date", "datetimeoffset"), _is_datetime),
-    **dict.fromkeys(("guid", "uuid"), _is_guid),
+def _signed(bits: int) -> tuple[int, int]:
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+
+
+#: .NET numeric types: the values each holds, and how an error message describes them.
+_RANGES: dict[tuple[str, ...], tuple[Callable[[Any], bool], str]] = {
+    ("byte",): (_whole(0, 2**8 - 1), "a whole number from 0 to 255"),
+    ("sbyte",): (_whole(*_signed(8)), "a whole number from -128 to 127"),
+    ("int16", "short"): (_whole(*_signed(16)), "a whole number from -32768 to 32767"),
+    ("uint16", "ushort"): (_whole(0, 2**16 - 1), "a whole number from 0 to 65535"),
+    ("int32", "int", "integer"): (_whole(*_signed(32)), "a whole number from -2147483648 to 2147483647"),
+    ("uint32", "uint"): (_whole(0, 2**32 - 1), "a whole number from 0 to 4294967295"),
+    ("int64", "long"): (_whole(*_signed(64)), "a whole number from -2**63 to 2**63 - 1"),
+    ("uint64", "ulong"): (_whole(0, 2**64 - 1), "a whole number from 0 to 2**64 - 1"),
+    ("decimal",): (_real(LARGEST_NUMBER), "a finite number of magnitude at most 2**96 - 1"),
+    ("single", "float"): (_real(3.4028234663852886e38), "a finite number of magnitude at most 3.4e38"),
+    ("double", "number"): (_real(sys.float_info.max), "a finite number of magnitude at most 1.8e308"),
+}
+
+#: .NET type names the catalogue uses (lower-cased, without `System.` and `?`) -> a value test, and
+#: what it takes when that is more than the type's name says.
+_TYPES: dict[str, tuple[Callable[[Any], bool], str | None]] = {
+    **dict.fromkeys(("string", "str", "text"), (lambda v: isinstance(v, str), None)),
+    **dict.fromkeys(("boolean", "bool"), (lambda v: isinstance(v, bool), None)),
+    **{name: test for names, test in _RANGES.items() for name in names},
+    **dict.fromkeys(("datetime", "date", "datetimeoffset"), (_is_datetime, "an ISO 8601 date and time")),
+    **dict.fromkeys(("guid", "uuid"), (_is_guid, None)),
 }
 
 
@@ -83,15 +113,17 @@ def check_rule(rule: CommandRule, catalogue: Sequence[CommandDescription]) -> tu
     payload = []
     for name, parameter in required.items():
         value = rule.parameters[name]
-        accepts = _TYPES.get(_type_key(parameter.type))
-        if accepts is None:
+        known = _TYPES.get(_type_key(parameter.type))
+        if known is None:
             raise RuleError(
                 f"rule {rule.name!r}: parameter {name!r} has type {parameter.type!r}, which cannot be checked; "
                 "nothing is sent unchecked"
             )
+        accepts, takes = known
         if not accepts(value):
             raise RuleError(
-                f"rule {rule.name!r}: parameter {name!r} must be a {parameter.type}, not {type(value).__name__} {value!r}"
+                f"rule {rule.name!r}: parameter {name!r} must be a {parameter.type}"
+                f"{f' ({takes})' if takes else ''}, not {type(value).__name__} {value!r}"
             )
         payload.append({"Name": name, "Type": parameter.type, "Value": value})
     return command, payload
