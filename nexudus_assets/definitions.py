@@ -9,16 +9,17 @@ import dagster as dg
 from nexudus_assets.assets.commands import nexudus_commands
 from nexudus_assets.assets.insights import INSIGHTS, insight_assets
 from nexudus_assets.assets.raw import raw_assets
+from nexudus_assets.assets.trends import account_metrics_daily
 from nexudus_assets.checks import asset_checks
 from nexudus_assets.jobs import build_command_job, nexudus_freshness, nexudus_full_refresh, nexudus_sync
 from nexudus_assets.nexudus import DEFAULT_BASE_URL
 from nexudus_assets.resources import AlertWebhookResource, CommandLedgerResource, NexudusResource, WarehouseResource
-from nexudus_assets.schedules import schedules
+from nexudus_assets.schedules import nexudus_account_metrics, schedules
 from nexudus_assets.sensors import build_sensors
 from nexudus_assets.warehouse import DEFAULT_LOCK_TIMEOUT_SECONDS, DEFAULT_WAREHOUSE_PATH, LOCK_TIMEOUT_VARIABLE
 from nexudus_assets.writeback.rules import CommandRule, load_rules, rules_path
 
-ASSETS = [*raw_assets, nexudus_commands, *insight_assets]
+ASSETS = [*raw_assets, nexudus_commands, *insight_assets, account_metrics_daily]
 #: Insights whose `id` is a Nexudus record id: the ones a command rule can act on.
 ACTIONABLE_ASSETS = {insight.name for insight in INSIGHTS if insight.entity is not None}
 
@@ -54,7 +55,7 @@ def build_defs(resources: dict[str, Any], rules: Sequence[CommandRule]) -> dg.De
     """`resources` without a `ledger` get the default one, beside the warehouse."""
     resources = {"ledger": CommandLedgerResource(), **resources}
     command_job = build_command_job(rules, live=resources["nexudus"].commands_live)
-    jobs = [nexudus_sync, nexudus_full_refresh, nexudus_freshness, command_job]
+    jobs = [nexudus_sync, nexudus_full_refresh, nexudus_freshness, nexudus_account_metrics, command_job]
     asset_keys = {key for asset in ASSETS for key in asset.keys}
     return dg.Definitions(
         assets=ASSETS,

@@ -16,7 +16,9 @@ LINEAGE = {
     "monthly_recurring_revenue_by_tariff": {"coworker_contracts"},
     "expiring_time_passes": {"coworker_time_passes"},
     "time_pass_usage": {"coworker_time_passes"},
+    "access_tokens_running_out": {"access_tokens"},
 }
+TRENDS = {"account_metrics_daily": RAW}
 CHECKS = {
     "access_tokens": {
         "ids_unique_not_null", "required_fields_present", "synced_recently", "row_count_stable",
@@ -50,13 +52,17 @@ def test_the_cli_validates_the_code_location():
 def test_asset_graph_snapshot():
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert keys == RAW | {"nexudus_commands"} | set(LINEAGE)
+    assert keys == RAW | {"nexudus_commands"} | set(LINEAGE) | set(TRENDS)
     assert graph.get(dg.AssetKey("nexudus_commands")).group_name == "nexudus_raw"
     for name, parents in LINEAGE.items():
         node = graph.get(dg.AssetKey(name))
         assert {p.to_user_string() for p in node.parent_keys} == parents
         assert node.group_name == "nexudus_insights"
         assert node.description
+    for name, parents in TRENDS.items():
+        node = graph.get(dg.AssetKey(name))
+        assert {p.to_user_string() for p in node.parent_keys} == parents
+        assert node.group_name == "nexudus_trends" and node.partitions_def is not None
     for name in RAW:
         node = graph.get(dg.AssetKey(name))
         assert node.group_name == "nexudus_raw"
@@ -74,9 +80,13 @@ def test_jobs_and_schedules():
         "nexudus_sync",
         "nexudus_full_refresh",
         "nexudus_freshness",
+        "nexudus_account_metrics",
         "nexudus_command",
     }
-    for name in ("nexudus_sync_schedule", "nexudus_full_refresh_schedule", "nexudus_freshness_schedule"):
+    for name in (
+        "nexudus_sync_schedule", "nexudus_full_refresh_schedule", "nexudus_freshness_schedule",
+        "nexudus_account_metrics_schedule",
+    ):
         schedule = defs.resolve_schedule_def(name)
         assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     sensors = {sensor.name: sensor for sensor in defs.sensors}

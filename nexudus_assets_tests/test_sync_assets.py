@@ -14,7 +14,8 @@ from nexudus_assets.checks import asset_checks
 from nexudus_assets.definitions import build_defs
 from nexudus_assets.nexudus import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES, ENTITIES
 from nexudus_assets.resources import AlertWebhookResource, NexudusResource, WarehouseResource
-from nexudus_assets.warehouse import WarehouseFiles, qualified
+from nexudus_assets.assets.insights import INSIGHTS
+from nexudus_assets.warehouse import WarehouseFiles, history_table, qualified
 from nexudus_assets_tests.conftest import PASSWORD, USERNAME
 from nexudus_assets_tests.test_warehouse import held_open
 
@@ -406,3 +407,176 @@ def test_the_file_opened_directly_answers_every_table_by_schema_and_name(start_s
         assert direct.execute("SELECT count(*) FROM raw.access_tokens").fetchone() == (100,)
         assert direct.execute("SELECT count(*) FROM raw.access_tokens_history").fetchone() == (100,)
         assert direct.execute("SELECT count(*) FROM raw._sync_log").fetchone()[0] == len(ENTITIES)
+
+
+# ---------------------------------------------------------------- what analysts ask
+
+
+def set_token(sim, token_id: int, minutes_left: int, minutes_included: int = 1000) -> None:
+    """A token valid for a long while, with these minutes; bumps UpdatedOn so the next sync reads it."""
+    sim.update(ACCESS_TOKENS, [token_id], {
+        "MinutesLeft": minutes_left, "MinutesIncluded": minutes_included, "ValidFrom": None,
+        "ValidTo": (sim.now + dt.timedelta(days=365)).isoformat(),
+    })
+
+
+def test_tokens_running_out_are_forecast_from_their_history(start_simulator, tmp_path, monkeypatch):
+    monkeypatch.setenv("NEXUDUS_PACING", "off")
+    project = Project(start_simulator(seed=17, tokens=60, contracts=5, passes=5), tmp_path / "warehouse.duckdb")
+    running_out, unchanged, topped_up, more_included, slow = (r["Id"] for r in project.sim.records(ACCESS_TOKENS)[:5])
+    steps = {
+        running_out: [(500, 1000), (400, 1000), (300, 1000)],
+        unchanged: [(300, 1000)] * 3,
+        topped_up: [(500, 1000), (600, 1000), (300, 1000)],
+        more_included: [(500, 1000), (400, 2000), (300, 2000)],
+        slow: [(900, 1000), (880, 1000), (860, 1000)],  # 40 a day: 21 days left, past the 7-day horizon
+    }
+    for step in range(3):
+        for token_id, values in steps.items():
+            if step == 0 or values[step] != values[step - 1]:
+                set_token(project.sim, token_id, *values[step])
+        result = project.run()
+
+    forecast = {
+        row[0]: row[1:]
+        for row in project.query(
+            "SELECT id, minutes_left, minutes_used, minutes_per_day, days_until_exhaustion, predicted_exhaustion_at"
+            " FROM insights.access_tokens_running_out"
+        )
+    }
+    assert set(forecast) == {running_out}
+    as_of = dt.datetime.fromisoformat(metadata(result, "access_tokens_running_out")["as_of"])
+    # 200 minutes used over minutes of history: the span counts as one day, so 200 a day.
+    assert forecast[running_out] == (300, 200, Decimal("200.00"), Decimal("1.50"), as_of + dt.timedelta(days=1.5))
+
+    # Looked at three weeks on, with a two-week look-back, the versions that show the use are gone.
+    later = {"as_of": (as_of + dt.timedelta(days=21)).isoformat(), "lookback_days": 14, "horizon_days": 30}
+    project.run(run_config={"ops": {"access_tokens_running_out": {"config": later}}})
+    assert project.insight_ids("access_tokens_running_out") == set()
+    # A longer horizon lists the slow one too.
+    wider = {"horizon_days": 30}
+    project.run(run_config={"ops": {"access_tokens_running_out": {"config": wider}}})
+    assert project.insight_ids("access_tokens_running_out") == {running_out, slow}
+
+
+def shift_history(project, days: int) -> None:
+    """Move every version `days` into the past, as if the syncs had happened then."""
+    with project.warehouse.get_connection() as conn:
+        for entity in ENTITIES:
+            conn.execute(
+                f"UPDATE {history_table(entity)} SET _valid_from = _valid_from - to_days(?),"
+                " _valid_to = _valid_to - to_days(?)",
+                [days, days],
+            )
+
+
+def run_metrics(project, day: dt.date):
+    return project.defs.resolve_job_def("nexudus_account_metrics").execute_in_process(
+        instance=project.instance, partition_key=day.isoformat()
+    )
+
+
+def test_daily_account_metrics_come_from_the_history_as_of_the_end_of_each_day(small_project):
+    project, sim = small_project, small_project.sim
+    today = dt.datetime.now(dt.UTC).date()
+    day = today - dt.timedelta(days=1)
+
+    def at_hour(hour: int) -> str:
+        return dt.datetime.combine(day, dt.time(hour)).isoformat()
+
+    # Something for each count to find on the day.
+    sim.put_raw(COWORKER_CONTRACTS, {**sim.records(COWORKER_CONTRACTS)[0], "Id": 9_000_001, "Active": True,
+                                     "Cancelled": False, "StartDate": at_hour(9), "CancellationDate": at_hour(15)})
+    sim.put_raw(COWORKER_TIME_PASSES, {**sim.records(COWORKER_TIME_PASSES)[0], "Id": 9_000_002, "Used": True,
+                                       "UsedDate": at_hour(10)})
+    project.run()
+    tokens = sim.records(ACCESS_TOKENS)
+    drained = [t for t in tokens if (t["MinutesLeft"] or 0) >= 10][:4]
+    for record in drained:
+        sim.update(ACCESS_TOKENS, [record["Id"]], {"MinutesLeft": record["MinutesLeft"] - 7})
+    topped = next(t for t in tokens if t not in drained)
+    sim.update(ACCESS_TOKENS, [topped["Id"]], {"MinutesLeft": (topped["MinutesLeft"] or 0) + 100})
+    project.run()
+    shift_history(project, 1)
+
+    result = run_metrics(project, day)
+    run_metrics(project, day)  # again: the day's rows are replaced, not added to
+
+    start, end = dt.datetime.combine(day, dt.time()), dt.datetime.combine(today, dt.time())
+    contracts = [COWORKER_CONTRACTS.model.model_validate(r) for r in sim.records(COWORKER_CONTRACTS)]
+    passes = [COWORKER_TIME_PASSES.model.model_validate(r) for r in sim.records(COWORKER_TIME_PASSES)]
+
+    def on_the_day(moment):
+        return moment is not None and start <= moment < end
+
+    # The currency is a display field: list answers carry it, the simulator's stored records do not.
+    tariff_currency = dict(project.query(f"SELECT id, tariff_currency_code FROM {qualified(COWORKER_CONTRACTS)}"))
+    pass_currency = dict(project.query(f"SELECT id, time_pass_currency_code FROM {qualified(COWORKER_TIME_PASSES)}"))
+    expected: dict = defaultdict(lambda: [Decimal(0), 0, 0, 0, 0, 0])
+    for c in contracts:
+        figures = expected[tariff_currency[c.id]]
+        if c.active and not c.cancelled and (c.start_date is None or c.start_date < end):
+            figures[0] += c.price * c.quantity
+            figures[1] += 1
+        figures[2] += on_the_day(c.start_date)
+        figures[3] += on_the_day(c.cancellation_date)
+    for p in passes:
+        expected[pass_currency[p.id]][4] += on_the_day(p.used_date)
+    expected[None][5] = 7 * len(drained)  # the top-up is not subtracted
+    stored = {
+        row[1]: [row[2], *row[3:]]
+        for row in project.query("SELECT * FROM insights.account_metrics_daily WHERE day = ?", [day])
+    }
+    assert stored == {currency: figures for currency, figures in expected.items()}
+    assert expected[None][5] == 28
+    assert all(any(figures[index] for figures in expected.values()) for index in range(5)), "a figure found nothing"
+
+    shown = metadata(result, "account_metrics_daily")
+    assert shown["minutes_consumed"] == 28 and shown["active_contracts"] == sum(f[1] for f in expected.values())
+    [event] = result.asset_materializations_for_node("account_metrics_daily")
+    for currency, figures in expected.items():
+        if currency is not None:
+            value = event.metadata[f"monthly_recurring_revenue_{currency}"]
+            assert isinstance(value, dg.FloatMetadataValue) and value.value == float(figures[0])
+    assert isinstance(event.metadata["passes_used"], dg.IntMetadataValue)
+
+    # The day before the first sync: nothing known yet; only the row for token minutes, at zero.
+    run_metrics(project, day - dt.timedelta(days=1))
+    assert project.query(
+        "SELECT currency, monthly_recurring_revenue, active_contracts, minutes_consumed"
+        " FROM insights.account_metrics_daily WHERE day = ?", [day - dt.timedelta(days=1)]
+    ) == [(None, Decimal(0), 0, 0)]
+    assert project.query("SELECT count(DISTINCT day) FROM insights.account_metrics_daily") == [(2,)]
+
+
+def test_the_daily_metrics_are_not_in_the_hourly_sync_and_have_a_daily_schedule(small_project):
+    sync = {key.to_user_string() for key in small_project.defs.resolve_job_def("nexudus_sync").asset_layer.selected_asset_keys}
+    assert "account_metrics_daily" not in sync and "access_tokens_running_out" in sync
+    schedule = small_project.defs.get_schedule_def("nexudus_account_metrics_schedule")
+    assert (schedule.cron_schedule, schedule.job_name) == ("30 0 * * *", "nexudus_account_metrics")
+
+
+def test_every_insight_describes_each_of_its_columns_before_and_after_it_runs(small_project):
+    project = small_project
+    tables = [*(insight.name for insight in INSIGHTS), "account_metrics_daily"]
+    declared = {}
+    for name in tables:
+        spec = next(iter(project.defs.resolve_assets_def(name).specs))
+        schema = spec.metadata["dagster/column_schema"]
+        assert all(column.description for column in schema.columns), name
+        declared[name] = [(column.name, column.type, column.description) for column in schema.columns]
+    result = project.run()
+    run_metrics(project, dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1))
+    for name in tables:
+        found = project.query(
+            "SELECT column_name, data_type, comment FROM duckdb_columns()"
+            " WHERE schema_name = 'insights' AND table_name = ? ORDER BY column_index",
+            [name],
+        )
+        assert found == declared[name], name
+        assert project.query(
+            "SELECT comment FROM duckdb_tables() WHERE schema_name = 'insights' AND table_name = ?", [name]
+        ) == [(project.defs.resolve_assets_def(name).specs_by_key[dg.AssetKey(name)].description,)]
+        if name != "account_metrics_daily":
+            shown = metadata(result, name)["dagster/column_schema"]
+            assert [(c.name, c.type, c.description) for c in shown.columns] == declared[name], name

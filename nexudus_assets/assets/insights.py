@@ -1,21 +1,24 @@
-"""What an operator acts on, as SQL over the live rows of the raw tables, one asset per insight.
+"""What an operator acts on, as SQL over the raw tables and their history, one asset per insight.
 
-Each insight is data (name, SQL, run config); `build_insight_asset` turns it into an asset
-that rewrites `insights.<name>` in one transaction.
+Each insight is data (name, SQL, run config, a description per column); `build_insight_asset`
+turns it into an asset that rewrites `insights.<name>` in one transaction.
 """
 
 # No `from __future__ import annotations`: Dagster reads the config annotation at decoration.
 import datetime as dt
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import dagster as dg
+import duckdb
 from pydantic import Field
 
 from nexudus_assets.nexudus import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES, CancellationReason, Entity
 from nexudus_assets.assets.metadata import table_metadata
 from nexudus_assets.resources import WarehouseResource
-from nexudus_assets.warehouse import qualified, transaction
+from nexudus_assets.warehouse import ensure_schema, history_table, qualified, transaction
 
 INSIGHTS_SCHEMA = "insights"
 GROUP = "nexudus_insights"
@@ -47,6 +50,13 @@ class CancellationWindowConfig(InsightConfig):
     cancellation_window_days: int = Field(default=30, description="Cancellations within this many days are listed.")
 
 
+class RunningOutConfig(InsightConfig):
+    horizon_days: int = Field(default=7, description="Tokens whose minutes run out within this many days are listed.")
+    lookback_days: int = Field(
+        default=14, description="The consumption rate is measured over the versions synced in this many days."
+    )
+
+
 @dataclass(frozen=True)
 class Insight:
     name: str
@@ -58,6 +68,12 @@ class Insight:
     #: Whose Nexudus record ids the `id` column holds; None when `id` is a grouping key
     #: (such a table cannot drive a command rule).
     entity: Entity | None
+    #: What each column of the result means, in the order the SQL selects them.
+    columns: Mapping[str, str]
+
+    @property
+    def table(self) -> str:
+        return f"{INSIGHTS_SCHEMA}.{self.name}"
 
 
 def _cancellation_reason_name(column: str) -> str:
@@ -66,7 +82,45 @@ def _cancellation_reason_name(column: str) -> str:
 
 
 TOKENS, CONTRACTS, PASSES = (qualified(e) for e in (ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES))
+TOKEN_HISTORY = history_table(ACCESS_TOKENS)
 _VALID_TOKEN = "(valid_from IS NULL OR valid_from <= $as_of) AND (valid_to IS NULL OR valid_to > $as_of)"
+
+#: Descriptions of the columns several insights share.
+_ID = {
+    ACCESS_TOKENS: "Nexudus Id of the access token.",
+    COWORKER_CONTRACTS: "Nexudus Id of the coworker contract.",
+    COWORKER_TIME_PASSES: "Nexudus Id of the coworker time pass.",
+}
+_TOKEN = {
+    "access_code": "The code members type to get access (the WiFi code).",
+    "description": "The token's description in Nexudus.",
+    "business_id": "Id of the location (business) the token belongs to.",
+    "minutes_included": "Minutes the token came with.",
+    "minutes_left": "Minutes the token has left, as last synced.",
+    "valid_from": "When the token starts being valid; NULL: from the start.",
+    "valid_to": "When the token stops being valid; NULL: never.",
+    "last_access": "When the token was last used.",
+}
+_CONTRACT = {
+    "coworker_id": "Id of the coworker (member) holding the contract.",
+    "coworker_full_name": "The coworker's full name.",
+    "coworker_email": "The coworker's email address.",
+    "coworker_company_name": "The coworker's company.",
+    "tariff_id": "Id of the tariff (plan) the contract is on.",
+    "tariff_name": "Name of the tariff.",
+    "monthly_value": "price x quantity: what the contract brings in per month, in the tariff's currency.",
+}
+_PASS = {
+    "coworker_id": "Id of the coworker (member) holding the pass.",
+    "coworker_full_name": "The coworker's full name.",
+    "business_id": "Id of the location (business) the pass belongs to.",
+    "time_pass_id": "Id of the time pass product.",
+    "time_pass_name": "Name of the time pass product.",
+    "total_uses": "Uses the pass came with.",
+    "remaining_uses": "Uses left; NULL when the pass does not count uses.",
+    "price": "What the pass cost.",
+    "expire_date": "When the pass expires.",
+}
 
 INSIGHTS: tuple[Insight, ...] = (
     Insight(
@@ -81,6 +135,12 @@ INSIGHTS: tuple[Insight, ...] = (
             FROM {TOKENS}
             WHERE _deleted_at IS NULL AND {_VALID_TOKEN} AND minutes_left < $min_minutes_left
             ORDER BY minutes_left, id""",
+        columns={
+            "id": _ID[ACCESS_TOKENS],
+            **{name: _TOKEN[name] for name in ("access_code", "description", "business_id", "minutes_included")},
+            "minutes_left": "Minutes the token has left, as last synced: fewer than `min_minutes_left`.",
+            **{name: _TOKEN[name] for name in ("valid_from", "valid_to", "last_access")},
+        },
     ),
     Insight(
         name="expiring_access_tokens",
@@ -95,6 +155,12 @@ INSIGHTS: tuple[Insight, ...] = (
             WHERE _deleted_at IS NULL AND {_VALID_TOKEN}
               AND valid_to <= $as_of + to_days($expiry_window_days)
             ORDER BY valid_to, id""",
+        columns={
+            "id": _ID[ACCESS_TOKENS],
+            **{name: _TOKEN[name] for name in ("access_code", "description", "business_id", "minutes_left")},
+            "valid_to": "When the token stops being valid: within `expiry_window_days` of `as_of`.",
+            "days_until_expiry": "Whole days from `as_of` to `valid_to`.",
+        },
     ),
     Insight(
         name="upcoming_contract_renewals",
@@ -111,6 +177,18 @@ INSIGHTS: tuple[Insight, ...] = (
             WHERE _deleted_at IS NULL AND active AND NOT cancelled
               AND renewal_date > $as_of AND renewal_date <= $as_of + to_days($renewal_window_days)
             ORDER BY renewal_date, id""",
+        columns={
+            "id": _ID[COWORKER_CONTRACTS],
+            **{name: _CONTRACT[name] for name in (
+                "coworker_id", "coworker_full_name", "coworker_email", "coworker_company_name", "tariff_id",
+                "tariff_name")},
+            "currency": "Currency code of the tariff.",
+            "price": "Price per unit of the contract.",
+            "quantity": "Units (seats) on the contract.",
+            "monthly_value": _CONTRACT["monthly_value"],
+            "renewal_date": "When the contract renews: within `renewal_window_days` after `as_of`.",
+            "days_until_renewal": "Whole days from `as_of` to `renewal_date`.",
+        },
     ),
     Insight(
         name="contracts_cancelling_soon",
@@ -128,6 +206,16 @@ INSIGHTS: tuple[Insight, ...] = (
               AND cancellation_date > $as_of
               AND cancellation_date <= $as_of + to_days($cancellation_window_days)
             ORDER BY cancellation_date, id""",
+        columns={
+            "id": _ID[COWORKER_CONTRACTS],
+            **{name: _CONTRACT[name] for name in (
+                "coworker_id", "coworker_full_name", "coworker_email", "tariff_id", "tariff_name", "monthly_value")},
+            "cancellation_date": "When the cancellation takes effect: within `cancellation_window_days` after `as_of`.",
+            "cancellation_reason": "The cancellation reason as Nexudus numbers it.",
+            "cancellation_reason_name": "The cancellation reason by name; the number when Nexudus sent an unknown one.",
+            "cancellation_notes": "Notes recorded with the cancellation.",
+            "days_until_cancellation": "Whole days from `as_of` to `cancellation_date`.",
+        },
     ),
     Insight(
         name="monthly_recurring_revenue_by_tariff",
@@ -144,6 +232,14 @@ INSIGHTS: tuple[Insight, ...] = (
               AND (start_date IS NULL OR start_date <= $as_of)
             GROUP BY tariff_id
             ORDER BY monthly_recurring_revenue DESC NULLS LAST, id""",
+        columns={
+            "id": "Id of the tariff (plan); not a record a command can act on.",
+            "tariff_name": "Name of the tariff.",
+            "currency": "Currency code of the tariff.",
+            "contracts": "Active, uncancelled contracts on the tariff that have started by `as_of`.",
+            "seats": "Their total quantity.",
+            "monthly_recurring_revenue": "Their total price x quantity per month, in the tariff's currency.",
+        },
     ),
     Insight(
         name="expiring_time_passes",
@@ -159,6 +255,14 @@ INSIGHTS: tuple[Insight, ...] = (
             WHERE _deleted_at IS NULL AND used = false AND (remaining_uses IS NULL OR remaining_uses > 0)
               AND expire_date > $as_of AND expire_date <= $as_of + to_days($expiry_window_days)
             ORDER BY expire_date, id""",
+        columns={
+            "id": _ID[COWORKER_TIME_PASSES],
+            **{name: _PASS[name] for name in (
+                "coworker_id", "coworker_full_name", "business_id", "time_pass_id", "time_pass_name", "total_uses",
+                "remaining_uses", "price")},
+            "expire_date": "When the pass expires: within `expiry_window_days` after `as_of`.",
+            "days_until_expiry": "Whole days from `as_of` to `expire_date`.",
+        },
     ),
     Insight(
         name="time_pass_usage",
@@ -176,6 +280,75 @@ INSIGHTS: tuple[Insight, ...] = (
             WHERE _deleted_at IS NULL
             GROUP BY time_pass_id
             ORDER BY passes DESC, id""",
+        columns={
+            "id": "Id of the time pass product; not a record a command can act on.",
+            "time_pass_name": "Name of the time pass product.",
+            "passes": "Passes of the product sold (existing records).",
+            "used_passes": "Of those, the ones marked used.",
+            "expired_unused": "Of those, the ones not used that expired by `as_of`.",
+            "total_uses": "Uses all the passes came with.",
+            "remaining_uses": "Uses left on all the passes.",
+            "usage_rate": "1 - remaining_uses / total_uses: the share of uses consumed; NULL without uses.",
+        },
+    ),
+    Insight(
+        name="access_tokens_running_out",
+        description=(
+            "Access tokens valid now whose minutes, at the rate they were used over the last `lookback_days` of "
+            "their history, run out within `horizon_days`. The rate is the minutes used since the first version "
+            "seen in the look-back, per day of that span (at least one day, so versions minutes apart give a "
+            "cautious rate). Tokens with no use in the look-back, and tokens topped up in it (minutes_left or "
+            "minutes_included rose), are not listed; nor are tokens already out of minutes (see "
+            "low_minutes_access_tokens)."
+        ),
+        sources=(ACCESS_TOKENS,),
+        config=RunningOutConfig,
+        entity=ACCESS_TOKENS,
+        sql=f"""
+            WITH looked_back AS (
+                SELECT id, minutes_left, _valid_from,
+                       minutes_left > lag(minutes_left) OVER by_token
+                           OR minutes_included > lag(minutes_included) OVER by_token AS topped_up
+                FROM {TOKEN_HISTORY}
+                WHERE _valid_to IS NULL OR _valid_to > $as_of - to_days($lookback_days)
+                WINDOW by_token AS (PARTITION BY id ORDER BY _valid_from)
+            ),
+            usage AS (
+                SELECT id, arg_min(minutes_left, _valid_from) AS first_minutes_left,
+                       greatest(min(_valid_from), $as_of - to_days($lookback_days)) AS observed_since,
+                       coalesce(bool_or(topped_up), false) AS topped_up
+                FROM looked_back
+                GROUP BY id
+            ),
+            rates AS (
+                SELECT t.*, u.first_minutes_left - t.minutes_left AS minutes_used, u.observed_since,
+                       (u.first_minutes_left - t.minutes_left)
+                           / greatest(date_diff('second', u.observed_since, $as_of) / 86400.0, 1.0) AS minutes_per_day
+                FROM {TOKENS} AS t JOIN usage AS u USING (id)
+                WHERE t._deleted_at IS NULL AND {_VALID_TOKEN} AND t.minutes_left > 0 AND NOT u.topped_up
+                  AND u.first_minutes_left > t.minutes_left
+            )
+            SELECT id, access_code, description, business_id, minutes_included, minutes_left, minutes_used,
+                   observed_since, round(minutes_per_day, 2) AS minutes_per_day,
+                   round(minutes_left / minutes_per_day, 2) AS days_until_exhaustion,
+                   $as_of + to_microseconds(CAST(minutes_left / minutes_per_day * 86400e6 AS BIGINT))
+                       AS predicted_exhaustion_at,
+                   valid_to
+            FROM rates
+            WHERE minutes_left / minutes_per_day <= $horizon_days
+            ORDER BY predicted_exhaustion_at, id""",
+        columns={
+            "id": _ID[ACCESS_TOKENS],
+            **{name: _TOKEN[name] for name in ("access_code", "description", "business_id", "minutes_included")},
+            "minutes_left": "Minutes the token has left, as last synced.",
+            "minutes_used": "Minutes used since `observed_since`: the first version in the look-back minus now.",
+            "observed_since": "Start of the span the rate is measured over: the first version in the look-back, "
+            "or the look-back's start if that version is older.",
+            "minutes_per_day": "minutes_used per day since `observed_since` (the span counts as one day at least).",
+            "days_until_exhaustion": "minutes_left / minutes_per_day: days until the minutes run out at that rate.",
+            "predicted_exhaustion_at": "When the minutes run out at that rate (UTC): `as_of` + days_until_exhaustion.",
+            "valid_to": _TOKEN["valid_to"],
+        },
     ),
 )
 
@@ -197,7 +370,52 @@ def resolve_as_of(context: dg.AssetExecutionContext, config: InsightConfig) -> d
     return dt.datetime.fromtimestamp(started, dt.UTC).replace(tzinfo=None)
 
 
-def build_insight_asset(insight: Insight) -> dg.AssetsDefinition:
+def sql_parameters(insight: Insight, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The values the insight's SQL refers to (DuckDB refuses unused named parameters)."""
+    return {name: value for name, value in values.items() if f"${name}" in insight.sql}
+
+
+def column_schema(columns: Mapping[str, str], types: Mapping[str, str]) -> dg.TableSchema:
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(name=name, type=types[name], description=description) for name, description in columns.items()
+        ]
+    )
+
+
+def comment_columns(conn: duckdb.DuckDBPyConnection, table: str, description: str, columns: Mapping[str, str]) -> None:
+    """The descriptions in the database too, for whoever opens it without Dagster."""
+
+    def quoted(text: str) -> str:
+        return "'" + text.replace("'", "''") + "'"
+
+    conn.execute(f"COMMENT ON TABLE {table} IS {quoted(description)}")
+    for name, text in columns.items():
+        conn.execute(f'COMMENT ON COLUMN {table}."{name}" IS {quoted(text)}')
+
+
+def insight_schemas(insights: Sequence[Insight]) -> dict[str, dg.TableSchema]:
+    """Each insight's columns with their descriptions, and the types its SQL gives them over an empty warehouse.
+
+    Known before the first materialization, so the UI shows them from the start.
+    """
+    schemas = {}
+    with duckdb.connect() as empty:
+        ensure_schema(empty)
+        for insight in insights:
+            defaults = {name: field.default for name, field in insight.config.model_fields.items()}
+            parameters = sql_parameters(insight, {**defaults, "as_of": dt.datetime(2000, 1, 1)})
+            types = {name: kind for name, kind, *_ in empty.execute(f"DESCRIBE {insight.sql}", parameters).fetchall()}
+            if list(types) != list(insight.columns):
+                raise ValueError(
+                    f"insight {insight.name}: its SQL returns the columns {list(types)}"
+                    f" but describes {list(insight.columns)}"
+                )
+            schemas[insight.name] = column_schema(insight.columns, types)
+    return schemas
+
+
+def build_insight_asset(insight: Insight, schema: dg.TableSchema) -> dg.AssetsDefinition:
     config_type = insight.config
 
     @dg.asset(
@@ -207,18 +425,17 @@ def build_insight_asset(insight: Insight) -> dg.AssetsDefinition:
         deps=[dg.AssetKey(source.table) for source in insight.sources],
         kinds={"duckdb", "sql"},
         owners=["team:data"],
-        metadata={"dagster/table_name": f"{INSIGHTS_SCHEMA}.{insight.name}"},
+        metadata={"dagster/table_name": insight.table, "dagster/column_schema": schema},
     )
     def _insight(context: dg.AssetExecutionContext, config: config_type, warehouse: WarehouseResource) -> dg.MaterializeResult:  # type: ignore[valid-type]
         as_of = resolve_as_of(context, config)
-        parameters = {**config.model_dump(exclude={"as_of"}), "as_of": as_of}
-        used = {name: value for name, value in parameters.items() if f"${name}" in insight.sql}
-        table = f"{INSIGHTS_SCHEMA}.{insight.name}"
+        used = sql_parameters(insight, {**config.model_dump(exclude={"as_of"}), "as_of": as_of})
         with warehouse.get_connection() as conn:
             with transaction(conn):
                 conn.execute(f"CREATE SCHEMA IF NOT EXISTS {INSIGHTS_SCHEMA}")
-                conn.execute(f"CREATE OR REPLACE TABLE {table} AS {insight.sql}", used)
-            metadata = table_metadata(conn, table)
+                conn.execute(f"CREATE OR REPLACE TABLE {insight.table} AS {insight.sql}", used)
+                comment_columns(conn, insight.table, insight.description, insight.columns)
+            metadata = table_metadata(conn, insight.table, schema=schema)
         return dg.MaterializeResult(
             metadata={
                 **metadata,
@@ -230,4 +447,5 @@ def build_insight_asset(insight: Insight) -> dg.AssetsDefinition:
     return _insight
 
 
-insight_assets = [build_insight_asset(insight) for insight in INSIGHTS]
+_SCHEMAS = insight_schemas(INSIGHTS)
+insight_assets = [build_insight_asset(insight, _SCHEMAS[insight.name]) for insight in INSIGHTS]
