@@ -1,10 +1,16 @@
-"""Asset checks on the raw tables, as SQL. ERROR checks block: derived assets never see broken data."""
+"""Asset checks on the raw tables, as SQL. ERROR checks block: derived assets never see broken data.
+
+Row checks and the row-count check are evaluated by the raw asset itself, right after it wrote
+the table (check specs on the asset: no step of their own). `synced_recently` stands alone: it
+runs on its own schedule, to notice a sync that stopped running.
+"""
 
 import datetime as dt
 import os
 from dataclasses import dataclass
 
 import dagster as dg
+import duckdb
 
 from nexudus_assets.nexudus import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES, ENTITIES, Entity
 from nexudus_assets.resources import WarehouseResource
@@ -94,28 +100,16 @@ ROW_CHECKS: tuple[RowCheck, ...] = (
 )
 
 
-def _outcome(passed: bool, severity: dg.AssetCheckSeverity, offending: list, count: int) -> dg.AssetCheckResult:
+def _row_check_result(conn: duckdb.DuckDBPyConnection, check: RowCheck) -> dg.AssetCheckResult:
+    count = conn.execute(f"SELECT count(*) FROM ({check.offending_sql})").fetchone()[0]
+    sample = [row[0] for row in conn.execute(f"{check.offending_sql} ORDER BY 1 LIMIT {SAMPLE_IDS}").fetchall()]
     return dg.AssetCheckResult(
-        passed=passed,
-        severity=severity,
-        metadata={"offending_rows": count, "first_offending_ids": dg.MetadataValue.json(offending[:SAMPLE_IDS])},
+        asset_key=check.entity.table,
+        check_name=check.name,
+        passed=count == 0,
+        severity=check.severity,
+        metadata={"offending_rows": count, "first_offending_ids": dg.MetadataValue.json(sample)},
     )
-
-
-def build_row_check(check: RowCheck) -> dg.AssetChecksDefinition:
-    @dg.asset_check(
-        asset=check.entity.table,
-        name=check.name,
-        description=check.description,
-        blocking=check.severity == ERROR,
-    )
-    def _row_check(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        with warehouse.working_read_connection() as conn:
-            count = conn.execute(f"SELECT count(*) FROM ({check.offending_sql})").fetchone()[0]
-            sample = conn.execute(f"{check.offending_sql} ORDER BY 1 LIMIT {SAMPLE_IDS}").fetchall()
-        return _outcome(count == 0, check.severity, [row[0] for row in sample], count)
-
-    return _row_check
 
 
 def max_sync_age_hours() -> float:
@@ -146,43 +140,52 @@ def build_freshness_check(entity: Entity) -> dg.AssetChecksDefinition:
     return _freshness
 
 
-def build_row_count_check(entity: Entity) -> dg.AssetChecksDefinition:
-    @dg.asset_check(
-        asset=entity.table,
-        name="row_count_stable",
-        description="Live rows do not fall between two syncs by more than the deletions the later one recorded.",
-    )
-    def _row_count(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        with warehouse.working_read_connection() as conn:
-            history = conn.execute(
-                f"SELECT live_rows, deleted FROM {SCHEMA}._sync_log WHERE entity = ? "
-                "ORDER BY finished_at DESC LIMIT 2",
-                [entity.table],
-            ).fetchall()
-        if len(history) < 2:
-            return dg.AssetCheckResult(passed=True, severity=WARN, metadata={"syncs_compared": len(history)})
-        (now_rows, deleted), (before_rows, _) = history
-        unexplained = before_rows - now_rows - deleted
-        return dg.AssetCheckResult(
-            passed=unexplained <= 0,
-            severity=WARN,
-            metadata={
-                "rows_before": before_rows,
-                "rows_now": now_rows,
-                "deletions_recorded": deleted,
-                "unexplained_drop": max(unexplained, 0),
-            },
-        )
+ROW_COUNT_STABLE = "row_count_stable"
+ROW_COUNT_DESCRIPTION = "Live rows do not fall between two syncs by more than the deletions the later one recorded."
 
-    return _row_count
+
+def _row_count_result(conn: duckdb.DuckDBPyConnection, entity: Entity) -> dg.AssetCheckResult:
+    history = conn.execute(
+        f"SELECT live_rows, deleted FROM {SCHEMA}._sync_log WHERE entity = ? ORDER BY finished_at DESC LIMIT 2",
+        [entity.table],
+    ).fetchall()
+    outcome = {"asset_key": entity.table, "check_name": ROW_COUNT_STABLE, "severity": WARN}
+    if len(history) < 2:
+        return dg.AssetCheckResult(passed=True, metadata={"syncs_compared": len(history)}, **outcome)
+    (now_rows, deleted), (before_rows, _) = history
+    unexplained = before_rows - now_rows - deleted
+    return dg.AssetCheckResult(
+        passed=unexplained <= 0,
+        metadata={
+            "rows_before": before_rows,
+            "rows_now": now_rows,
+            "deletions_recorded": deleted,
+            "unexplained_drop": max(unexplained, 0),
+        },
+        **outcome,
+    )
+
+
+def raw_check_specs(entity: Entity) -> list[dg.AssetCheckSpec]:
+    """The checks the raw asset of `entity` evaluates itself; ERROR ones block what is downstream."""
+    return [
+        *(
+            dg.AssetCheckSpec(check.name, asset=entity.table, description=check.description, blocking=check.severity == ERROR)
+            for check in ROW_CHECKS
+            if check.entity == entity
+        ),
+        dg.AssetCheckSpec(ROW_COUNT_STABLE, asset=entity.table, description=ROW_COUNT_DESCRIPTION),
+    ]
+
+
+def evaluate_raw_checks(conn: duckdb.DuckDBPyConnection, entity: Entity) -> list[dg.AssetCheckResult]:
+    """One result per spec of `raw_check_specs(entity)`, in the same order."""
+    rows = [_row_check_result(conn, check) for check in ROW_CHECKS if check.entity == entity]
+    return [*rows, _row_count_result(conn, entity)]
 
 
 #: Also run on a schedule of their own: after a sync they always pass, and a sync that stopped
 #: running would otherwise never be checked again.
 freshness_checks = [build_freshness_check(entity) for entity in ENTITIES]
 
-asset_checks = [
-    *(build_row_check(check) for check in ROW_CHECKS),
-    *freshness_checks,
-    *(build_row_count_check(entity) for entity in ENTITIES),
-]
+asset_checks = freshness_checks

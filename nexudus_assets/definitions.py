@@ -62,7 +62,10 @@ def build_defs(resources: dict[str, Any], rules: Sequence[CommandRule]) -> dg.De
         asset_checks=asset_checks,
         jobs=jobs,
         schedules=schedules,
-        sensors=build_sensors(rules, command_job, asset_keys, {job.name for job in jobs} | {"__ASSET_JOB"}),
+        sensors=build_sensors(
+            rules, command_job, asset_keys, {job.name for job in jobs} | {"__ASSET_JOB"},
+            minimum_interval_seconds=int(os.environ.get("NEXUDUS_SENSOR_INTERVAL_SECONDS") or 0) or None,
+        ),
         resources=resources,
         executor=dg.in_process_executor,
     )

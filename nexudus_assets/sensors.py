@@ -17,7 +17,9 @@ from nexudus_assets.writeback.ledger import CommandLedger, LedgerError
 from nexudus_assets.writeback.plan import check_rule
 from nexudus_assets.writeback.rules import CommandRule, RuleError
 
-def build_command_sensor(rule: CommandRule, job: dg.JobDefinition) -> dg.SensorDefinition:
+def build_command_sensor(
+    rule: CommandRule, job: dg.JobDefinition, minimum_interval_seconds: int = 60
+) -> dg.SensorDefinition:
     entity = insight_by_name(rule.asset).entity
     assert entity is not None
 
@@ -25,7 +27,7 @@ def build_command_sensor(rule: CommandRule, job: dg.JobDefinition) -> dg.SensorD
         name=f"nexudus_rule_{rule.name}",
         job=job,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        minimum_interval_seconds=60,
+        minimum_interval_seconds=minimum_interval_seconds,
         description=(
             f"On each new materialization of `{rule.asset}`, asks `{job.name}` to run {rule.command} on its "
             f"records, less those the command ledger shows actioned with the same command and parameters in the "
@@ -91,6 +93,11 @@ def build_command_sensor(rule: CommandRule, job: dg.JobDefinition) -> dg.SensorD
 
 def build_sensors(
     rules: Sequence[CommandRule], command_job: dg.JobDefinition, asset_keys: Collection[dg.AssetKey],
-    job_names: Collection[str],
+    job_names: Collection[str], minimum_interval_seconds: int | None = None,
 ) -> list[dg.SensorDefinition]:
-    return [*(build_command_sensor(rule, command_job) for rule in rules), build_alert_sensor(asset_keys, job_names)]
+    """`minimum_interval_seconds` overrides every sensor's own interval (60 s for rules, 30 s for alerts)."""
+    interval = {"minimum_interval_seconds": minimum_interval_seconds} if minimum_interval_seconds else {}
+    return [
+        *(build_command_sensor(rule, command_job, **interval) for rule in rules),
+        build_alert_sensor(asset_keys, job_names, **interval),
+    ]

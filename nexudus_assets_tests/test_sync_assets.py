@@ -10,7 +10,7 @@ import dagster as dg
 import duckdb
 import pytest
 
-from nexudus_assets.checks import asset_checks
+from nexudus_assets.checks import evaluate_raw_checks, freshness_checks, raw_check_specs
 from nexudus_assets.definitions import build_defs
 from nexudus_assets.nexudus import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES, ENTITIES
 from nexudus_assets.resources import AlertWebhookResource, NexudusResource, WarehouseResource
@@ -200,7 +200,7 @@ def test_insights_equal_what_the_records_say(project):
 def test_every_check_passes_on_good_data(project):
     result = project.run()
     outcomes = check_outcomes(result)
-    assert len(outcomes) == len(asset_checks)
+    assert len(outcomes) == sum(len(raw_check_specs(entity)) for entity in ENTITIES)
     assert [key for key, e in outcomes.items() if not e.passed] == []
 
 
@@ -239,18 +239,24 @@ def test_each_row_check_fails_on_a_crafted_bad_record_and_errors_block_the_insig
     assert "expiring_time_passes" in materialized
 
 
-def invoke_check(project, asset: str, name: str) -> dg.AssetCheckResult:
-    [check] = [c for c in asset_checks if dg.AssetCheckKey(dg.AssetKey(asset), name) in c.check_keys]
+def invoke_check(project, entity, name: str) -> dg.AssetCheckResult:
+    with project.warehouse.working_read_connection() as conn:
+        [result] = [r for r in evaluate_raw_checks(conn, entity) if r.check_name == name]
+    return result
+
+
+def synced_recently(project, entity) -> dg.AssetCheckResult:
+    [check] = [c for c in freshness_checks if dg.AssetCheckKey(dg.AssetKey(entity.table), "synced_recently") in c.check_keys]
     return check(warehouse=project.warehouse)
 
 
 def test_ids_unique_not_null_fails_when_the_key_is_broken(project):
     project.run()
-    assert invoke_check(project, "access_tokens", "ids_unique_not_null").passed
+    assert invoke_check(project, ACCESS_TOKENS, "ids_unique_not_null").passed
     table = qualified(ACCESS_TOKENS)
     with project.warehouse.get_connection() as conn:  # a table that lost its primary key and holds a twin
         conn.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM {table} UNION ALL (SELECT * FROM {table} LIMIT 1)")
-    outcome = invoke_check(project, "access_tokens", "ids_unique_not_null")
+    outcome = invoke_check(project, ACCESS_TOKENS, "ids_unique_not_null")
     assert not outcome.passed and outcome.metadata["offending_rows"].value == 1
 
 
@@ -266,10 +272,10 @@ def machine_in_tokyo(monkeypatch):
 
 def test_freshness_and_row_count_checks_fail_when_their_history_says_so(project, machine_in_tokyo):
     project.run()
-    assert invoke_check(project, "coworker_contracts", "synced_recently").passed
+    assert synced_recently(project, COWORKER_CONTRACTS).passed
     with project.warehouse.get_connection() as conn:
         conn.execute("UPDATE raw._sync_log SET finished_at = finished_at - INTERVAL 30 HOUR")
-    assert not invoke_check(project, "coworker_contracts", "synced_recently").passed
+    assert not synced_recently(project, COWORKER_CONTRACTS).passed
     # The scheduled checks-only job sees it too, with no sync and no API call.
     project.sim.reset_stats()
     stale = project.run("nexudus_freshness")

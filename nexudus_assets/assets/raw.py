@@ -6,6 +6,7 @@ import dagster as dg
 from pydantic import Field
 
 from nexudus_assets.assets.metadata import table_metadata
+from nexudus_assets.checks import evaluate_raw_checks, raw_check_specs
 from nexudus_assets.nexudus import ENTITIES, Entity
 from nexudus_assets.resources import NexudusResource, WarehouseResource
 from nexudus_assets.warehouse import history_table, qualified, table_columns
@@ -51,6 +52,7 @@ def build_raw_asset(entity: Entity) -> dg.AssetsDefinition:
         kinds={"nexudus", "duckdb"},
         owners=["team:data"],
         metadata={"dagster/table_name": table, "dagster/column_schema": schema},
+        check_specs=raw_check_specs(entity),
     )
     def _raw(
         context: dg.AssetExecutionContext,
@@ -75,7 +77,9 @@ def build_raw_asset(entity: Entity) -> dg.AssetsDefinition:
         )
         with warehouse.working_read_connection() as conn:
             metadata = table_metadata(conn, table, where="_deleted_at IS NULL", schema=schema)
+            check_results = evaluate_raw_checks(conn, entity)
         return dg.MaterializeResult(
+            check_results=check_results,
             metadata={
                 **metadata,
                 "mode": report.mode,
