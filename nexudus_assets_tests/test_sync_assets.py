@@ -13,9 +13,10 @@ import pytest
 from nexudus_assets.checks import evaluate_raw_checks, freshness_checks, raw_check_specs
 from nexudus_assets.definitions import build_defs
 from nexudus_assets.nexudus import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES, ENTITIES
-from nexudus_assets.resources import AlertWebhookResource, NexudusResource, WarehouseResource
+from nexudus_assets.resources import AlertWebhookResource, CommandLedgerResource, NexudusResource, WarehouseResource
 from nexudus_assets.assets.insights import INSIGHTS
 from nexudus_assets.warehouse import WarehouseFiles, history_table, qualified
+from nexudus_assets.writeback.rules import CommandRule
 from nexudus_assets_tests.conftest import PASSWORD, USERNAME
 from nexudus_assets_tests.test_warehouse import held_open
 
@@ -586,3 +587,34 @@ def test_every_insight_describes_each_of_its_columns_before_and_after_it_runs(sm
         if name != "account_metrics_daily":
             shown = metadata(result, name)["dagster/column_schema"]
             assert [(c.name, c.type, c.description) for c in shown.columns] == declared[name], name
+
+
+def test_rule_sensors_read_while_an_analyst_holds_the_file_and_say_when_nothing_is_synced(start_simulator, tmp_path, monkeypatch):
+    monkeypatch.setenv("NEXUDUS_PACING", "off")
+    rule = CommandRule(name="top_up", asset="low_minutes_access_tokens", command="ACCESSTOKEN_ADD_MINUTES",
+                       parameters={"Minutes": 120})
+    project = Project(start_simulator(seed=18, tokens=80, contracts=5, passes=5), tmp_path / "warehouse.duckdb",
+                      rules=[rule])
+    project.run()
+    sensor = project.defs.resolve_sensor_def("nexudus_rule_top_up")
+
+    def tick():
+        context = dg.build_sensor_context(
+            instance=project.instance,
+            resources={"warehouse": project.warehouse, "ledger": CommandLedgerResource()},
+        )
+        return sensor.evaluate_tick(context)
+
+    low = project.insight_ids("low_minutes_access_tokens")
+    assert low, "no low-minute tokens: the sensor would have nothing to ask for"
+    with held_open(Path(project.database)):
+        [request] = tick().run_requests
+    assert set(request.run_config["ops"]["run_nexudus_command"]["config"]["record_ids"]) == low
+
+    # The Dagster instance remembers a materialization, but the warehouse is gone (a new machine, a
+    # different NEXUDUS_DUCKDB_PATH): the sensor says so instead of blaming a lock.
+    files = WarehouseFiles(Path(project.database))
+    files.published.unlink()
+    files.working.unlink()
+    skipped = tick()
+    assert not skipped.run_requests and "not synced yet" in skipped.skip_message
