@@ -137,16 +137,16 @@ class WarehouseFiles:
         holders = []
         for path in candidates:
             try:
-                return_value = self._open(path, read_only=True)
+                conn = self._open(path, read_only=True)
             except duckdb.Error as error:
                 if not _is_busy(error):
                     raise self._unreadable(path, error) from None
                 holders.append(f"{path} is held by {_holder_of(error)}")
                 continue
             try:
-                yield return_value
+                yield conn
             finally:
-                return_value.close()
+                conn.close()
             return
         raise WarehouseBusyError(
             f"The warehouse cannot be read now: {'; '.join(holders)}. A run publishes a fresh copy when it"
