@@ -66,6 +66,13 @@ def running(start_simulator: Callable[..., Running]) -> Running:
     return start_simulator(seed=3, tokens=30, contracts=20, passes=20)
 
 
+def persistent_instance(directory: Path | str) -> dg.DagsterInstance:
+    """What `dagster dev` and the daemon use by default: SQLite storages, one event database per run."""
+    home = Path(directory) / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    return dg.DagsterInstance.local_temp(str(home))
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """One PostgreSQL server per test process (per xdist worker); see `fresh_database()`."""

@@ -32,7 +32,7 @@ from nexudus_assets.simulator.faults import HOSTILE_IDS
 from nexudus_assets.warehouse import SCHEMA, qualified
 from nexudus_assets.warehouse.connection import connect
 from nexudus_assets.warehouse.load import load_entity
-from nexudus_assets_tests.conftest import USERNAME
+from nexudus_assets_tests.conftest import USERNAME, persistent_instance
 
 TOKENS_PATH = "/api/spaces/accesstokens"
 #: One attempt and one retry: enough to see what is retried and what is not.
@@ -225,7 +225,7 @@ def test_one_dagster_run_with_a_wrong_password_signs_in_once(running, tmp_path, 
     }
     job = build_defs(resources, ()).resolve_job_def("nexudus_sync")
 
-    result = job.execute_in_process(instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
+    result = job.execute_in_process(instance=persistent_instance(tmp_path), raise_on_error=False)
 
     assert not result.success
     failures = [event for event in result.all_events if event.event_type == dg.DagsterEventType.STEP_FAILURE]

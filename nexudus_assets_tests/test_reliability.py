@@ -41,7 +41,7 @@ from nexudus_assets.nexudus.errors import AuthenticationError
 from nexudus_assets.resources import AlertWebhookResource, NexudusResource, WarehouseResource
 from nexudus_assets.simulator import Simulator
 from nexudus_assets.warehouse import connect, qualified
-from nexudus_assets_tests.conftest import PASSWORD, USERNAME
+from nexudus_assets_tests.conftest import PASSWORD, USERNAME, persistent_instance
 
 REPO = Path(__file__).resolve().parents[1]
 #: Columns the warehouse adds to every record; the rest must equal what the API holds.
@@ -81,7 +81,7 @@ class Sync:
             },
             (),
         )
-        self.instance = dg.DagsterInstance.ephemeral()
+        self.instance = persistent_instance(database.parent)
 
     def run(self, job: str = "nexudus_sync", *, raise_on_error: bool = True, assets: Iterable[str] | None = None):
         selection = [dg.AssetKey(name) for name in assets] if assets is not None else None
@@ -864,7 +864,7 @@ def test_no_secret_reaches_logs_events_instance_storage_or_the_warehouse(
         "stdout": captured.out,
         "stderr": captured.err,
         **events,
-        **file_contents(home, *tmp_path.glob("w.duckdb*")),
+        **file_contents(tmp_path),  # the instance, both warehouse files, the ledger
         **warehouse_contents(database),
     }
     assert len(events) > 50 and any(str(home) in name for name in haystacks), "nothing to scan"
@@ -900,7 +900,7 @@ def test_a_refused_sign_in_fails_clearly_without_echoing_either_password(
         "stdout": captured.out,
         "stderr": captured.err,
         **events,
-        **file_contents(home, *tmp_path.glob("w.duckdb*")),
+        **file_contents(tmp_path),  # the instance, both warehouse files, the ledger
         **(warehouse_contents(database) if database.exists() else {}),
     }
     secrets = {**secret_forms(WRONG_PASSWORD), **{f"real {k}": v for k, v in secret_forms(SECRET_PASSWORD).items()}}

@@ -17,18 +17,18 @@ from nexudus_assets.resources import AlertWebhookResource, CommandLedgerResource
 from nexudus_assets.assets.insights import INSIGHTS
 from nexudus_assets.warehouse import WarehouseFiles, history_table, qualified
 from nexudus_assets.writeback.rules import CommandRule
-from nexudus_assets_tests.conftest import PASSWORD, USERNAME
+from nexudus_assets_tests.conftest import PASSWORD, USERNAME, persistent_instance
 from nexudus_assets_tests.test_warehouse import held_open
 
 BOOKKEEPING = {"_extra", "_synced_at", "_deleted_at"}
 
 
 class Project:
-    """The code location wired to one simulator and one DuckDB file."""
+    """The code location wired to one simulator and one DuckDB file, on a persistent instance."""
 
     def __init__(
         self, running, database, page_size: int = 1000, rules=(), live: bool = False, webhook=None, password=PASSWORD,
-        lock_timeout_seconds: int = 120,
+        lock_timeout_seconds: int = 120, instance: dg.DagsterInstance | None = None,
     ) -> None:
         self.running = running
         self.sim = running.sim
@@ -39,7 +39,7 @@ class Project:
             base_url=running.base_url, username=USERNAME, password=password, page_size=page_size, commands_live=live
         )
         self.defs = build_defs({"nexudus": self.nexudus, "warehouse": self.warehouse, "alerts": self.alerts}, rules)
-        self.instance = dg.DagsterInstance.ephemeral()
+        self.instance = instance or persistent_instance(Path(database).parent)
 
     def run(self, job: str = "nexudus_sync", run_config=None, raise_on_error: bool = True):
         return self.defs.resolve_job_def(job).execute_in_process(
