@@ -5,7 +5,7 @@ from typing import Any
 
 import dagster as dg
 
-from nexudus_assets.assets.trends import account_metrics_daily, daily_partitions
+from nexudus_assets.assets.trends import account_metrics_daily
 from nexudus_assets.jobs import nexudus_freshness, nexudus_full_refresh, nexudus_sync
 
 #: What `dg.define_asset_job` returns: Dagster does not export its class.
@@ -15,7 +15,6 @@ AssetJob = Any
 nexudus_account_metrics = dg.define_asset_job(
     name="nexudus_account_metrics",
     selection=[account_metrics_daily],
-    partitions_def=daily_partitions,
     description="The account's figures for one day (a partition), from the synced history. Calls no API.",
     executor_def=dg.in_process_executor,
 )

@@ -70,7 +70,7 @@ def persistent_instance(directory: Path | str) -> dg.DagsterInstance:
     """What `dagster dev` and the daemon use by default: SQLite storages, one event database per run."""
     home = Path(directory) / "dagster_home"
     home.mkdir(parents=True, exist_ok=True)
-    return dg.DagsterInstance.local_temp(str(home))
+    return dg.DagsterInstance.local_temp(str(home), overrides={"telemetry": {"enabled": False}})
 
 
 @pytest.fixture(scope="session")

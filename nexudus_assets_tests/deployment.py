@@ -49,6 +49,16 @@ class Deployment:
             command, env=dict(env), cwd=self.directory, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
 
+    def migrate(self) -> None:
+        """Create the instance's storage once, as a deployment does before it starts anything.
+
+        Processes started together on an empty SQLite home would each create its tables and race.
+        """
+        subprocess.run(
+            [str(BIN / "dagster"), "instance", "migrate"], env=self.env, cwd=self.directory, check=True,
+            capture_output=True, timeout=120,
+        )
+
     def start_code_server(self, **env: str) -> None:
         self.env.update(env)
         self._start(

@@ -34,7 +34,7 @@ def test_a_warehouse_mounted_elsewhere_in_one_service_is_found(compose):
     daemon["volumes"] = ["warehouse:/srv/other"]
 
     assert deploy_check.compose_problems(compose) == [
-        "services.daemon: NEXUDUS_DUCKDB_PATH /opt/dagster/data/nexudus.duckdb is on no named volume"
+        "services.daemon: NEXUDUS_DUCKDB_PATH /opt/dagster/data/warehouse.duckdb is on no named volume"
     ]
 
 

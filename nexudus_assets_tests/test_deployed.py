@@ -10,6 +10,7 @@ simulator's own record of the commands it applied.
 import os
 import shutil
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -20,24 +21,27 @@ from nexudus_assets_tests.deployment import Deployment
 from nexudus_assets_tests.postgres import PostgresServer
 from nexudus_assets_tests.webhook import Webhook
 
-DEPLOY_INSTANCE = Path(__file__).resolve().parent.parent / "deploy" / "dagster.yaml"
+REPOSITORY = Path(__file__).resolve().parent.parent
+#: What `make dev` uses (SQLite, one event database per run), and what production uses.
+INSTANCES = {"sqlite": REPOSITORY / "dagster.yaml", "postgres": REPOSITORY / "deploy" / "dagster.yaml"}
 CHECK = "access_tokens.minutes_left_within_included"
 NEVER = "0 0 1 1 *"
 #: The waits cover one cron minute, a run, and a sensor interval, on a loaded 2-core machine.
 CYCLE_SECONDS = 150
 
 
-@pytest.fixture
-def deployment(tmp_path, start_simulator):
+@pytest.fixture(params=sorted(INSTANCES))
+def deployment(request, tmp_path, start_simulator):
     running = start_simulator(seed=5, tokens=150, contracts=20, passes=20)
     webhook = Webhook()
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(DEPLOY_INSTANCE, home / "dagster.yaml")
-    with PostgresServer() as postgres:
+    shutil.copy(INSTANCES[request.param], home / "dagster.yaml")
+    with ExitStack() as stack:
+        storage = stack.enter_context(PostgresServer()).fresh_database() if request.param == "postgres" else {}
         env = {
             **os.environ,
-            **postgres.fresh_database(),
+            **storage,
             "DAGSTER_HOME": str(home),
             "NEXUDUS_BASE_URL": running.base_url,
             "NEXUDUS_USERNAME": USERNAME,
@@ -52,6 +56,7 @@ def deployment(tmp_path, start_simulator):
             "NEXUDUS_COMMANDS_LIVE": "false",
         }
         deployment = Deployment(tmp_path, env)
+        deployment.migrate()
         deployment.sim = running.sim
         deployment.webhook = webhook
         try:

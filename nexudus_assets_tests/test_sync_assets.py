@@ -10,6 +10,7 @@ import dagster as dg
 import duckdb
 import pytest
 
+from nexudus_assets.assets.insights import insight_run_config
 from nexudus_assets.checks import evaluate_raw_checks, freshness_checks, raw_check_specs
 from nexudus_assets.definitions import build_defs
 from nexudus_assets.nexudus import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES, ENTITIES
@@ -66,7 +67,7 @@ class Project:
 
 
 def metadata(result, asset: str) -> dict:
-    [event] = result.asset_materializations_for_node(asset)
+    [event] = [e.materialization for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey(asset)]
     return {key: getattr(value, "value", value) for key, value in event.metadata.items()}
 
 
@@ -161,10 +162,10 @@ def test_insights_equal_what_the_records_say(project):
     sim = project.sim
     as_of = sim.now
     config = {"as_of": as_of.isoformat()}
-    project.run(run_config={"ops": {name: {"config": config} for name in (
+    project.run(run_config=insight_run_config({name: config for name in (
         "low_minutes_access_tokens", "expiring_access_tokens", "upcoming_contract_renewals",
         "contracts_cancelling_soon", "monthly_recurring_revenue_by_tariff", "expiring_time_passes", "time_pass_usage",
-    )}})
+    )}))
     tokens = [ACCESS_TOKENS.model.model_validate(r) for r in sim.records(ACCESS_TOKENS)]
     contracts = [COWORKER_CONTRACTS.model.model_validate(r) for r in sim.records(COWORKER_CONTRACTS)]
     passes = [COWORKER_TIME_PASSES.model.model_validate(r) for r in sim.records(COWORKER_TIME_PASSES)]
@@ -310,8 +311,8 @@ def test_insight_windows_are_open_at_as_of_and_closed_at_the_far_end(project):
     for new_id, valid_to in ((9_000_021, as_of), (9_000_022, as_of + dt.timedelta(minutes=1))):
         twin(ACCESS_TOKENS, new_id, ValidFrom=None, ValidTo=valid_to.isoformat(), MinutesLeft=5, MinutesIncluded=60)
     config = {"as_of": as_of.isoformat()}
-    project.run(run_config={"ops": {name: {"config": config} for name in (
-        "low_minutes_access_tokens", "upcoming_contract_renewals", "expiring_time_passes")}})
+    project.run(run_config=insight_run_config({name: config for name in (
+        "low_minutes_access_tokens", "upcoming_contract_renewals", "expiring_time_passes")}))
     crafted = range(9_000_000, 9_000_100)
     assert set(crafted) & project.insight_ids("expiring_time_passes") == {9_000_002}
     assert set(crafted) & project.insight_ids("upcoming_contract_renewals") == {9_000_012}
@@ -458,11 +459,11 @@ def test_tokens_running_out_are_forecast_from_their_history(start_simulator, tmp
 
     # Looked at three weeks on, with a two-week look-back, the versions that show the use are gone.
     later = {"as_of": (as_of + dt.timedelta(days=21)).isoformat(), "lookback_days": 14, "horizon_days": 30}
-    project.run(run_config={"ops": {"access_tokens_running_out": {"config": later}}})
+    project.run(run_config=insight_run_config({"access_tokens_running_out": later}))
     assert project.insight_ids("access_tokens_running_out") == set()
     # A longer horizon lists the slow one too.
     wider = {"horizon_days": 30}
-    project.run(run_config={"ops": {"access_tokens_running_out": {"config": wider}}})
+    project.run(run_config=insight_run_config({"access_tokens_running_out": wider}))
     assert project.insight_ids("access_tokens_running_out") == {running_out, slow}
 
 
@@ -568,7 +569,7 @@ def test_every_insight_describes_each_of_its_columns_before_and_after_it_runs(sm
     tables = [*(insight.name for insight in INSIGHTS), "account_metrics_daily"]
     declared = {}
     for name in tables:
-        spec = next(iter(project.defs.resolve_assets_def(name).specs))
+        spec = project.defs.resolve_assets_def(name).specs_by_key[dg.AssetKey(name)]
         schema = spec.metadata["dagster/column_schema"]
         assert all(column.description for column in schema.columns), name
         declared[name] = [(column.name, column.type, column.description) for column in schema.columns]

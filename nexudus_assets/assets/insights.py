@@ -1,19 +1,20 @@
 """What an operator acts on, as SQL over the raw tables and their history, one asset per insight.
 
-Each insight is data (name, SQL, run config, a description per column); `build_insight_asset`
-turns it into an asset that rewrites `insights.<name>` in one transaction.
+Each insight is data (name, SQL, run config, a description per column); `build_insights_asset`
+turns the insights over the same raw tables into one step that rewrites each `insights.<name>`
+in a transaction of its own and reports each as an asset of its own.
 """
 
 # No `from __future__ import annotations`: Dagster reads the config annotation at decoration.
 import datetime as dt
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
 import duckdb
-from pydantic import Field
+from pydantic import Field, create_model
 
 from nexudus_assets.nexudus import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES, CancellationReason, Entity
 from nexudus_assets.assets.metadata import table_metadata
@@ -415,37 +416,87 @@ def insight_schemas(insights: Sequence[Insight]) -> dict[str, dg.TableSchema]:
     return schemas
 
 
-def build_insight_asset(insight: Insight, schema: dg.TableSchema) -> dg.AssetsDefinition:
-    config_type = insight.config
+def _group_name(sources: Sequence[Entity]) -> str:
+    return "_".join(source.table for source in sources) + "_insights"
 
-    @dg.asset(
-        name=insight.name,
-        group_name=GROUP,
-        description=insight.description,
-        deps=[dg.AssetKey(source.table) for source in insight.sources],
-        kinds={"duckdb", "sql"},
-        owners=["team:data"],
-        metadata={"dagster/table_name": insight.table, "dagster/column_schema": schema},
+
+def insight_run_config(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Run config setting the named insights' parameters: `{"low_minutes_access_tokens": {...}}`."""
+    ops: dict[str, dict[str, Any]] = {}
+    for name, values in configs.items():
+        ops.setdefault(_group_name(insight_by_name(name).sources), {"config": {}})["config"][name] = dict(values)
+    return {"ops": ops}
+
+
+def build_insights_asset(insights: Sequence[Insight], schemas: Mapping[str, dg.TableSchema]) -> dg.AssetsDefinition:
+    """The insights over one set of sources, computed in one step but kept separate assets.
+
+    One step per source: an ERROR check that fails on one raw table blocks its insights only.
+    The step is subsettable, so each insight can still be materialized on its own.
+    """
+    sources = insights[0].sources
+    name = _group_name(sources)
+    config_type = create_model(
+        f"{name.title().replace('_', '')}Config",
+        __base__=dg.Config,
+        **{
+            insight.name: (insight.config, Field(default_factory=insight.config, description=insight.description))
+            for insight in insights
+        },
     )
-    def _insight(context: dg.AssetExecutionContext, config: config_type, warehouse: WarehouseResource) -> dg.MaterializeResult:  # type: ignore[valid-type]
-        as_of = resolve_as_of(context, config)
-        used = sql_parameters(insight, {**config.model_dump(exclude={"as_of"}), "as_of": as_of})
-        with warehouse.get_connection() as conn:
-            with transaction(conn):
-                conn.execute(f"CREATE SCHEMA IF NOT EXISTS {INSIGHTS_SCHEMA}")
-                conn.execute(f"CREATE OR REPLACE TABLE {insight.table} AS {insight.sql}", used)
-                comment_columns(conn, insight.table, insight.description, insight.columns)
-            metadata = table_metadata(conn, insight.table, schema=schema)
-        return dg.MaterializeResult(
-            metadata={
-                **metadata,
-                "as_of": dg.MetadataValue.text(as_of.isoformat()),
-                "parameters": dg.MetadataValue.json({k: v for k, v in used.items() if k != "as_of"}),
-            }
-        )
 
-    return _insight
+    @dg.multi_asset(
+        name=name,
+        specs=[
+            dg.AssetSpec(
+                insight.name,
+                group_name=GROUP,
+                description=insight.description,
+                deps=[dg.AssetKey(source.table) for source in insight.sources],
+                kinds={"duckdb", "sql"},
+                owners=["team:data"],
+                metadata={"dagster/table_name": insight.table, "dagster/column_schema": schemas[insight.name]},
+                skippable=True,
+            )
+            for insight in insights
+        ],
+        can_subset=True,
+        description=f"The insights over {', '.join(source.table for source in sources)}, one transaction each.",
+    )
+    def _insights(
+        context: dg.AssetExecutionContext, config: config_type, warehouse: WarehouseResource  # type: ignore[valid-type]
+    ) -> Iterator[dg.MaterializeResult]:
+        selected = [insight for insight in insights if dg.AssetKey(insight.name) in context.selected_asset_keys]
+        results = []
+        with warehouse.get_connection() as conn:
+            for insight in selected:
+                values = getattr(config, insight.name)
+                as_of = resolve_as_of(context, values)
+                used = sql_parameters(insight, {**values.model_dump(exclude={"as_of"}), "as_of": as_of})
+                with transaction(conn):
+                    conn.execute(f"CREATE SCHEMA IF NOT EXISTS {INSIGHTS_SCHEMA}")
+                    conn.execute(f"CREATE OR REPLACE TABLE {insight.table} AS {insight.sql}", used)
+                    comment_columns(conn, insight.table, insight.description, insight.columns)
+                metadata = table_metadata(conn, insight.table, schema=schemas[insight.name])
+                results.append(
+                    dg.MaterializeResult(
+                        asset_key=insight.name,
+                        metadata={
+                            **metadata,
+                            "as_of": dg.MetadataValue.text(as_of.isoformat()),
+                            "parameters": dg.MetadataValue.json({k: v for k, v in used.items() if k != "as_of"}),
+                        },
+                    )
+                )
+        # Reported once the warehouse is published: a rule sensor that sees a materialization
+        # reads a snapshot that holds it.
+        yield from results
+
+    return _insights
 
 
 _SCHEMAS = insight_schemas(INSIGHTS)
-insight_assets = [build_insight_asset(insight, _SCHEMAS[insight.name]) for insight in INSIGHTS]
+insight_assets = [
+    build_insights_asset([insight for insight in INSIGHTS if insight.sources == sources], _SCHEMAS)
+    for sources in dict.fromkeys(insight.sources for insight in INSIGHTS)
+]

@@ -15,6 +15,8 @@ from typing import Annotated, Any, ClassVar
 from uuid import UUID
 
 from pydantic import (
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
     AfterValidator,
     AliasChoices,
     BaseModel,
@@ -26,12 +28,21 @@ from pydantic import (
 from pydantic.alias_generators import to_pascal
 
 
-def _to_naive_utc(value: dt.datetime | None) -> dt.datetime | None:
+def _to_naive_utc(value: Any, handler: ValidatorFunctionWrapHandler) -> dt.datetime | None:
     # CreatedOn/UpdatedOn come as UTC with `Z`; business dates come bare (the location's
     # local time). Offsets are converted to UTC; bare values are kept as they are.
-    if value is not None and value.tzinfo is not None:
-        return value.astimezone(dt.UTC).replace(tzinfo=None)
-    return value
+    if isinstance(value, str) and value.endswith("Z"):
+        # The common case, read in one step: every record carries several such stamps.
+        try:
+            moment = dt.datetime.fromisoformat(value[:-1])
+        except ValueError:
+            moment = None  # pydantic says what is wrong with it
+        if moment is not None and moment.tzinfo is None:
+            return moment
+    parsed = handler(value)
+    if parsed is not None and parsed.tzinfo is not None:
+        return parsed.astimezone(dt.UTC).replace(tzinfo=None)
+    return parsed
 
 
 #: The reference types Ids as `int`, which in the .NET the API is written in is a signed
@@ -58,7 +69,7 @@ def _relation_id(value: Any) -> Any:
     raise ValueError(f"a related record's Id must be a whole number from 1 to {MAX_ID}")
 
 
-DateTime = Annotated[dt.datetime | None, AfterValidator(_to_naive_utc)]
+DateTime = Annotated[dt.datetime | None, WrapValidator(_to_naive_utc)]
 #: Validated before pydantic's own (lax) int parsing, which would turn `true` into 1.
 RelationId = Annotated[int | None, BeforeValidator(_relation_id)]
 
