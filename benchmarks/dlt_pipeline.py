@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/dlt_pipeline.py DUCKDB_FILE PIPELINES_DIR
 (NEXUDUS_BASE_URL, NEXUDUS_USERNAME, NEXUDUS_PASSWORD from the environment). The tables land
-in schema `nexudus` of DUCKDB_FILE, named as ours are.
+in schema `raw` of DUCKDB_FILE, named as ours are.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def main(database: str, pipelines_dir: str) -> None:
     pipeline = dlt.pipeline(
         pipeline_name="nexudus_bench",
         destination=dlt.destinations.duckdb(database),
-        dataset_name="nexudus",
+        dataset_name="raw",
         pipelines_dir=pipelines_dir,
     )
     print(pipeline.run(source))

@@ -39,7 +39,7 @@ class Simulator:
 
     def __init__(
         self, *, tokens: int, contracts: int, passes: int, seed: int, enforce_limits: bool, log: Path,
-        start_timeout: float = 300.0,
+        start_timeout: float = 300.0, arguments: Sequence[str] = (),
     ) -> None:
         self.records = tokens + contracts + passes
         self._args = [
@@ -47,6 +47,7 @@ class Simulator:
             "--tokens", str(tokens), "--contracts", str(contracts), "--passes", str(passes),
             "--username", USERNAME, "--password", PASSWORD,
             *(["--enforce-limits"] if enforce_limits else []),
+            *arguments,
         ]
         self._log = log
         self._start_timeout = start_timeout
