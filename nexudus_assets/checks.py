@@ -6,7 +6,6 @@ runs on its own schedule, to notice a sync that stopped running.
 """
 
 import datetime as dt
-import os
 from dataclasses import dataclass
 
 import dagster as dg
@@ -112,16 +111,14 @@ def _row_check_result(conn: duckdb.DuckDBPyConnection, check: RowCheck) -> dg.As
     )
 
 
-def max_sync_age_hours() -> float:
-    return float(os.environ.get("NEXUDUS_MAX_SYNC_AGE_HOURS", "3"))
+FRESHNESS_CHECK = "synced_recently"
+FRESHNESS_CHECK_KEYS = [dg.AssetCheckKey(dg.AssetKey(entity.table), FRESHNESS_CHECK) for entity in ENTITIES]
 
 
-def build_freshness_check(entity: Entity) -> dg.AssetChecksDefinition:
-    hours = max_sync_age_hours()
-
+def build_freshness_check(entity: Entity, hours: float) -> dg.AssetChecksDefinition:
     @dg.asset_check(
         asset=entity.table,
-        name="synced_recently",
+        name=FRESHNESS_CHECK,
         description=f"The last successful sync finished less than {hours:g} hours ago (NEXUDUS_MAX_SYNC_AGE_HOURS).",
     )
     def _freshness(warehouse: WarehouseResource) -> dg.AssetCheckResult:
@@ -184,8 +181,7 @@ def evaluate_raw_checks(conn: duckdb.DuckDBPyConnection, entity: Entity) -> list
     return [*rows, _row_count_result(conn, entity)]
 
 
-#: Also run on a schedule of their own: after a sync they always pass, and a sync that stopped
-#: running would otherwise never be checked again.
-freshness_checks = [build_freshness_check(entity) for entity in ENTITIES]
-
-asset_checks = freshness_checks
+def build_freshness_checks(max_sync_age_hours: float) -> list[dg.AssetChecksDefinition]:
+    """Run on a schedule of their own: after a sync they always pass, and a sync that stopped
+    running would otherwise never be checked again."""
+    return [build_freshness_check(entity, max_sync_age_hours) for entity in ENTITIES]

@@ -6,8 +6,8 @@ import dagster as dg
 import duckdb
 from pydantic import Field
 
-from nexudus_assets.assets import insights, raw
-from nexudus_assets.checks import freshness_checks
+from nexudus_assets.assets import insights, raw, trends
+from nexudus_assets.checks import FRESHNESS_CHECK_KEYS
 from nexudus_assets.nexudus import ENTITIES
 from nexudus_assets.resources import CommandLedgerResource, NexudusResource, WarehouseResource
 from nexudus_assets.warehouse import WarehouseError
@@ -16,7 +16,7 @@ from nexudus_assets.writeback.ledger import LedgerError, open_ledger
 from nexudus_assets.writeback.rules import CommandRule, RuleError
 
 #: `synced_recently` always passes right after a sync: it runs on its own schedule instead.
-SYNC_SELECTION = dg.AssetSelection.groups(raw.GROUP, insights.GROUP) - dg.AssetSelection.checks(*freshness_checks)
+SYNC_SELECTION = dg.AssetSelection.groups(raw.GROUP, insights.GROUP) - dg.AssetSelection.checks(*FRESHNESS_CHECK_KEYS)
 #: A deployment with run retries on (deploy/dagster.yaml) retries these jobs once: they only read
 #: Nexudus and rewrite the warehouse. The command job has no such tag: its commands cannot be undone.
 RETRY_ONCE = {"dagster/max_retries": "1"}
@@ -41,8 +41,16 @@ nexudus_full_refresh = dg.define_asset_job(
 nexudus_freshness = dg.define_asset_job(
     name="nexudus_freshness",
     tags=RETRY_ONCE,
-    selection=dg.AssetSelection.checks(*freshness_checks),
+    selection=dg.AssetSelection.checks(*FRESHNESS_CHECK_KEYS),
     description="Only the `synced_recently` checks: notices a sync that stopped running. Calls no API.",
+    executor_def=dg.in_process_executor,
+)
+
+#: The daily figures on their own: one cheap query per day, no API call, so not in the hourly sync.
+nexudus_account_metrics = dg.define_asset_job(
+    name="nexudus_account_metrics",
+    selection=dg.AssetSelection.assets(trends.NAME),
+    description="The account's figures for one day (a partition), from the synced history. Calls no API.",
     executor_def=dg.in_process_executor,
 )
 

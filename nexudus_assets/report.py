@@ -1,12 +1,11 @@
 """A plain-text summary of a warehouse: `python -m nexudus_assets.report [path]`."""
 
-import os
 import sys
 from pathlib import Path
 
 from nexudus_assets.nexudus import ENTITIES
+from nexudus_assets.settings import Settings
 from nexudus_assets.warehouse import (
-    DEFAULT_WAREHOUSE_PATH,
     SCHEMA,
     WarehouseFiles,
     WarehouseNotSyncedError,
@@ -56,4 +55,4 @@ def print_report(database: Path) -> None:
 
 
 if __name__ == "__main__":
-    print_report(Path(sys.argv[1] if len(sys.argv) > 1 else os.environ.get("NEXUDUS_DUCKDB_PATH", DEFAULT_WAREHOUSE_PATH)))
+    print_report(Path(sys.argv[1] if len(sys.argv) > 1 else Settings.from_env().duckdb_path))

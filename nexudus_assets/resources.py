@@ -1,4 +1,7 @@
-"""Dagster resources: the Nexudus account, the DuckDB warehouse and the command ledger, configured from the environment."""
+"""Dagster resources: the Nexudus account, the DuckDB warehouse, the command ledger and the alert webhook.
+
+Their values come from `nexudus_assets.settings`, which reads the environment.
+"""
 
 import logging
 from collections.abc import Iterator
@@ -11,7 +14,10 @@ import httpx
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from nexudus_assets.nexudus import DEFAULT_BASE_URL, NexudusClient, RateLimits
+from nexudus_assets.nexudus import DEFAULT_BASE_URL, NexudusClient, RateLimits, Window
+from nexudus_assets.nexudus.auth import AuthScheme
+from nexudus_assets.nexudus.client import DEFAULT_MAX_BODY_BYTES, DEFAULT_REQUEST_DEADLINE, MAX_PAGE_SIZE
+from nexudus_assets.nexudus.paging import DEFAULT_MAX_PAGES
 from nexudus_assets.warehouse import (
     DEFAULT_LOCK_TIMEOUT_SECONDS,
     LOCK_TIMEOUT_VARIABLE,
@@ -20,29 +26,69 @@ from nexudus_assets.warehouse import (
 from nexudus_assets.writeback.ledger import default_ledger_path
 
 
+class Pacing(dg.Config):
+    """The published request limits the client holds itself to, per account."""
+
+    enabled: bool = Field(default=True, description="NEXUDUS_PACING: off only for servers without limits.")
+    min_interval_ms: float = Field(default=100, description="NEXUDUS_MIN_INTERVAL_MS: between any two requests.")
+    max_per_minute: int = Field(default=120, description="NEXUDUS_MAX_PER_MINUTE: requests of any method.")
+    max_per_hour: int = Field(default=5_000, description="NEXUDUS_MAX_PER_HOUR: requests of any method.")
+    max_per_day: int = Field(default=200_000, description="NEXUDUS_MAX_PER_DAY: requests of any method.")
+    max_writes_per_minute: int = Field(default=60, description="NEXUDUS_MAX_WRITES_PER_MINUTE: POST, PUT, DELETE.")
+    max_writes_per_day: int = Field(default=5_000, description="NEXUDUS_MAX_WRITES_PER_DAY: POST, PUT, DELETE.")
+    margin_ms: float = Field(
+        default=10, description="NEXUDUS_PACING_MARGIN_MS: added to every window, for a server clock running fast."
+    )
+
+    def rate_limits(self) -> RateLimits:
+        if not self.enabled:
+            return RateLimits.unlimited()
+        return RateLimits(
+            all_methods=(
+                Window(requests=1, seconds=self.min_interval_ms / 1000),
+                Window(requests=self.max_per_minute, seconds=60),
+                Window(requests=self.max_per_hour, seconds=3_600),
+                Window(requests=self.max_per_day, seconds=86_400),
+            ),
+            writes=(
+                Window(requests=self.max_writes_per_minute, seconds=60),
+                Window(requests=self.max_writes_per_day, seconds=86_400),
+            ),
+            margin=self.margin_ms / 1000,
+        )
+
+
 class NexudusResource(dg.ConfigurableResource):
     """One Nexudus account. Every client it hands out shares the account's request budget."""
 
     base_url: str = Field(default=DEFAULT_BASE_URL, description="API base, e.g. https://spaces.nexudus.com/api")
     username: str = Field(description="The Nexudus user (email) the API calls run as.")
     password: str = Field(description="That user's password. Set it with an EnvVar; it is never logged.")
-    auth: str = Field(default="basic", description="'basic', or 'bearer' for the token endpoint.")
+    auth: AuthScheme = Field(default="basic", description="'basic', or 'bearer' for the token endpoint.")
     totp: str | None = Field(default=None, description="TOTP secret (or a current code) for two-factor accounts.")
-    page_size: int = Field(default=1000, description="Records per list request (at most 1000).")
+    page_size: int = Field(default=MAX_PAGE_SIZE, description="Records per list request (at most 1000).")
+    request_deadline: float = Field(
+        default=DEFAULT_REQUEST_DEADLINE, description="Seconds one request may take, answer included."
+    )
+    max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, description="The largest answer accepted, in bytes.")
+    max_pages: int = Field(default=DEFAULT_MAX_PAGES, description="The most pages one walk through a list reads.")
+    pacing: Pacing = Field(default_factory=Pacing, description="The published limits every request is paced to.")
     commands_live: bool = Field(
         default=False, description="Send commands to Nexudus (NEXUDUS_COMMANDS_LIVE=true); otherwise dry runs."
     )
 
     def get_client(self) -> NexudusClient:
-        # Pacing numbers come from NEXUDUS_PACING / NEXUDUS_MAX_* (see README): one place for them.
         return NexudusClient(
             self.base_url,
             self.username,
             self.password,
-            auth=self.auth,  # type: ignore[arg-type]
+            auth=self.auth,
             totp=self.totp,
             page_size=self.page_size,
-            limits=RateLimits.from_env(),
+            request_deadline=self.request_deadline,
+            max_body_bytes=self.max_body_bytes,
+            max_pages=self.max_pages,
+            limits=self.pacing.rate_limits(),
         )
 
 

@@ -19,8 +19,7 @@ def webhook():
 
 
 @pytest.fixture
-def make_project(start_simulator, tmp_path, monkeypatch, dagster_instance):
-    monkeypatch.setenv("NEXUDUS_PACING", "off")
+def make_project(start_simulator, tmp_path, dagster_instance):
     running = start_simulator(seed=21, tokens=200, contracts=10, passes=10)
 
     def make(**kwargs) -> Project:

@@ -15,8 +15,7 @@ from nexudus_assets_tests.test_sync_assets import Project, metadata
 
 @pytest.fixture(params=[(name, shape) for name, shape in zip(sorted(DIALECTS), ("modern", "legacy", "modern"))],
                 ids=lambda param: f"{param[0]}-{param[1]}")
-def project(request, start_simulator, tmp_path, monkeypatch):
-    monkeypatch.setenv("NEXUDUS_PACING", "off")
+def project(request, start_simulator, tmp_path):
     name, shape = request.param
     running = start_simulator(seed=21, tokens=1100, contracts=120, passes=120, dialect=DIALECTS[name], list_shape=shape)
     return Project(running, tmp_path / "w.duckdb")

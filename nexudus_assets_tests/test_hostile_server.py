@@ -27,7 +27,7 @@ from nexudus_assets.nexudus import (
     UncertainOutcomeError,
 )
 from nexudus_assets.nexudus.auth import REFUSED_SIGN_INS
-from nexudus_assets.resources import AlertWebhookResource, NexudusResource, WarehouseResource
+from nexudus_assets.resources import AlertWebhookResource, NexudusResource, Pacing, WarehouseResource
 from nexudus_assets.simulator.faults import HOSTILE_IDS
 from nexudus_assets.warehouse import SCHEMA, qualified
 from nexudus_assets.warehouse.connection import connect
@@ -217,9 +217,10 @@ def test_a_refused_sign_in_is_attempted_once_per_process_however_many_clients_as
 
 
 def test_one_dagster_run_with_a_wrong_password_signs_in_once(running, tmp_path, monkeypatch):
-    monkeypatch.setenv("NEXUDUS_PACING", "off")
     resources = {
-        "nexudus": NexudusResource(base_url=running.base_url, username=USERNAME, password=f"wrong-{uuid.uuid4()}"),
+        "nexudus": NexudusResource(
+            base_url=running.base_url, username=USERNAME, password=f"wrong-{uuid.uuid4()}", pacing=Pacing(enabled=False)
+        ),
         "warehouse": WarehouseResource(database=str(tmp_path / "w.duckdb")),
         "alerts": AlertWebhookResource(url=None),
     }

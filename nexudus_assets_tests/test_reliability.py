@@ -38,7 +38,7 @@ from pydantic_core import to_jsonable_python
 from nexudus_assets.definitions import build_defs, resources_from_env
 from nexudus_assets.nexudus import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES, ENTITIES, Entity
 from nexudus_assets.nexudus.errors import AuthenticationError
-from nexudus_assets.resources import AlertWebhookResource, NexudusResource, WarehouseResource
+from nexudus_assets.resources import AlertWebhookResource, NexudusResource, Pacing, WarehouseResource
 from nexudus_assets.simulator import Simulator
 from nexudus_assets.warehouse import connect, qualified
 from nexudus_assets_tests.conftest import PASSWORD, USERNAME, persistent_instance
@@ -57,12 +57,6 @@ FAULTS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def no_client_pacing(monkeypatch):
-    # The simulators here do not enforce the published limits; pacing to them would only add minutes.
-    monkeypatch.setenv("NEXUDUS_PACING", "off")
-
-
 # -- the code location, run in this process ------------------------------------------------------
 
 
@@ -73,8 +67,10 @@ class Sync:
         self.database = database
         self.defs = build_defs(
             {
+                # The simulators here do not enforce the published limits; pacing to them would only add minutes.
                 "nexudus": NexudusResource(
-                    base_url=base_url, username=USERNAME, password=PASSWORD, page_size=page_size
+                    base_url=base_url, username=USERNAME, password=PASSWORD, page_size=page_size,
+                    pacing=Pacing(enabled=False),
                 ),
                 "warehouse": WarehouseResource(database=str(database)),
                 "alerts": AlertWebhookResource(),
@@ -445,8 +441,7 @@ def bad_input(tmp_path_factory) -> Iterable[BadInput]:
     ids["string_contract"] = sim.put_raw(COWORKER_CONTRACTS, string_contract)
     records["string_contract"] = string_contract
     database = tmp_path_factory.mktemp("bad_input") / "w.duckdb"
-    with pytest.MonkeyPatch.context() as monkeypatch, sim.serve() as server:
-        monkeypatch.setenv("NEXUDUS_PACING", "off")
+    with sim.serve() as server:
         result = Sync(server.base_url, database, page_size=25).run(raise_on_error=False)
     yield BadInput(sim, database, result, ids, records)
 
@@ -805,6 +800,7 @@ def run_with_env_resources(monkeypatch, base_url: str, database: Path, instance,
         "NEXUDUS_PASSWORD": password,
         "NEXUDUS_AUTH": auth,
         "NEXUDUS_PAGE_SIZE": "25",
+        "NEXUDUS_PACING": "off",
         "NEXUDUS_DUCKDB_PATH": str(database),
     }.items():
         monkeypatch.setenv(name, value)

@@ -11,10 +11,16 @@ import duckdb
 import pytest
 
 from nexudus_assets.assets.insights import insight_run_config
-from nexudus_assets.checks import evaluate_raw_checks, freshness_checks, raw_check_specs
+from nexudus_assets.checks import build_freshness_check, evaluate_raw_checks, raw_check_specs
 from nexudus_assets.definitions import build_defs
 from nexudus_assets.nexudus import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES, ENTITIES
-from nexudus_assets.resources import AlertWebhookResource, CommandLedgerResource, NexudusResource, WarehouseResource
+from nexudus_assets.resources import (
+    AlertWebhookResource,
+    CommandLedgerResource,
+    NexudusResource,
+    Pacing,
+    WarehouseResource,
+)
 from nexudus_assets.assets.insights import INSIGHTS
 from nexudus_assets.warehouse import WarehouseFiles, history_table, qualified
 from nexudus_assets.writeback.rules import CommandRule
@@ -37,7 +43,8 @@ class Project:
         self.warehouse = WarehouseResource(database=self.database, lock_timeout_seconds=lock_timeout_seconds)
         self.alerts = AlertWebhookResource(url=webhook)
         self.nexudus = NexudusResource(
-            base_url=running.base_url, username=USERNAME, password=password, page_size=page_size, commands_live=live
+            base_url=running.base_url, username=USERNAME, password=password, page_size=page_size, commands_live=live,
+            pacing=Pacing(enabled=False),
         )
         self.defs = build_defs({"nexudus": self.nexudus, "warehouse": self.warehouse, "alerts": self.alerts}, rules)
         self.instance = instance or persistent_instance(Path(database).parent)
@@ -76,8 +83,7 @@ def check_outcomes(result) -> dict[tuple[str, str], dg.AssetCheckEvaluation]:
 
 
 @pytest.fixture
-def project(start_simulator, tmp_path, monkeypatch):
-    monkeypatch.setenv("NEXUDUS_PACING", "off")
+def project(start_simulator, tmp_path):
     return Project(start_simulator(seed=11, tokens=1200, contracts=150, passes=150), tmp_path / "nexudus.duckdb")
 
 
@@ -134,8 +140,7 @@ def test_deletions_show_after_a_full_refresh_and_leave_the_insights(project):
         assert project.live_rows(entity) == project.upstream_rows(entity)
 
 
-def test_a_run_that_fails_midway_leaves_the_previous_state_and_the_next_run_repairs(start_simulator, tmp_path, monkeypatch):
-    monkeypatch.setenv("NEXUDUS_PACING", "off")
+def test_a_run_that_fails_midway_leaves_the_previous_state_and_the_next_run_repairs(start_simulator, tmp_path):
     project = Project(start_simulator(seed=12, tokens=500, contracts=20, passes=20), tmp_path / "w.duckdb", page_size=100)
     project.run()
     before = project.live_rows(ACCESS_TOKENS)
@@ -248,8 +253,7 @@ def invoke_check(project, entity, name: str) -> dg.AssetCheckResult:
 
 
 def synced_recently(project, entity) -> dg.AssetCheckResult:
-    [check] = [c for c in freshness_checks if dg.AssetCheckKey(dg.AssetKey(entity.table), "synced_recently") in c.check_keys]
-    return check(warehouse=project.warehouse)
+    return build_freshness_check(entity, hours=3)(warehouse=project.warehouse)
 
 
 def test_ids_unique_not_null_fails_when_the_key_is_broken(project):
@@ -330,15 +334,13 @@ def test_as_of_defaults_to_the_start_of_the_run_in_utc(project):
 
 
 @pytest.fixture
-def small_project(start_simulator, tmp_path, monkeypatch):
-    monkeypatch.setenv("NEXUDUS_PACING", "off")
+def small_project(start_simulator, tmp_path):
     return Project(start_simulator(seed=13, tokens=200, contracts=40, passes=40), tmp_path / "warehouse.duckdb")
 
 
 def test_an_analyst_holding_the_warehouse_read_write_neither_fails_nor_delays_two_syncs(
-    start_simulator, tmp_path, monkeypatch
+    start_simulator, tmp_path
 ):
-    monkeypatch.setenv("NEXUDUS_PACING", "off")
     # A one-second wait at most: a sync that waited for the analyst would fail, not just slow down.
     project = Project(
         start_simulator(seed=14, tokens=300, contracts=40, passes=40), tmp_path / "warehouse.duckdb",
@@ -376,8 +378,7 @@ def step_failures(result) -> list[str]:
     return messages
 
 
-def test_a_process_holding_the_working_file_fails_the_sync_after_the_wait_naming_it(start_simulator, tmp_path, monkeypatch):
-    monkeypatch.setenv("NEXUDUS_PACING", "off")
+def test_a_process_holding_the_working_file_fails_the_sync_after_the_wait_naming_it(start_simulator, tmp_path):
     project = Project(
         start_simulator(seed=15, tokens=50, contracts=10, passes=10), tmp_path / "warehouse.duckdb",
         lock_timeout_seconds=1,
@@ -401,8 +402,7 @@ def test_a_corrupt_warehouse_fails_every_step_at_once_saying_so(small_project):
 
 
 @pytest.mark.parametrize("file_name", ["warehouse.duckdb", "nexudus.duckdb"])
-def test_the_file_opened_directly_answers_every_table_by_schema_and_name(start_simulator, tmp_path, monkeypatch, file_name):
-    monkeypatch.setenv("NEXUDUS_PACING", "off")
+def test_the_file_opened_directly_answers_every_table_by_schema_and_name(start_simulator, tmp_path, file_name):
     project = Project(start_simulator(seed=16, tokens=100, contracts=20, passes=20), tmp_path / file_name)
     project.run()
     with duckdb.connect(project.database) as direct:  # as `duckdb data/warehouse.duckdb` opens it
@@ -428,8 +428,7 @@ def set_token(sim, token_id: int, minutes_left: int, minutes_included: int = 100
     })
 
 
-def test_tokens_running_out_are_forecast_from_their_history(start_simulator, tmp_path, monkeypatch):
-    monkeypatch.setenv("NEXUDUS_PACING", "off")
+def test_tokens_running_out_are_forecast_from_their_history(start_simulator, tmp_path):
     project = Project(start_simulator(seed=17, tokens=60, contracts=5, passes=5), tmp_path / "warehouse.duckdb")
     running_out, unchanged, topped_up, more_included, slow = (r["Id"] for r in project.sim.records(ACCESS_TOKENS)[:5])
     steps = {
@@ -590,8 +589,7 @@ def test_every_insight_describes_each_of_its_columns_before_and_after_it_runs(sm
             assert [(c.name, c.type, c.description) for c in shown.columns] == declared[name], name
 
 
-def test_rule_sensors_read_while_an_analyst_holds_the_file_and_say_when_nothing_is_synced(start_simulator, tmp_path, monkeypatch):
-    monkeypatch.setenv("NEXUDUS_PACING", "off")
+def test_rule_sensors_read_while_an_analyst_holds_the_file_and_say_when_nothing_is_synced(start_simulator, tmp_path):
     rule = CommandRule(name="top_up", asset="low_minutes_access_tokens", command="ACCESSTOKEN_ADD_MINUTES",
                        parameters={"Minutes": 120})
     project = Project(start_simulator(seed=18, tokens=80, contracts=5, passes=5), tmp_path / "warehouse.duckdb",

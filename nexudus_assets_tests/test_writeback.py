@@ -161,11 +161,10 @@ def test_calls_follow_the_command_metadata():
 
 
 @pytest.fixture
-def make_project(start_simulator, tmp_path, monkeypatch):
+def make_project(start_simulator, tmp_path):
     """Projects on one simulator, one warehouse file and one persistent Dagster instance (or the
     `instance` given): a later call is the same deployment with other settings (rules renamed, live
     switched)."""
-    monkeypatch.setenv("NEXUDUS_PACING", "off")
     running = start_simulator(seed=21, tokens=400, contracts=10, passes=10)
     (tmp_path / "instance").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "instance")) as default_instance:

@@ -6,7 +6,6 @@ backfillable. The history starts at the first sync; days before it have nothing 
 """
 
 import datetime as dt
-import os
 
 import dagster as dg
 import duckdb
@@ -20,13 +19,6 @@ from nexudus_assets.warehouse import history_table, transaction
 GROUP = "nexudus_trends"
 NAME = "account_metrics_daily"
 TABLE = f"{INSIGHTS_SCHEMA}.{NAME}"
-START_DATE_VARIABLE = "NEXUDUS_METRICS_START_DATE"
-DEFAULT_START_DATE = "2026-01-01"
-
-daily_partitions = dg.DailyPartitionsDefinition(
-    start_date=os.environ.get(START_DATE_VARIABLE, DEFAULT_START_DATE), timezone="UTC"
-)
-
 DESCRIPTION = (
     "The account per day (UTC) and currency, as the synced history knew it at the end of the day: monthly "
     "recurring revenue, active, new and cancelled contracts, time passes used, and access token minutes "
@@ -134,19 +126,24 @@ def figures_metadata(rows: list[tuple]) -> dict[str, dg.MetadataValue]:
     return metadata
 
 
-@dg.asset(
-    name=NAME,
-    group_name=GROUP,
-    description=DESCRIPTION,
-    partitions_def=daily_partitions,
-    deps=[dg.AssetKey(entity.table) for entity in (ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES)],
-    kinds={"duckdb", "sql"},
-    owners=["team:data"],
-    metadata={"dagster/table_name": TABLE, "dagster/column_schema": SCHEMA},
-)
-def account_metrics_daily(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
-    day = dt.date.fromisoformat(context.partition_key)
-    with warehouse.get_connection() as conn:
-        rows = write_day(conn, day)
-        metadata = table_metadata(conn, TABLE, where=f"day = DATE '{day.isoformat()}'", schema=SCHEMA)
-    return dg.MaterializeResult(metadata={**metadata, **figures_metadata(rows)})
+def build_account_metrics_daily(start_date: str) -> dg.AssetsDefinition:
+    """The asset, partitioned by day from `start_date` (YYYY-MM-DD)."""
+
+    @dg.asset(
+        name=NAME,
+        group_name=GROUP,
+        description=DESCRIPTION,
+        partitions_def=dg.DailyPartitionsDefinition(start_date=start_date, timezone="UTC"),
+        deps=[dg.AssetKey(entity.table) for entity in (ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES)],
+        kinds={"duckdb", "sql"},
+        owners=["team:data"],
+        metadata={"dagster/table_name": TABLE, "dagster/column_schema": SCHEMA},
+    )
+    def account_metrics_daily(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+        day = dt.date.fromisoformat(context.partition_key)
+        with warehouse.get_connection() as conn:
+            rows = write_day(conn, day)
+            metadata = table_metadata(conn, TABLE, where=f"day = DATE '{day.isoformat()}'", schema=SCHEMA)
+        return dg.MaterializeResult(metadata={**metadata, **figures_metadata(rows)})
+
+    return account_metrics_daily

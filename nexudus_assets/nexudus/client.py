@@ -11,7 +11,6 @@ import datetime as dt
 import email.utils
 import json
 import logging
-import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -195,24 +194,6 @@ class NexudusClient:
         else:
             raise ValueError(f"NEXUDUS_AUTH must be 'basic' or 'bearer', not {auth!r}")
         self._account = REFUSED_SIGN_INS.account(self.base_url, credentials)
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> NexudusClient:
-        """Configuration from `NEXUDUS_*` variables; keyword arguments win."""
-        settings: dict[str, Any] = {
-            "base_url": environ.get("NEXUDUS_BASE_URL", DEFAULT_BASE_URL),
-            "username": environ.get("NEXUDUS_USERNAME", ""),
-            "password": environ.get("NEXUDUS_PASSWORD", ""),
-            "auth": environ.get("NEXUDUS_AUTH", "basic").lower(),
-            "totp": environ.get("NEXUDUS_TOTP") or None,
-            "page_size": int(environ.get("NEXUDUS_PAGE_SIZE", MAX_PAGE_SIZE)),
-            "request_deadline": float(environ.get("NEXUDUS_REQUEST_DEADLINE", DEFAULT_REQUEST_DEADLINE)),
-            "max_body_bytes": int(environ.get("NEXUDUS_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES)),
-            "max_pages": int(environ.get("NEXUDUS_MAX_PAGES", DEFAULT_MAX_PAGES)),
-            "limits": RateLimits.from_env(environ),
-        }
-        settings.update(overrides)
-        return cls(**settings)
 
     def __repr__(self) -> str:
         return f"NexudusClient(base_url={self.base_url!r}, username={self.username!r}, auth={self._auth!r})"

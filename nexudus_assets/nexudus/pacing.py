@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -34,29 +33,6 @@ class RateLimits:
     @classmethod
     def unlimited(cls) -> RateLimits:
         return cls(all_methods=(), writes=())
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> RateLimits:
-        """`NEXUDUS_PACING=off` disables pacing (for servers without limits); the rest override numbers."""
-        if environ.get("NEXUDUS_PACING", "on").lower() in {"off", "false", "0", "no"}:
-            return cls.unlimited()
-
-        def number(name: str, default: float) -> float:
-            return float(environ.get(name, default))
-
-        return cls(
-            all_methods=(
-                Window(1, number("NEXUDUS_MIN_INTERVAL_MS", 100) / 1000),
-                Window(int(number("NEXUDUS_MAX_PER_MINUTE", 120)), 60),
-                Window(int(number("NEXUDUS_MAX_PER_HOUR", 5_000)), 3_600),
-                Window(int(number("NEXUDUS_MAX_PER_DAY", 200_000)), 86_400),
-            ),
-            writes=(
-                Window(int(number("NEXUDUS_MAX_WRITES_PER_MINUTE", 60)), 60),
-                Window(int(number("NEXUDUS_MAX_WRITES_PER_DAY", 5_000)), 86_400),
-            ),
-            margin=number("NEXUDUS_PACING_MARGIN_MS", 10) / 1000,
-        )
 
 
 #: Differences below this are rounding noise in the clock arithmetic, not time.

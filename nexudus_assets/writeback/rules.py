@@ -8,9 +8,8 @@ key, a key given twice, a value out of range. The error names the file, the rule
 from __future__ import annotations
 
 import math
-import os
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -106,10 +105,6 @@ def _rule_at_line(text: str, line: int) -> str | None:
                 names = [v.value for k, v in item.value if k.value == "name" and isinstance(v, yaml.ScalarNode)]
                 return names[0] if names else f"#{position}"
     return None
-
-
-def rules_path(environ: Mapping[str, str] = os.environ) -> Path:
-    return Path(environ.get("NEXUDUS_COMMAND_RULES") or EXAMPLE_RULES)
 
 
 def load_rules(path: Path, actionable_assets: Collection[str]) -> tuple[CommandRule, ...]:

@@ -1,0 +1,145 @@
+"""The environment, read in one place: documented defaults, refused values, secrets left unresolved."""
+
+import ast
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from nexudus_assets.definitions import build_resources, load_defs
+from nexudus_assets.nexudus import ACCESS_TOKENS, RateLimits, ResponseFormatError, Window
+from nexudus_assets.resources import Pacing
+from nexudus_assets.settings import Settings, SettingsError
+from nexudus_assets_tests.conftest import PASSWORD, USERNAME
+
+PACKAGE = Path(__file__).resolve().parents[1] / "nexudus_assets"
+
+#: The defaults README and deploy/.env.example give, spelled as a user would set them.
+DOCUMENTED_DEFAULTS = {
+    "NEXUDUS_BASE_URL": "https://spaces.nexudus.com/api",
+    "NEXUDUS_AUTH": "basic",
+    "NEXUDUS_PAGE_SIZE": "1000",
+    "NEXUDUS_REQUEST_DEADLINE": "60",
+    "NEXUDUS_MAX_BODY_BYTES": "67108864",
+    "NEXUDUS_MAX_PAGES": "100000",
+    "NEXUDUS_PACING": "on",
+    "NEXUDUS_MIN_INTERVAL_MS": "100",
+    "NEXUDUS_MAX_PER_MINUTE": "120",
+    "NEXUDUS_MAX_PER_HOUR": "5000",
+    "NEXUDUS_MAX_PER_DAY": "200000",
+    "NEXUDUS_MAX_WRITES_PER_MINUTE": "60",
+    "NEXUDUS_MAX_WRITES_PER_DAY": "5000",
+    "NEXUDUS_PACING_MARGIN_MS": "10",
+    "NEXUDUS_DUCKDB_PATH": "data/warehouse.duckdb",
+    "NEXUDUS_WAREHOUSE_LOCK_TIMEOUT": "120",
+    "NEXUDUS_COMMANDS_LIVE": "false",
+    "NEXUDUS_SYNC_CRON": "0 * * * *",
+    "NEXUDUS_FULL_REFRESH_CRON": "30 2 * * *",
+    "NEXUDUS_FRESHNESS_CRON": "45 * * * *",
+    "NEXUDUS_MAX_SYNC_AGE_HOURS": "3",
+    "NEXUDUS_METRICS_START_DATE": "2026-01-01",
+}
+
+
+def test_the_documented_defaults_are_the_defaults():
+    assert Settings.from_env(DOCUMENTED_DEFAULTS) == Settings.from_env({}) == Settings()
+    assert Pacing().rate_limits() == RateLimits()
+
+
+def test_every_variable_is_read_in_the_settings_module_only():
+    readers = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in {"environ", "getenv"}:
+                readers.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+    assert readers and all(reader.startswith("settings.py:") for reader in readers), readers
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        ("NEXUDUS_PAGE_SIZE", "many", "a whole number"),
+        ("NEXUDUS_PAGE_SIZE", "1001", "at most 1000"),
+        ("NEXUDUS_AUTH", "digest", "basic or bearer"),
+        ("NEXUDUS_REQUEST_DEADLINE", "0", "above 0"),
+        ("NEXUDUS_MAX_PER_MINUTE", "1.5", "a whole number"),
+        ("NEXUDUS_MAX_SYNC_AGE_HOURS", "-1", "above 0"),
+        ("NEXUDUS_METRICS_START_DATE", "2026-13-01", "YYYY-MM-DD"),
+        ("NEXUDUS_SYNC_CRON", " ", "empty"),
+        ("NEXUDUS_SENSOR_INTERVAL_SECONDS", "-5", "at least 0"),
+    ],
+)
+def test_a_value_that_cannot_be_used_is_refused_naming_the_variable(name, value, problem):
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({name: value})
+    assert name in str(refused.value) and problem in str(refused.value)
+
+
+def test_optional_settings_read_empty_as_none():
+    empty = dict.fromkeys(
+        ("NEXUDUS_TOTP", "NEXUDUS_LEDGER_PATH", "NEXUDUS_ALERT_WEBHOOK_URL", "NEXUDUS_COMMAND_RULES",
+         "NEXUDUS_SENSOR_INTERVAL_SECONDS", "NEXUDUS_COMMANDS_LIVE"),
+        "",
+    )
+    assert Settings.from_env(empty) == Settings()
+
+
+def test_pacing_is_a_resource_field_with_the_numbers_from_the_environment():
+    paced = Settings.from_env({"NEXUDUS_MAX_PER_MINUTE": "30", "NEXUDUS_MAX_WRITES_PER_DAY": "7"}).pacing
+    limits = paced.rate_limits()
+    assert Window(requests=30, seconds=60) in limits.all_methods
+    assert Window(requests=7, seconds=86_400) in limits.writes
+    assert Settings.from_env({"NEXUDUS_PACING": "OFF"}).pacing.rate_limits() == RateLimits.unlimited()
+    resource = build_resources(Settings.from_env({"NEXUDUS_PACING": "off"}))["nexudus"]
+    assert resource.pacing == Pacing(enabled=False)
+
+
+def test_secrets_stay_environment_variables_and_never_reach_the_definitions():
+    secrets = {
+        "NEXUDUS_PASSWORD": "pw-never-resolved",
+        "NEXUDUS_TOTP": "JBSWY3DPEHPK3PXP",
+        "NEXUDUS_ALERT_WEBHOOK_URL": "https://hooks.example.com/never-resolved",
+    }
+    settings = Settings.from_env({**secrets, "NEXUDUS_USERNAME": "ops@example.com"})
+    assert (settings.password, settings.totp, settings.alert_webhook_url) == (
+        dg.EnvVar("NEXUDUS_PASSWORD"), dg.EnvVar("NEXUDUS_TOTP"), dg.EnvVar("NEXUDUS_ALERT_WEBHOOK_URL")
+    )
+    resources = build_resources(settings)
+    shown = repr(settings) + repr(resources)
+    assert not [name for name, value in secrets.items() if value in shown]
+
+
+def test_the_definitions_are_built_from_the_settings():
+    defs = load_defs(
+        Settings.from_env({
+            "NEXUDUS_SYNC_CRON": "5 * * * *",
+            "NEXUDUS_MAX_SYNC_AGE_HOURS": "7.5",
+            "NEXUDUS_SENSOR_INTERVAL_SECONDS": "11",
+            "NEXUDUS_METRICS_START_DATE": "2025-06-01",
+        })
+    )
+    assert defs.resolve_schedule_def("nexudus_sync_schedule").cron_schedule == "5 * * * *"
+    assert {sensor.minimum_interval_seconds for sensor in defs.sensors} == {11}
+    check_key = dg.AssetCheckKey(dg.AssetKey(ACCESS_TOKENS.table), "synced_recently")
+    [check] = [checks for checks in defs.asset_checks or [] if check_key in checks.check_keys]
+    assert "less than 7.5 hours" in (check.get_spec_for_check_key(check_key).description or "")
+    partitions = defs.resolve_assets_def("account_metrics_daily").partitions_def
+    assert partitions is not None and partitions.get_first_partition_key() == "2025-06-01"
+
+
+def test_the_client_gets_the_request_bounds_from_the_settings(running, monkeypatch):
+    monkeypatch.setenv("NEXUDUS_USERNAME", USERNAME)
+    monkeypatch.setenv("NEXUDUS_PASSWORD", PASSWORD)
+    settings = Settings.from_env({
+        "NEXUDUS_BASE_URL": running.base_url,
+        "NEXUDUS_PACING": "off",
+        "NEXUDUS_REQUEST_DEADLINE": "9",
+        "NEXUDUS_MAX_PAGES": "4",
+        "NEXUDUS_MAX_BODY_BYTES": "2000",
+    })
+    with dg.build_resources({"nexudus": build_resources(settings)["nexudus"]}) as resources:
+        client = resources.nexudus.get_client()
+    with client:
+        assert (client.request_deadline, client.max_pages) == (9.0, 4)
+        with pytest.raises(ResponseFormatError, match="max_body_bytes"):
+            client.list_page(ACCESS_TOKENS)
