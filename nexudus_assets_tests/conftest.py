@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from nexudus_assets.nexudus import NexudusClient, RateLimits, RetryPolicy
-from nexudus_assets.simulator import Simulator
+from nexudus_assets.simulator import Simulator, SimulatorServer
 from nexudus_assets_tests.postgres import PostgresMissingError, PostgresServer
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -54,7 +54,7 @@ def start_simulator() -> Iterator[Callable[..., Running]]:
             settings.setdefault("username", USERNAME)
             settings.setdefault("password", PASSWORD)
             sim = Simulator(**settings)
-            server = stack.enter_context(sim.serve(port=0))
+            server = stack.enter_context(SimulatorServer(sim))
             return Running(sim, server.base_url)
 
         yield start

@@ -39,7 +39,7 @@ from nexudus_assets.definitions import build_defs, resources_from_env
 from nexudus_assets.nexudus import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES, ENTITIES, Entity
 from nexudus_assets.nexudus.errors import AuthenticationError
 from nexudus_assets.resources import AlertWebhookResource, NexudusResource, Pacing, WarehouseResource
-from nexudus_assets.simulator import Simulator
+from nexudus_assets.simulator import Simulator, SimulatorServer
 from nexudus_assets.warehouse import connect, qualified
 from nexudus_assets_tests.conftest import PASSWORD, USERNAME, persistent_instance
 
@@ -441,7 +441,7 @@ def bad_input(tmp_path_factory) -> Iterable[BadInput]:
     ids["string_contract"] = sim.put_raw(COWORKER_CONTRACTS, string_contract)
     records["string_contract"] = string_contract
     database = tmp_path_factory.mktemp("bad_input") / "w.duckdb"
-    with sim.serve() as server:
+    with SimulatorServer(sim) as server:
         result = Sync(server.base_url, database, page_size=25).run(raise_on_error=False)
     yield BadInput(sim, database, result, ids, records)
 

@@ -51,7 +51,7 @@ def sim() -> Simulator:
 
 @pytest.fixture
 def server(sim: Simulator) -> Iterator[SimulatorServer]:
-    with sim.serve() as running:
+    with SimulatorServer(sim) as running:
         yield running
 
 
@@ -158,7 +158,7 @@ def test_legacy_list_shape_uses_bare_relations_and_prefixed_display_fields(clien
 
 def test_modern_list_shape_and_single_records_use_object_names() -> None:
     sim = small(list_shape="modern")
-    with sim.serve() as server, httpx.Client(base_url=server.base_url, auth=(USER, PASSWORD)) as client:
+    with SimulatorServer(sim) as server, httpx.Client(base_url=server.base_url, auth=(USER, PASSWORD)) as client:
         contract = records(client, COWORKER_CONTRACTS)[0]
         assert {
             "CoworkerId",
@@ -183,7 +183,7 @@ def test_modern_list_shape_and_single_records_use_object_names() -> None:
 )
 def test_paging_envelope(count: int, page: int, expected: int) -> None:
     with (
-        small(tokens=count).serve() as server,
+        SimulatorServer(small(tokens=count)) as server,
         httpx.Client(base_url=server.base_url, auth=(USER, PASSWORD)) as client,
     ):
         answer = client.get(ACCESS_TOKENS.path, params={"page": page, "size": 1000}).json()
@@ -422,7 +422,7 @@ def test_serves_concurrent_requests_while_data_changes(sim: Simulator, server: S
 
 
 def test_server_errors_answer_the_documented_body() -> None:
-    with small(faults=Faults(error_rate=1.0)).serve() as server:
+    with SimulatorServer(small(faults=Faults(error_rate=1.0))) as server:
         answer = httpx.get(f"{server.base_url}/{ACCESS_TOKENS.path}", auth=(USER, PASSWORD))
     assert (answer.status_code, answer.json()) == (500, {"Message": "An error has occurred."})
 
@@ -486,7 +486,7 @@ def test_revoked_tokens_stop_working(sim: Simulator, client: httpx.Client) -> No
 
 
 def test_expired_access_tokens_are_denied() -> None:
-    with small(access_token_ttl=0).serve() as server, httpx.Client(base_url=server.base_url) as client:
+    with SimulatorServer(small(access_token_ttl=0)) as server, httpx.Client(base_url=server.base_url) as client:
         granted = token_form(
             client, {"grant_type": "password", "username": USER, "password": PASSWORD}
         ).json()
@@ -495,7 +495,7 @@ def test_expired_access_tokens_are_denied() -> None:
 
 def test_two_factor_accounts_need_a_valid_code() -> None:
     secret = pyotp.random_base32()
-    with small(totp_secret=secret).serve() as server, httpx.Client(base_url=server.base_url) as client:
+    with SimulatorServer(small(totp_secret=secret)) as server, httpx.Client(base_url=server.base_url) as client:
         form = {"grant_type": "password", "username": USER, "password": PASSWORD}
         for extra in ({}, {"totp": "000000" if pyotp.TOTP(secret).now() != "000000" else "111111"}):
             refused = token_form(client, form | extra)
@@ -644,7 +644,7 @@ def test_failed_commands_answer_200_with_was_successful_false(
 
 def test_published_limits_answer_409_with_retry_after() -> None:
     sim = small(enforce_limits=True)
-    with sim.serve() as server, httpx.Client(base_url=server.base_url, auth=(USER, PASSWORD)) as client:
+    with SimulatorServer(sim) as server, httpx.Client(base_url=server.base_url, auth=(USER, PASSWORD)) as client:
         assert client.get(ACCESS_TOKENS.path).status_code == 200
         too_soon = client.get(ACCESS_TOKENS.path)  # within 100 ms of the first
         assert too_soon.status_code == 409 and too_soon.text == THROTTLED_TEXT
@@ -657,7 +657,7 @@ def test_published_limits_answer_409_with_retry_after() -> None:
 def test_limit_windows_are_configurable_and_writes_have_their_own() -> None:
     sim = small(enforce_limits=True, limits=Limits(all_methods=((60, 4),), writes=((60, 1),)))
     body = {"BusinessId": 1100001, "AccessCode": "LIMIT001", "MinutesIncluded": 60}
-    with sim.serve() as server, httpx.Client(base_url=server.base_url, auth=(USER, PASSWORD)) as client:
+    with SimulatorServer(sim) as server, httpx.Client(base_url=server.base_url, auth=(USER, PASSWORD)) as client:
         assert client.post(ACCESS_TOKENS.path, json=body).status_code == 200
         refused = client.post(ACCESS_TOKENS.path, json=body)
         assert refused.status_code == 409 and 1 <= int(refused.headers["Retry-After"]) <= 60
@@ -838,7 +838,7 @@ def test_python_mutations_bump_updated_on_and_extend_ids(sim: Simulator) -> None
 
 
 def test_stopping_closes_kept_alive_connections(sim: Simulator) -> None:
-    server = sim.serve()
+    server = SimulatorServer(sim)
     with httpx.Client(base_url=server.base_url, auth=(USER, PASSWORD)) as client:
         first = client.get(ACCESS_TOKENS.path)
         second = client.get(ACCESS_TOKENS.path)

@@ -1,9 +1,9 @@
 """A Nexudus-compatible HTTP server with generated data, for tests and benchmarks.
 
-    from nexudus_assets.simulator import Simulator, Faults
+    from nexudus_assets.simulator import Simulator, SimulatorServer
 
     sim = Simulator(seed=1, tokens=100)
-    with sim.serve() as server:
+    with SimulatorServer(sim) as server:
         ...  # talk to server.base_url
 
 It shares the entity descriptions and models of `nexudus_assets.nexudus` but never the client.

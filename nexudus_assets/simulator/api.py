@@ -11,14 +11,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 from email.message import Message
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qsl
 
 from nexudus_assets.nexudus.entities import ENTITIES, Entity
 from nexudus_assets.simulator.auth import TokenError
-
-if TYPE_CHECKING:
-    from nexudus_assets.simulator.core import Simulator
+from nexudus_assets.simulator.core import Simulator
 
 log = logging.getLogger(__name__)
 

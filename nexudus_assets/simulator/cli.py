@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from nexudus_assets.simulator.core import Simulator
 from nexudus_assets.simulator.dialect import DIALECTS
 from nexudus_assets.simulator.faults import HOSTILE_IDS, Faults
+from nexudus_assets.simulator.server import SimulatorServer
 
 
 def _hostile_id_names(text: str) -> list[str]:
@@ -91,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    with simulator.serve(port=args.port, host=args.host) as server:
+    with SimulatorServer(simulator, host=args.host, port=args.port) as server:
         print(f"Nexudus simulator listening on {server.base_url}", flush=True)
         # A timed wait lets the signal handler run promptly on every platform.
         while not stop.wait(0.5):

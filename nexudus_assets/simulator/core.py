@@ -13,7 +13,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from nexudus_assets.nexudus.entities import (
     ACCESS_TOKENS,
@@ -29,9 +29,6 @@ from nexudus_assets.simulator.dialect import Dialect
 from nexudus_assets.simulator.faults import HOSTILE_IDS, Faults
 from nexudus_assets.simulator.limits import Limits, RateLimiter
 from nexudus_assets.simulator.store import Table, coerce
-
-if TYPE_CHECKING:
-    from nexudus_assets.simulator.server import SimulatorServer
 
 ListShape = Literal["legacy", "modern"]
 Answer = tuple[int, Any]  # (HTTP status, JSON body)
@@ -136,14 +133,6 @@ class Simulator:
             for record in generator.records(entity, count, FIRST_IDS[entity.name], self.now):
                 table.add(record["Id"], record)
             self._tables[entity.name] = table
-
-    # ---------------------------------------------------------------- serving
-
-    def serve(self, port: int = 0, host: str = "127.0.0.1") -> SimulatorServer:
-        """Start answering HTTP in a background thread; use as a context manager to stop it."""
-        from nexudus_assets.simulator.server import SimulatorServer
-
-        return SimulatorServer(self, host, port)
 
     # ---------------------------------------------------------------- data access for tests
 

@@ -7,13 +7,11 @@ import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from nexudus_assets.simulator import api
-
-if TYPE_CHECKING:
-    from nexudus_assets.simulator.core import Simulator
+from nexudus_assets.simulator.api import Request, handle
+from nexudus_assets.simulator.core import Simulator
 
 # Short, so that stopping the server does not wait long for the accept loop to notice.
 _POLL_INTERVAL = 0.05
@@ -30,9 +28,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length > 0 else b""
         url = urlsplit(self.path)
         query = dict(parse_qsl(url.query, keep_blank_values=True))
-        reply = api.handle(
-            self.server.simulator, api.Request(self.command, url.path, query, self.headers, body)
-        )
+        reply = handle(self.server.simulator, Request(self.command, url.path, query, self.headers, body))
         if reply.drop:
             self.close_connection = True
             return
@@ -95,7 +91,7 @@ class _Server(ThreadingHTTPServer):
 
 
 class SimulatorServer:
-    """A running simulator; leaving the `with` block (or `stop()`) shuts it down."""
+    """Serves `simulator` over HTTP from a background thread; leaving the `with` block (or `stop()`) shuts it down."""
 
     def __init__(self, simulator: Simulator, host: str = "127.0.0.1", port: int = 0) -> None:
         self.simulator = simulator
