@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import re
-import select
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -19,15 +17,14 @@ from typing import Any
 import httpx
 import psutil
 
-USERNAME = "admin@example.com"  # the simulator's defaults, as in scripts/simulated_account.py
-PASSWORD = "simulator-password"
+from nexudus_assets import nexudus
+from nexudus_assets.simulator import DEFAULT_PASSWORD, DEFAULT_USERNAME
+from nexudus_assets.simulator.process import SimulatorStartError, running_simulator, simulator_command
+
+USERNAME, PASSWORD = DEFAULT_USERNAME, DEFAULT_PASSWORD
 
 #: (warehouse table, path below the API base, filter prefix) of the three synced lists.
-ENTITIES = (
-    ("access_tokens", "spaces/accesstokens", "AccessToken"),
-    ("coworker_contracts", "billing/coworkercontracts", "CoworkerContract"),
-    ("coworker_time_passes", "billing/coworkertimepasses", "CoworkerTimePass"),
-)
+ENTITIES = tuple((entity.table, entity.path, entity.name) for entity in nexudus.ENTITIES)
 
 
 class BenchmarkError(RuntimeError):
@@ -42,50 +39,42 @@ class Simulator:
         start_timeout: float = 300.0, arguments: Sequence[str] = (),
     ) -> None:
         self.records = tokens + contracts + passes
-        self._args = [
-            sys.executable, "-m", "nexudus_assets.simulator", "--port", "0", "--seed", str(seed),
-            "--tokens", str(tokens), "--contracts", str(contracts), "--passes", str(passes),
-            "--username", USERNAME, "--password", PASSWORD,
+        self._arguments = [
+            "--seed", str(seed), "--tokens", str(tokens), "--contracts", str(contracts), "--passes", str(passes),
             *(["--enforce-limits"] if enforce_limits else []),
             *arguments,
         ]
         self._log = log
+        # Generating a million records takes the simulator tens of seconds before it listens.
         self._start_timeout = start_timeout
-        self._process: subprocess.Popen[str] | None = None
+        self._running = ExitStack()
         self.base_url = ""
         self._admin: httpx.Client | None = None
 
     @property
     def command(self) -> str:
-        return " ".join(["python", *self._args[1:]])
+        return " ".join(["python", *simulator_command(self._arguments)[1:]])
 
     def __enter__(self) -> Simulator:
-        with self._log.open("w") as log:
-            self._process = subprocess.Popen(self._args, stdout=subprocess.PIPE, stderr=log, text=True)
-        assert self._process.stdout is not None
-        # Generating a million records takes the simulator tens of seconds before it listens.
-        ready, _, _ = select.select([self._process.stdout], [], [], self._start_timeout)
-        line = self._process.stdout.readline() if ready else ""
-        found = re.search(r"(http://\S+/api)", line)
-        if not found:
-            self.__exit__(None, None, None)
-            raise BenchmarkError(f"the simulator did not start within {self._start_timeout:.0f}s: {line.strip()!r}")
-        self.base_url = found.group(1)
-        self._admin = httpx.Client(base_url=self.base_url.removesuffix("/api") + "/_simulator", timeout=60)
+        with self._running as running:
+            log = running.enter_context(self._log.open("w"))
+            try:
+                simulator = running.enter_context(
+                    running_simulator(self._arguments, stderr=log, start_timeout=self._start_timeout)
+                )
+            except SimulatorStartError as failed:
+                raise BenchmarkError(str(failed)) from None
+            self.base_url = simulator.base_url
+            self._admin = running.enter_context(
+                httpx.Client(base_url=self.base_url.removesuffix("/api") + "/_simulator", timeout=60)
+            )
+            self._running = running.pop_all()
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
-        if self._admin is not None:
-            self._admin.close()
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        self._running.close()
 
     def _call(self, method: str, action: str, body: Any = None) -> dict[str, Any]:
         assert self._admin is not None, "use the simulator in a with block"

@@ -5,7 +5,7 @@ from typing import Any
 
 import dagster as dg
 
-from nexudus_assets.assets.commands import nexudus_commands
+from nexudus_assets.assets.command_catalogue import command_catalogue
 from nexudus_assets.assets.insights import INSIGHTS, insight_assets
 from nexudus_assets.assets.raw import raw_assets
 from nexudus_assets.assets.trends import build_account_metrics_daily
@@ -17,7 +17,7 @@ from nexudus_assets.jobs import (
     nexudus_full_refresh,
     nexudus_sync,
 )
-from nexudus_assets.resources import AlertWebhookResource, CommandLedgerResource, NexudusResource, WarehouseResource
+from nexudus_assets.resources import AlertWebhookResource, CommandLedgerResource, NexudusApiResource, WarehouseResource
 from nexudus_assets.schedules import account_metrics_schedule, build_schedules
 from nexudus_assets.sensors import build_sensors
 from nexudus_assets.settings import Settings
@@ -29,7 +29,7 @@ ACTIONABLE_ASSETS = {insight.name for insight in INSIGHTS if insight.entity is n
 
 def build_resources(settings: Settings) -> dict[str, Any]:
     return {
-        "nexudus": NexudusResource(
+        "nexudus_api": NexudusApiResource(
             base_url=settings.base_url,
             username=settings.username,
             password=settings.password,
@@ -65,9 +65,9 @@ def build_defs(
     """
     settings = settings or Settings()
     resources = {"ledger": CommandLedgerResource(), **resources}
-    command_job = build_command_job(rules, live=resources["nexudus"].commands_live)
+    command_job = build_command_job(rules, live=resources["nexudus_api"].commands_live)
     jobs = [nexudus_sync, nexudus_full_refresh, nexudus_freshness, nexudus_account_metrics, command_job]
-    assets = [*raw_assets, nexudus_commands, *insight_assets, build_account_metrics_daily(settings.metrics_start_date)]
+    assets = [*raw_assets, command_catalogue, *insight_assets, build_account_metrics_daily(settings.metrics_start_date)]
     asset_keys = {key for asset in assets for key in asset.keys}
     return dg.Definitions(
         assets=assets,

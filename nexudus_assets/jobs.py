@@ -9,7 +9,7 @@ from pydantic import Field
 from nexudus_assets.assets import insights, raw, trends
 from nexudus_assets.checks import FRESHNESS_CHECK_KEYS
 from nexudus_assets.nexudus import ENTITIES
-from nexudus_assets.resources import CommandLedgerResource, NexudusResource, WarehouseResource
+from nexudus_assets.resources import CommandLedgerResource, NexudusApiResource, WarehouseResource
 from nexudus_assets.warehouse import WarehouseError
 from nexudus_assets.writeback.execute import run_rule
 from nexudus_assets.writeback.ledger import LedgerError, open_ledger
@@ -92,11 +92,11 @@ def build_command_job(rules: Sequence[CommandRule], *, live: bool) -> dg.JobDefi
     def run_nexudus_command(
         context: dg.OpExecutionContext,
         config: CommandRunConfig,
-        nexudus: NexudusResource,
+        nexudus_api: NexudusApiResource,
         warehouse: WarehouseResource,
         ledger: CommandLedgerResource,
     ) -> dg.Output[None]:
-        if nexudus.commands_live and context.run.tags.get(LIVE_TAG) != "true":
+        if nexudus_api.commands_live and context.run.tags.get(LIVE_TAG) != "true":
             raise dg.Failure(
                 "Nothing was sent. Live commands are switched on for this run only; set NEXUDUS_COMMANDS_LIVE=true "
                 "for the code location, so that its runs are tagged as live."
@@ -120,10 +120,10 @@ def build_command_job(rules: Sequence[CommandRule], *, live: bool) -> dg.JobDefi
                 description=f"Nothing was sent. {rule.asset} cannot be read to confirm the records: {exc}"
             ) from None
         try:
-            with nexudus.get_client() as client:
+            with nexudus_api.get_client() as client:
                 report = run_rule(
                     client, command_ledger, rule, entity, config.record_ids, insight_ids={row[0] for row in rows},
-                    live=nexudus.commands_live, run_id=context.run.run_id,
+                    live=nexudus_api.commands_live, run_id=context.run.run_id,
                 )
         except RuleError as exc:
             raise dg.Failure(description=f"Nothing was sent. {exc}") from None

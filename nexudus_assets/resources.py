@@ -58,7 +58,7 @@ class Pacing(dg.Config):
         )
 
 
-class NexudusResource(dg.ConfigurableResource):
+class NexudusApiResource(dg.ConfigurableResource):
     """One Nexudus account. Every client it hands out shares the account's request budget."""
 
     base_url: str = Field(default=DEFAULT_BASE_URL, description="API base, e.g. https://spaces.nexudus.com/api")

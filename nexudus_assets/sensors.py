@@ -12,7 +12,7 @@ from nexudus_assets.alerts import build_alert_sensor
 from nexudus_assets.resources import CommandLedgerResource, WarehouseResource
 from nexudus_assets.warehouse import WarehouseError, WarehouseNotSyncedError
 from nexudus_assets.warehouse.catalogue import read_catalogue
-from nexudus_assets.writeback.execute import command_key
+from nexudus_assets.writeback.execute import cooldown_key
 from nexudus_assets.writeback.ledger import CommandLedger, LedgerError
 from nexudus_assets.writeback.plan import check_rule
 from nexudus_assets.writeback.rules import CommandRule, RuleError
@@ -59,7 +59,7 @@ def build_command_sensor(
         if ledger_path.exists():
             try:
                 blocked = CommandLedger(ledger_path).blocked_ids(
-                    command_key(rule, entity), cooldown=dt.timedelta(hours=rule.cooldown_hours),
+                    cooldown_key(rule, entity), cooldown=dt.timedelta(hours=rule.cooldown_hours),
                     max_attempts=rule.max_attempts, now=now,
                 )
             except LedgerError as exc:

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from nexudus_assets.nexudus import NexudusClient, RateLimits, RetryPolicy
-from nexudus_assets.simulator import Simulator, SimulatorServer
+from nexudus_assets.simulator import DEFAULT_PASSWORD, DEFAULT_USERNAME, Simulator, SimulatorServer
 from nexudus_assets_tests.postgres import PostgresMissingError, PostgresServer
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -21,8 +21,6 @@ LOCAL_INSTANCE = PROJECT / "dagster.yaml"
 #: The deployed instance; the tests take its PostgreSQL storage section.
 DEPLOYED_INSTANCE = PROJECT / "deploy" / "dagster.yaml"
 
-USERNAME = "admin@example.com"
-PASSWORD = "simulator-password"
 #: Quick retries: the tests check that retries happen and are bounded, not how long they wait.
 FAST_RETRY = RetryPolicy(max_attempts=4, backoff_initial=0.01, backoff_max=0.05, max_elapsed=30)
 
@@ -36,8 +34,8 @@ class Running:
 
     def client(self, **overrides: Any) -> NexudusClient:
         settings: dict[str, Any] = {
-            "username": USERNAME,
-            "password": PASSWORD,
+            "username": DEFAULT_USERNAME,
+            "password": DEFAULT_PASSWORD,
             "limits": RateLimits.unlimited(),
             "retry": FAST_RETRY,
         }
@@ -51,8 +49,8 @@ def start_simulator() -> Iterator[Callable[..., Running]]:
     with ExitStack() as stack:
 
         def start(**settings: Any) -> Running:
-            settings.setdefault("username", USERNAME)
-            settings.setdefault("password", PASSWORD)
+            settings.setdefault("username", DEFAULT_USERNAME)
+            settings.setdefault("password", DEFAULT_PASSWORD)
             sim = Simulator(**settings)
             server = stack.enter_context(SimulatorServer(sim))
             return Running(sim, server.base_url)

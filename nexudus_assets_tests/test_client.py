@@ -22,11 +22,12 @@ from nexudus_assets.nexudus import (
     StaleRecordError,
     TransportError,
     UncertainOutcomeError,
-    ValidationError,
+    RequestRefusedError,
     Window,
 )
-from nexudus_assets.simulator.limits import Limits
-from nexudus_assets_tests.conftest import PASSWORD
+from nexudus_assets.simulator import limits as server_limits
+from nexudus_assets.simulator import DEFAULT_PASSWORD
+
 
 def api_requests(sim, suffix: str, method: str = "GET") -> list:
     return [entry for entry in sim.request_log if entry[0] == method and entry[1].endswith(suffix)]
@@ -145,7 +146,7 @@ def test_create_returns_the_new_id_and_invalid_data_names_the_field(running):
     business = running.sim.records(ACCESS_TOKENS)[0]["BusinessId"]
     with running.client() as client:
         created = client.create(ACCESS_TOKENS, {"BusinessId": business, "AccessCode": "NEW00001", "MinutesIncluded": 90})
-        with pytest.raises(ValidationError) as refused:
+        with pytest.raises(RequestRefusedError) as refused:
             client.create(ACCESS_TOKENS, {"BusinessId": business, "MinutesIncluded": 90})
     assert running.sim.get(ACCESS_TOKENS, created.record_id)["AccessCode"] == "NEW00001"
     assert [e.property_name for e in refused.value.errors] == ["AccessCode"]
@@ -213,7 +214,7 @@ def test_a_command_answered_was_successful_false_raises_and_is_not_retried(runni
         command = client.commands(ACCESS_TOKENS)[0]
         parameters = [{"Name": p.name, "Type": p.type, "Value": 1} for p in command.requires_parameters]
         ids = [token_id, sim.records(ACCESS_TOKENS)[1]["Id"]] if command.applies_only_to_two_entities else [token_id]
-        with pytest.raises(ValidationError) as failed:
+        with pytest.raises(RequestRefusedError) as failed:
             client.run_command(ACCESS_TOKENS, command.key, ids, parameters)
     assert failed.value.answer.was_successful is False
     assert len(api_requests(sim, "runcommand", "POST")) == 1
@@ -348,12 +349,12 @@ def test_secrets_never_reach_logs_errors_or_reprs(start_simulator, caplog):
         texts.append(repr(client))
     running.sim.faults.error_rate = 0.0
     for auth in ("basic", "bearer"):
-        with running.client(auth=auth, password=PASSWORD + "-wrong") as client:
+        with running.client(auth=auth, password=DEFAULT_PASSWORD + "-wrong") as client:
             with pytest.raises(AuthenticationError) as refused:
                 client.get(ACCESS_TOKENS, 1)
             texts += [str(refused.value), repr(refused.value), repr(client)]
     everything = caplog.text + "\n".join(texts)
-    assert PASSWORD not in everything
+    assert DEFAULT_PASSWORD not in everything
     assert "Bearer " not in everything and "Basic " not in everything
     for token in running.sim.issued_tokens():
         assert token not in everything
@@ -363,7 +364,7 @@ def test_pacing_is_never_early_at_the_server_whatever_the_network_delay(start_si
     """The server counts each request after a random delay; windows are crossed many times."""
     running = start_simulator(
         seed=8, tokens=400, contracts=5, passes=5, enforce_limits=True,
-        limits=Limits(all_methods=((0.1, 1), (3, 12)), writes=()),
+        limits=server_limits.Limits(all_methods=(server_limits.Window(1, 0.1), server_limits.Window(12, 3)), writes=()),
     )
     running.sim.faults.jitter_ms = 150  # before the server's limiter counts the request
     client = running.client(

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from nexudus_assets.nexudus import ACCESS_TOKENS
-from nexudus_assets_tests.conftest import PASSWORD, USERNAME
+from nexudus_assets.simulator import DEFAULT_PASSWORD, DEFAULT_USERNAME
+
 from nexudus_assets_tests.deployment import Deployment
 from nexudus_assets_tests.postgres import PostgresServer
 from nexudus_assets_tests.webhook import Webhook
@@ -44,8 +45,8 @@ def deployment(request, tmp_path, start_simulator):
             **storage,
             "DAGSTER_HOME": str(home),
             "NEXUDUS_BASE_URL": running.base_url,
-            "NEXUDUS_USERNAME": USERNAME,
-            "NEXUDUS_PASSWORD": PASSWORD,
+            "NEXUDUS_USERNAME": DEFAULT_USERNAME,
+            "NEXUDUS_PASSWORD": DEFAULT_PASSWORD,
             "NEXUDUS_PACING": "off",
             "NEXUDUS_DUCKDB_PATH": str(tmp_path / "data" / "warehouse.duckdb"),
             "NEXUDUS_ALERT_WEBHOOK_URL": webhook.url,

@@ -27,12 +27,13 @@ from nexudus_assets.nexudus import (
     UncertainOutcomeError,
 )
 from nexudus_assets.nexudus.auth import REFUSED_SIGN_INS
-from nexudus_assets.resources import AlertWebhookResource, NexudusResource, Pacing, WarehouseResource
+from nexudus_assets.resources import AlertWebhookResource, NexudusApiResource, Pacing, WarehouseResource
 from nexudus_assets.simulator.faults import HOSTILE_IDS
 from nexudus_assets.warehouse import SCHEMA, qualified
 from nexudus_assets.warehouse.connection import connect
 from nexudus_assets.warehouse.load import load_entity
-from nexudus_assets_tests.conftest import USERNAME, persistent_instance
+from nexudus_assets.simulator import DEFAULT_USERNAME
+from nexudus_assets_tests.conftest import persistent_instance
 
 TOKENS_PATH = "/api/spaces/accesstokens"
 #: One attempt and one retry: enough to see what is retried and what is not.
@@ -218,8 +219,8 @@ def test_a_refused_sign_in_is_attempted_once_per_process_however_many_clients_as
 
 def test_one_dagster_run_with_a_wrong_password_signs_in_once(running, tmp_path, monkeypatch):
     resources = {
-        "nexudus": NexudusResource(
-            base_url=running.base_url, username=USERNAME, password=f"wrong-{uuid.uuid4()}", pacing=Pacing(enabled=False)
+        "nexudus_api": NexudusApiResource(
+            base_url=running.base_url, username=DEFAULT_USERNAME, password=f"wrong-{uuid.uuid4()}", pacing=Pacing(enabled=False)
         ),
         "warehouse": WarehouseResource(database=str(tmp_path / "w.duckdb")),
         "alerts": AlertWebhookResource(url=None),

@@ -2,7 +2,6 @@
 
 import datetime as dt
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -15,18 +14,18 @@ from nexudus_assets.nexudus import ACCESS_TOKENS
 from nexudus_assets.resources import CommandLedgerResource
 from nexudus_assets.writeback.ledger import (
     ACTIONED,
-    CommandKey,
+    CooldownKey,
     CommandLedger,
     LedgerError,
     LedgerMissingError,
     default_ledger_path,
     open_ledger,
 )
+from nexudus_assets.simulator import DEFAULT_PASSWORD, DEFAULT_USERNAME
 from nexudus_assets.writeback.rules import CommandRule
-from nexudus_assets_tests.conftest import PASSWORD, USERNAME
 
 NOW = dt.datetime(2026, 11, 26, 12, 0)
-KEY = CommandKey.of("AccessToken", "ACCESSTOKEN_ADD_MINUTES", {"Minutes": 120})
+KEY = CooldownKey.of("AccessToken", "ACCESSTOKEN_ADD_MINUTES", {"Minutes": 120})
 COOLDOWN = dt.timedelta(hours=24)
 
 
@@ -51,7 +50,7 @@ def test_the_default_ledger_sits_beside_the_warehouse_and_the_setting_overrides_
 
 
 def test_the_cooldown_key_is_what_is_done_whichever_rule_asks(ledger):
-    assert CommandKey.of("AccessToken", "K", {"b": 1, "a": 2}) == CommandKey.of("AccessToken", "K", {"a": 2, "b": 1})
+    assert CooldownKey.of("AccessToken", "K", {"b": 1, "a": 2}) == CooldownKey.of("AccessToken", "K", {"a": 2, "b": 1})
     first = claim(ledger, [1, 2])
     ledger.finish(first.call_id, "succeeded", "done", NOW)
     renamed = ledger.claim(
@@ -60,8 +59,8 @@ def test_the_cooldown_key_is_what_is_done_whichever_rule_asks(ledger):
     )
     assert (renamed.claimed, renamed.blocked) == ([3], [1, 2])
     # Another command, or other parameters, is another key.
-    assert claim(ledger, [1], key=CommandKey.of("AccessToken", "ACCESSTOKEN_ADD_MINUTES", {"Minutes": 60})).claimed == [1]
-    assert claim(ledger, [1], key=CommandKey.of("AccessToken", "OTHER", {"Minutes": 120})).claimed == [1]
+    assert claim(ledger, [1], key=CooldownKey.of("AccessToken", "ACCESSTOKEN_ADD_MINUTES", {"Minutes": 60})).claimed == [1]
+    assert claim(ledger, [1], key=CooldownKey.of("AccessToken", "OTHER", {"Minutes": 120})).claimed == [1]
     # The rule being run decides the window: 1 h is over, 24 h is not.
     later = NOW + dt.timedelta(hours=2)
     assert ledger.blocked_ids(KEY, cooldown=dt.timedelta(hours=1), max_attempts=3, now=later) == set()
@@ -204,11 +203,11 @@ def test_two_processes_claiming_the_same_records_send_each_command_once(start_si
     spellings = [running.base_url, running.base_url.replace("127.0.0.1", "localhost")]
     racers = []
     for number, base_url in enumerate(spellings):
-        task = {"ledger": str(path), "base_url": base_url, "username": USERNAME, "password": PASSWORD,
+        task = {"ledger": str(path), "base_url": base_url, "username": DEFAULT_USERNAME, "password": DEFAULT_PASSWORD,
                 "rule": rule.model_dump(), "ids": ids, "run_id": f"racer-{number}"}
         racers.append(subprocess.Popen(
             [sys.executable, "-c", RACER, json.dumps(task)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            text=True, env={**os.environ, "NEXUDUS_PACING": "off"},
+            text=True,
         ))
     try:
         for racer in racers:

@@ -1,8 +1,8 @@
-"""The rate limiter and the paginator as pure logic: a fake clock and scripted pages."""
+"""The pacer and the paginator as pure logic: a fake clock and scripted pages."""
 
 import pytest
 
-from nexudus_assets.nexudus import Page, RateLimiter, RateLimits, ResponseFormatError, Window
+from nexudus_assets.nexudus import Page, Pacer, RateLimits, ResponseFormatError, Window
 from nexudus_assets.nexudus.paging import PageNumberPaginator, SeenKeys
 
 
@@ -17,42 +17,42 @@ class FakeClock:
         self.now += seconds
 
 
-def test_the_limiter_spaces_requests_and_honours_every_window():
+def test_the_pacer_spaces_requests_and_honours_every_window():
     clock = FakeClock()
-    limiter = RateLimiter(
+    pacer = Pacer(
         RateLimits(all_methods=(Window(1, 0.1), Window(120, 60)), writes=(Window(60, 60),), margin=0),
         clock=clock,
         sleep=clock.sleep,
     )
     sent = []
     for _ in range(121):
-        with limiter.slot(write=False):
+        with pacer.slot(write=False):
             sent.append(clock.now)
     assert all(b - a >= 0.1 - 1e-9 for a, b in zip(sent, sent[1:], strict=False))
     assert sent[120] - sent[0] >= 60  # the 121st waits for the minute window
     clock.now += 120
     writes = []
     for _ in range(61):
-        with limiter.slot(write=True):
+        with pacer.slot(write=True):
             writes.append(clock.now)
     assert writes[60] - writes[0] >= 60
 
 
 def test_a_retry_after_pause_holds_every_caller():
     clock = FakeClock()
-    limiter = RateLimiter(RateLimits.unlimited(), clock=clock, sleep=clock.sleep)
-    limiter.pause_until(5.0)
-    with limiter.slot(write=False) as waited:
+    pacer = Pacer(RateLimits.unlimited(), clock=clock, sleep=clock.sleep)
+    pacer.pause_until(5.0)
+    with pacer.slot(write=False) as waited:
         assert waited == pytest.approx(5.0)
 
 
 def test_the_next_request_is_spaced_from_the_previous_answer_not_from_its_sending():
     clock = FakeClock()
-    limiter = RateLimiter(RateLimits(all_methods=(Window(1, 0.1), Window(3, 10)), writes=(), margin=0),
+    pacer = Pacer(RateLimits(all_methods=(Window(1, 0.1), Window(3, 10)), writes=(), margin=0),
                           clock=clock, sleep=clock.sleep)
     sent = []
     for _ in range(4):
-        with limiter.slot(write=False):
+        with pacer.slot(write=False):
             sent.append(clock.now)
             clock.now += 0.25  # the answer takes a quarter of a second to come back
     assert sent[1] - sent[0] == pytest.approx(0.35)  # 0.25 in flight, then the 100 ms interval

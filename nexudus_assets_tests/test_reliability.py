@@ -38,10 +38,11 @@ from pydantic_core import to_jsonable_python
 from nexudus_assets.definitions import build_defs, resources_from_env
 from nexudus_assets.nexudus import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES, ENTITIES, Entity
 from nexudus_assets.nexudus.errors import AuthenticationError
-from nexudus_assets.resources import AlertWebhookResource, NexudusResource, Pacing, WarehouseResource
+from nexudus_assets.resources import AlertWebhookResource, NexudusApiResource, Pacing, WarehouseResource
 from nexudus_assets.simulator import Simulator, SimulatorServer
 from nexudus_assets.warehouse import connect, qualified
-from nexudus_assets_tests.conftest import PASSWORD, USERNAME, persistent_instance
+from nexudus_assets.simulator import DEFAULT_PASSWORD, DEFAULT_USERNAME
+from nexudus_assets_tests.conftest import persistent_instance
 
 REPO = Path(__file__).resolve().parents[1]
 #: Columns the warehouse adds to every record; the rest must equal what the API holds.
@@ -68,8 +69,8 @@ class Sync:
         self.defs = build_defs(
             {
                 # The simulators here do not enforce the published limits; pacing to them would only add minutes.
-                "nexudus": NexudusResource(
-                    base_url=base_url, username=USERNAME, password=PASSWORD, page_size=page_size,
+                "nexudus_api": NexudusApiResource(
+                    base_url=base_url, username=DEFAULT_USERNAME, password=DEFAULT_PASSWORD, page_size=page_size,
                     pacing=Pacing(enabled=False),
                 ),
                 "warehouse": WarehouseResource(database=str(database)),
@@ -554,8 +555,8 @@ def dagster_env(base_url: str, database: Path, home: Path, **extra: str) -> dict
     env = {key: value for key, value in os.environ.items() if not key.startswith(("NEXUDUS_", "DAGSTER_"))}
     env.update(
         NEXUDUS_BASE_URL=base_url,
-        NEXUDUS_USERNAME=USERNAME,
-        NEXUDUS_PASSWORD=PASSWORD,
+        NEXUDUS_USERNAME=DEFAULT_USERNAME,
+        NEXUDUS_PASSWORD=DEFAULT_PASSWORD,
         NEXUDUS_DUCKDB_PATH=str(database),
         NEXUDUS_PACING="off",
         DAGSTER_HOME=str(home),
@@ -749,7 +750,7 @@ def secret_forms(password: str, tokens: Iterable[str] = ()) -> dict[str, str]:
         "password (url-encoded)": quote(password, safe=""),
         "password (form-encoded)": quote_plus(password),
         "password (JSON-escaped)": json.dumps(password)[1:-1],
-        "Basic credentials": base64.b64encode(f"{USERNAME}:{password}".encode()).decode(),
+        "Basic credentials": base64.b64encode(f"{DEFAULT_USERNAME}:{password}".encode()).decode(),
     }
     forms.update({f"token #{i}": token for i, token in enumerate(tokens)})
     return {name: value for name, value in forms.items() if name == "password" or value != password}
@@ -796,7 +797,7 @@ def run_with_env_resources(monkeypatch, base_url: str, database: Path, instance,
     """The job wired exactly as in production: `resources_from_env()`, secrets in EnvVars."""
     for name, value in {
         "NEXUDUS_BASE_URL": base_url,
-        "NEXUDUS_USERNAME": USERNAME,
+        "NEXUDUS_USERNAME": DEFAULT_USERNAME,
         "NEXUDUS_PASSWORD": password,
         "NEXUDUS_AUTH": auth,
         "NEXUDUS_PAGE_SIZE": "25",

@@ -10,7 +10,8 @@ from nexudus_assets.definitions import build_resources, load_defs
 from nexudus_assets.nexudus import ACCESS_TOKENS, RateLimits, ResponseFormatError, Window
 from nexudus_assets.resources import Pacing
 from nexudus_assets.settings import Settings, SettingsError
-from nexudus_assets_tests.conftest import PASSWORD, USERNAME
+from nexudus_assets.simulator import DEFAULT_PASSWORD, DEFAULT_USERNAME
+
 
 PACKAGE = Path(__file__).resolve().parents[1] / "nexudus_assets"
 
@@ -90,7 +91,7 @@ def test_pacing_is_a_resource_field_with_the_numbers_from_the_environment():
     assert Window(requests=30, seconds=60) in limits.all_methods
     assert Window(requests=7, seconds=86_400) in limits.writes
     assert Settings.from_env({"NEXUDUS_PACING": "OFF"}).pacing.rate_limits() == RateLimits.unlimited()
-    resource = build_resources(Settings.from_env({"NEXUDUS_PACING": "off"}))["nexudus"]
+    resource = build_resources(Settings.from_env({"NEXUDUS_PACING": "off"}))["nexudus_api"]
     assert resource.pacing == Pacing(enabled=False)
 
 
@@ -128,8 +129,8 @@ def test_the_definitions_are_built_from_the_settings():
 
 
 def test_the_client_gets_the_request_bounds_from_the_settings(running, monkeypatch):
-    monkeypatch.setenv("NEXUDUS_USERNAME", USERNAME)
-    monkeypatch.setenv("NEXUDUS_PASSWORD", PASSWORD)
+    monkeypatch.setenv("NEXUDUS_USERNAME", DEFAULT_USERNAME)
+    monkeypatch.setenv("NEXUDUS_PASSWORD", DEFAULT_PASSWORD)
     settings = Settings.from_env({
         "NEXUDUS_BASE_URL": running.base_url,
         "NEXUDUS_PACING": "off",
@@ -137,8 +138,8 @@ def test_the_client_gets_the_request_bounds_from_the_settings(running, monkeypat
         "NEXUDUS_MAX_PAGES": "4",
         "NEXUDUS_MAX_BODY_BYTES": "2000",
     })
-    with dg.build_resources({"nexudus": build_resources(settings)["nexudus"]}) as resources:
-        client = resources.nexudus.get_client()
+    with dg.build_resources({"nexudus_api": build_resources(settings)["nexudus_api"]}) as resources:
+        client = resources.nexudus_api.get_client()
     with client:
         assert (client.request_deadline, client.max_pages) == (9.0, 4)
         with pytest.raises(ResponseFormatError, match="max_body_bytes"):

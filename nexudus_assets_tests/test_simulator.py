@@ -7,8 +7,6 @@ import datetime as dt
 import json
 import re
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,11 +25,12 @@ from nexudus_assets.nexudus.entities import (
     ENTITIES,
     Entity,
 )
-from nexudus_assets.simulator import Faults, Limits, Simulator, SimulatorServer
+from nexudus_assets.simulator import DEFAULT_PASSWORD, DEFAULT_USERNAME, Faults, Limits, Simulator, SimulatorServer
+from nexudus_assets.simulator.limits import Window
+from nexudus_assets.simulator.process import SimulatorStartError, running_simulator
 from nexudus_assets.simulator.store import object_layout
 
 NOW = dt.datetime(2025, 6, 1, 9, 30, tzinfo=dt.UTC)
-USER, PASSWORD = "admin@example.com", "simulator-password"
 ENVELOPE_KEYS = {
     "Records", "CurrentPageSize", "CurrentPage", "CurrentOrderField", "CurrentSortDirection", "FirstItem",
     "HasNextPage", "HasPreviousPage", "LastItem", "PageNumber", "PageSize", "TotalItems", "TotalPages",
@@ -57,7 +56,7 @@ def server(sim: Simulator) -> Iterator[SimulatorServer]:
 
 @pytest.fixture
 def client(server: SimulatorServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.base_url, auth=(USER, PASSWORD), timeout=10) as http:
+    with httpx.Client(base_url=server.base_url, auth=(DEFAULT_USERNAME, DEFAULT_PASSWORD), timeout=10) as http:
         yield http
 
 
@@ -158,7 +157,7 @@ def test_legacy_list_shape_uses_bare_relations_and_prefixed_display_fields(clien
 
 def test_modern_list_shape_and_single_records_use_object_names() -> None:
     sim = small(list_shape="modern")
-    with SimulatorServer(sim) as server, httpx.Client(base_url=server.base_url, auth=(USER, PASSWORD)) as client:
+    with SimulatorServer(sim) as server, httpx.Client(base_url=server.base_url, auth=(DEFAULT_USERNAME, DEFAULT_PASSWORD)) as client:
         contract = records(client, COWORKER_CONTRACTS)[0]
         assert {
             "CoworkerId",
@@ -184,7 +183,7 @@ def test_modern_list_shape_and_single_records_use_object_names() -> None:
 def test_paging_envelope(count: int, page: int, expected: int) -> None:
     with (
         SimulatorServer(small(tokens=count)) as server,
-        httpx.Client(base_url=server.base_url, auth=(USER, PASSWORD)) as client,
+        httpx.Client(base_url=server.base_url, auth=(DEFAULT_USERNAME, DEFAULT_PASSWORD)) as client,
     ):
         answer = client.get(ACCESS_TOKENS.path, params={"page": page, "size": 1000}).json()
     assert set(answer) == ENVELOPE_KEYS and len(answer["Records"]) == expected
@@ -337,7 +336,7 @@ def test_create_validates_and_fills_read_only_fields(sim: Simulator, client: htt
     assert created.status_code == 200 and answer["WasSuccessful"] is True and answer["Status"] == 200
     assert answer["Message"] == "Record 'NEWCODE1' has been successfully created."
     record = client.get(f"{ACCESS_TOKENS.path}/{answer['Value']['Id']}").json()
-    assert (record["BusinessId"], record["MinutesLeft"], record["UpdatedBy"]) == (1100002, 120, USER)
+    assert (record["BusinessId"], record["MinutesLeft"], record["UpdatedBy"]) == (1100002, 120, DEFAULT_USERNAME)
     assert record["Id"] > max(t["Id"] for t in sim.records(ACCESS_TOKENS) if t["Id"] != record["Id"])
     assert record["CreatedOn"] == record["UpdatedOn"] and record["UniqueId"]
     ten_visits = next(p for p in sim.world.time_passes if p.uses == 10)
@@ -408,7 +407,7 @@ def test_put_needs_an_id(client: httpx.Client) -> None:
 
 def test_serves_concurrent_requests_while_data_changes(sim: Simulator, server: SimulatorServer) -> None:
     def fetch(page: int) -> tuple[int, int]:
-        with httpx.Client(base_url=server.base_url, auth=(USER, PASSWORD)) as client:
+        with httpx.Client(base_url=server.base_url, auth=(DEFAULT_USERNAME, DEFAULT_PASSWORD)) as client:
             answer = client.get(ACCESS_TOKENS.path, params={"page": page % 4 + 1, "size": 10})
             return answer.status_code, len(answer.json()["Records"])
 
@@ -423,7 +422,7 @@ def test_serves_concurrent_requests_while_data_changes(sim: Simulator, server: S
 
 def test_server_errors_answer_the_documented_body() -> None:
     with SimulatorServer(small(faults=Faults(error_rate=1.0))) as server:
-        answer = httpx.get(f"{server.base_url}/{ACCESS_TOKENS.path}", auth=(USER, PASSWORD))
+        answer = httpx.get(f"{server.base_url}/{ACCESS_TOKENS.path}", auth=(DEFAULT_USERNAME, DEFAULT_PASSWORD))
     assert (answer.status_code, answer.json()) == (500, {"Message": "An error has occurred."})
 
 
@@ -433,19 +432,19 @@ def test_server_errors_answer_the_documented_body() -> None:
 def test_requests_without_valid_credentials_are_denied(server: SimulatorServer) -> None:
     denied = {"Message": "Authorization has been denied for this request."}
     with httpx.Client(base_url=server.base_url) as anonymous:
-        for auth in (None, (USER, "wrong"), ("someone@else.com", PASSWORD)):
+        for auth in (None, (DEFAULT_USERNAME, "wrong"), ("someone@else.com", DEFAULT_PASSWORD)):
             answer = anonymous.get(ACCESS_TOKENS.path, auth=auth)
             assert (answer.status_code, answer.json()) == (401, denied)
         bogus = anonymous.get(ACCESS_TOKENS.path, headers={"Authorization": "Bearer nope"})
         assert bogus.status_code == 401
-        assert anonymous.get(ACCESS_TOKENS.path, auth=(USER.upper(), PASSWORD)).status_code == 200
+        assert anonymous.get(ACCESS_TOKENS.path, auth=(DEFAULT_USERNAME.upper(), DEFAULT_PASSWORD)).status_code == 200
 
 
 def test_token_endpoint_wants_a_form_and_right_credentials(client: httpx.Client) -> None:
-    form = {"grant_type": "password", "username": USER, "password": PASSWORD}
+    form = {"grant_type": "password", "username": DEFAULT_USERNAME, "password": DEFAULT_PASSWORD}
     as_json = httpx.post(client.base_url.join("token"), json=form)
     assert (as_json.status_code, as_json.json()) == (400, {"error": "unsupported_grant_type"})
-    wrong = token_form(client, {"grant_type": "password", "username": USER, "password": "nope"})
+    wrong = token_form(client, {"grant_type": "password", "username": DEFAULT_USERNAME, "password": "nope"})
     assert wrong.status_code == 400
     assert wrong.json() == {
         "error": "invalid_grant",
@@ -459,7 +458,7 @@ def test_token_endpoint_wants_a_form_and_right_credentials(client: httpx.Client)
 
 def test_refresh_rotates_tokens_and_checks_the_client_id(client: httpx.Client) -> None:
     signed_in = token_form(
-        client, {"grant_type": "password", "username": USER, "password": PASSWORD}, client_id="my-app"
+        client, {"grant_type": "password", "username": DEFAULT_USERNAME, "password": DEFAULT_PASSWORD}, client_id="my-app"
     ).json()
     refresh = {"grant_type": "refresh_token", "refresh_token": signed_in["refresh_token"]}
     other_client = token_form(client, refresh, client_id="another-app")
@@ -477,7 +476,7 @@ def test_refresh_rotates_tokens_and_checks_the_client_id(client: httpx.Client) -
 
 
 def test_revoked_tokens_stop_working(sim: Simulator, client: httpx.Client) -> None:
-    granted = token_form(client, {"grant_type": "password", "username": USER, "password": PASSWORD}).json()
+    granted = token_form(client, {"grant_type": "password", "username": DEFAULT_USERNAME, "password": DEFAULT_PASSWORD}).json()
     assert sim.issued_tokens() == [granted["access_token"], granted["refresh_token"]]
     sim.revoke_tokens()
     assert bearer_status(client, granted["access_token"]) == 401
@@ -488,7 +487,7 @@ def test_revoked_tokens_stop_working(sim: Simulator, client: httpx.Client) -> No
 def test_expired_access_tokens_are_denied() -> None:
     with SimulatorServer(small(access_token_ttl=0)) as server, httpx.Client(base_url=server.base_url) as client:
         granted = token_form(
-            client, {"grant_type": "password", "username": USER, "password": PASSWORD}
+            client, {"grant_type": "password", "username": DEFAULT_USERNAME, "password": DEFAULT_PASSWORD}
         ).json()
         assert bearer_status(client, granted["access_token"]) == 401
 
@@ -496,7 +495,7 @@ def test_expired_access_tokens_are_denied() -> None:
 def test_two_factor_accounts_need_a_valid_code() -> None:
     secret = pyotp.random_base32()
     with SimulatorServer(small(totp_secret=secret)) as server, httpx.Client(base_url=server.base_url) as client:
-        form = {"grant_type": "password", "username": USER, "password": PASSWORD}
+        form = {"grant_type": "password", "username": DEFAULT_USERNAME, "password": DEFAULT_PASSWORD}
         for extra in ({}, {"totp": "000000" if pyotp.TOTP(secret).now() != "000000" else "111111"}):
             refused = token_form(client, form | extra)
             assert (refused.status_code, refused.json()["error"]) == (400, "two_factor_auth_check")
@@ -552,7 +551,7 @@ def test_commands_change_the_data(sim: Simulator, client: httpx.Client) -> None:
     )
     assert answer["WasSuccessful"] and answer["Status"] == 200 and answer["Value"] == {"Id": first["Id"]}
     assert (
-        answer["UpdatedBy"] == USER and answer["UpdatedOn"].endswith("Z") and answer["OpenInWindow"] is False
+        answer["UpdatedBy"] == DEFAULT_USERNAME and answer["UpdatedOn"].endswith("Z") and answer["OpenInWindow"] is False
     )
     after = sim.get(ACCESS_TOKENS, first["Id"]) or {}
     assert (after["MinutesLeft"], after["MinutesIncluded"]) == (
@@ -644,7 +643,7 @@ def test_failed_commands_answer_200_with_was_successful_false(
 
 def test_published_limits_answer_409_with_retry_after() -> None:
     sim = small(enforce_limits=True)
-    with SimulatorServer(sim) as server, httpx.Client(base_url=server.base_url, auth=(USER, PASSWORD)) as client:
+    with SimulatorServer(sim) as server, httpx.Client(base_url=server.base_url, auth=(DEFAULT_USERNAME, DEFAULT_PASSWORD)) as client:
         assert client.get(ACCESS_TOKENS.path).status_code == 200
         too_soon = client.get(ACCESS_TOKENS.path)  # within 100 ms of the first
         assert too_soon.status_code == 409 and too_soon.text == THROTTLED_TEXT
@@ -655,9 +654,9 @@ def test_published_limits_answer_409_with_retry_after() -> None:
 
 
 def test_limit_windows_are_configurable_and_writes_have_their_own() -> None:
-    sim = small(enforce_limits=True, limits=Limits(all_methods=((60, 4),), writes=((60, 1),)))
+    sim = small(enforce_limits=True, limits=Limits(all_methods=(Window(4, 60),), writes=(Window(1, 60),)))
     body = {"BusinessId": 1100001, "AccessCode": "LIMIT001", "MinutesIncluded": 60}
-    with SimulatorServer(sim) as server, httpx.Client(base_url=server.base_url, auth=(USER, PASSWORD)) as client:
+    with SimulatorServer(sim) as server, httpx.Client(base_url=server.base_url, auth=(DEFAULT_USERNAME, DEFAULT_PASSWORD)) as client:
         assert client.post(ACCESS_TOKENS.path, json=body).status_code == 200
         refused = client.post(ACCESS_TOKENS.path, json=body)
         assert refused.status_code == 409 and 1 <= int(refused.headers["Retry-After"]) <= 60
@@ -670,12 +669,12 @@ def test_throttle_fault_uses_the_configured_retry_after(sim: Simulator, client: 
     answer = client.get(ACCESS_TOKENS.path)
     assert (answer.status_code, answer.headers["Retry-After"], answer.text) == (409, "0", THROTTLED_TEXT)
     assert (
-        token_form(client, {"grant_type": "password", "username": USER, "password": PASSWORD}).status_code
+        token_form(client, {"grant_type": "password", "username": DEFAULT_USERNAME, "password": DEFAULT_PASSWORD}).status_code
         == 200
     )
     sim.faults.include_token_endpoint = True
     assert (
-        token_form(client, {"grant_type": "password", "username": USER, "password": PASSWORD}).status_code
+        token_form(client, {"grant_type": "password", "username": DEFAULT_USERNAME, "password": DEFAULT_PASSWORD}).status_code
         == 409
     )
 
@@ -791,7 +790,7 @@ def test_stats_and_request_log(sim: Simulator, client: httpx.Client) -> None:
 def test_admin_endpoints(sim: Simulator, server: SimulatorServer) -> None:
     with (
         httpx.Client(base_url=f"{server.url}/_simulator") as admin,
-        httpx.Client(base_url=server.base_url, auth=(USER, PASSWORD)) as api,
+        httpx.Client(base_url=server.base_url, auth=(DEFAULT_USERNAME, DEFAULT_PASSWORD)) as api,
     ):
         health = admin.get("health").json()
         assert health["status"] == "ok" and health["records"]["AccessToken"] == 40
@@ -839,7 +838,7 @@ def test_python_mutations_bump_updated_on_and_extend_ids(sim: Simulator) -> None
 
 def test_stopping_closes_kept_alive_connections(sim: Simulator) -> None:
     server = SimulatorServer(sim)
-    with httpx.Client(base_url=server.base_url, auth=(USER, PASSWORD)) as client:
+    with httpx.Client(base_url=server.base_url, auth=(DEFAULT_USERNAME, DEFAULT_PASSWORD)) as client:
         first = client.get(ACCESS_TOKENS.path)
         second = client.get(ACCESS_TOKENS.path)
         assert first.headers.get("Connection") != "close" and second.status_code == 200
@@ -851,34 +850,15 @@ def test_stopping_closes_kept_alive_connections(sim: Simulator) -> None:
 
 
 def test_cli_prints_its_address_and_stops_on_sigterm() -> None:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "nexudus_assets.simulator",
-            "--port",
-            "0",
-            "--tokens",
-            "5",
-            "--contracts",
-            "2",
-            "--passes",
-            "2",
-            "--list-shape",
-            "modern",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        line = process.stdout.readline().strip()
-        match = re.fullmatch(r"Nexudus simulator listening on (http://127\.0\.0\.1:\d+/api)", line)
-        assert match, line
-        answer = httpx.get(f"{match.group(1)}/{ACCESS_TOKENS.path}", auth=(USER, PASSWORD))
+    arguments = ["--tokens", "5", "--contracts", "2", "--passes", "2", "--list-shape", "modern"]
+    with running_simulator(arguments) as simulator:
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/api", simulator.base_url), simulator.base_url
+        answer = httpx.get(f"{simulator.base_url}/{ACCESS_TOKENS.path}", auth=(DEFAULT_USERNAME, DEFAULT_PASSWORD))
         assert answer.json()["TotalItems"] == 5 and "BusinessId" in answer.json()["Records"][0]
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=5) == 0
-    finally:
-        process.kill()
-        process.wait()
+        simulator.process.send_signal(signal.SIGTERM)
+        assert simulator.process.wait(timeout=5) == 0
+
+
+def test_a_simulator_process_that_cannot_start_says_so() -> None:
+    with pytest.raises(SimulatorStartError, match="exited with status 2"), running_simulator(["--tokens", "none"]):
+        pass

@@ -17,14 +17,15 @@ from nexudus_assets.nexudus import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_T
 from nexudus_assets.resources import (
     AlertWebhookResource,
     CommandLedgerResource,
-    NexudusResource,
+    NexudusApiResource,
     Pacing,
     WarehouseResource,
 )
 from nexudus_assets.assets.insights import INSIGHTS
 from nexudus_assets.warehouse import WarehouseFiles, history_table, qualified
 from nexudus_assets.writeback.rules import CommandRule
-from nexudus_assets_tests.conftest import PASSWORD, USERNAME, persistent_instance
+from nexudus_assets.simulator import DEFAULT_PASSWORD, DEFAULT_USERNAME
+from nexudus_assets_tests.conftest import persistent_instance
 from nexudus_assets_tests.test_warehouse import held_open
 
 BOOKKEEPING = {"_extra", "_synced_at", "_deleted_at"}
@@ -34,7 +35,7 @@ class Project:
     """The code location wired to one simulator and one DuckDB file, on a persistent instance."""
 
     def __init__(
-        self, running, database, page_size: int = 1000, rules=(), live: bool = False, webhook=None, password=PASSWORD,
+        self, running, database, page_size: int = 1000, rules=(), live: bool = False, webhook=None, password=DEFAULT_PASSWORD,
         lock_timeout_seconds: int = 120, instance: dg.DagsterInstance | None = None,
     ) -> None:
         self.running = running
@@ -42,11 +43,11 @@ class Project:
         self.database = str(database)
         self.warehouse = WarehouseResource(database=self.database, lock_timeout_seconds=lock_timeout_seconds)
         self.alerts = AlertWebhookResource(url=webhook)
-        self.nexudus = NexudusResource(
-            base_url=running.base_url, username=USERNAME, password=password, page_size=page_size, commands_live=live,
+        self.nexudus_api = NexudusApiResource(
+            base_url=running.base_url, username=DEFAULT_USERNAME, password=password, page_size=page_size, commands_live=live,
             pacing=Pacing(enabled=False),
         )
-        self.defs = build_defs({"nexudus": self.nexudus, "warehouse": self.warehouse, "alerts": self.alerts}, rules)
+        self.defs = build_defs({"nexudus_api": self.nexudus_api, "warehouse": self.warehouse, "alerts": self.alerts}, rules)
         self.instance = instance or persistent_instance(Path(database).parent)
 
     def run(self, job: str = "nexudus_sync", run_config=None, raise_on_error: bool = True):

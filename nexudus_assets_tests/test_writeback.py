@@ -17,7 +17,8 @@ from nexudus_assets.resources import AlertWebhookResource, CommandLedgerResource
 from nexudus_assets.writeback.ledger import CommandLedger, default_ledger_path
 from nexudus_assets.writeback.plan import check_rule, plan_calls
 from nexudus_assets.writeback.rules import CommandRule, RuleError, load_rules
-from nexudus_assets_tests.conftest import PASSWORD, USERNAME
+from nexudus_assets.simulator import DEFAULT_PASSWORD, DEFAULT_USERNAME
+
 from nexudus_assets_tests.test_sync_assets import Project
 
 TOP_UP = CommandRule(
@@ -387,8 +388,8 @@ def test_live_commands_switched_on_for_one_run_only_are_refused(make_project):
     ids = sorted(project.insight_ids("low_minutes_access_tokens"))[:2]
     config = {
         "ops": {"run_nexudus_command": {"config": {"rule": "extend", "record_ids": ids}}},
-        "resources": {"nexudus": {"config": {
-            "base_url": project.nexudus.base_url, "username": USERNAME, "password": PASSWORD, "commands_live": True,
+        "resources": {"nexudus_api": {"config": {
+            "base_url": project.nexudus_api.base_url, "username": DEFAULT_USERNAME, "password": DEFAULT_PASSWORD, "commands_live": True,
         }}},
     }
     result = project.defs.resolve_job_def("nexudus_command").execute_in_process(

@@ -12,7 +12,7 @@ import time
 import uuid
 
 import dagster as dg
-from simulated_account import ACCOUNT_SUMMARY, PROJECT, running_simulator, use_project_instance
+from simulated_account import ACCOUNT_SUMMARY, PROJECT, simulated_account, use_project_instance
 
 from nexudus_assets.report import print_report
 
@@ -27,7 +27,7 @@ def main() -> int:
     RUN_LOG.parent.mkdir(exist_ok=True)
     demo_id = uuid.uuid4().hex
     print(f"Starting the Nexudus simulator ({ACCOUNT_SUMMARY})...")
-    with running_simulator() as env:
+    with simulated_account() as env:
         database = env["NEXUDUS_DUCKDB_PATH"]
         print(f"Running `dagster job execute -j nexudus_sync` against {env['NEXUDUS_BASE_URL']} into {database} ...")
         started = time.monotonic()

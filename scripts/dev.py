@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from simulated_account import ACCOUNT_SUMMARY, PROJECT, running_simulator, use_project_instance
+from simulated_account import ACCOUNT_SUMMARY, PROJECT, simulated_account, use_project_instance
 
 DEV_COMMAND = [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", "3000"]
 
@@ -18,7 +18,7 @@ def main() -> int:
         print(f"Using the Nexudus account at {os.environ['NEXUDUS_BASE_URL']} (no simulator).")
         return subprocess.call(DEV_COMMAND, cwd=PROJECT)
     print(f"NEXUDUS_BASE_URL is not set: starting the simulator ({ACCOUNT_SUMMARY}) and pointing the code location at it.")
-    with running_simulator() as env:
+    with simulated_account() as env:
         print(f"Warehouse: {env['NEXUDUS_DUCKDB_PATH']}; Dagster instance: {env['DAGSTER_HOME']}.")
         try:
             return subprocess.call(DEV_COMMAND, env=env, cwd=PROJECT)

@@ -5,17 +5,14 @@ file, so what one of them did, the other shows.
 """
 
 import os
-import re
-import subprocess
-import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from nexudus_assets.simulator import DEFAULT_PASSWORD, DEFAULT_USERNAME
+from nexudus_assets.simulator.process import SimulatorStartError, running_simulator
 from nexudus_assets.warehouse import DEFAULT_WAREHOUSE_PATH
 
-USERNAME = "admin@example.com"
-PASSWORD = "simulator-password"
 PROJECT = Path(__file__).resolve().parent.parent
 #: The same seed and size every time: the warehouse always holds the same simulated records.
 ACCOUNT = ["--seed", "7", "--tokens", "2000", "--contracts", "500", "--passes", "500", "--enforce-limits"]
@@ -37,27 +34,17 @@ def simulated_warehouse() -> Path:
 
 
 @contextmanager
-def running_simulator(arguments: Sequence[str] = ACCOUNT) -> Iterator[dict[str, str]]:
+def simulated_account(arguments: Sequence[str] = ACCOUNT) -> Iterator[dict[str, str]]:
     """Yields the environment a child process needs to use the simulator; stops it on exit."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "nexudus_assets.simulator", "--port", "0",
-         "--username", USERNAME, "--password", PASSWORD, *arguments],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
     try:
-        line = process.stdout.readline() if process.stdout else ""
-        found = re.search(r"(http://\S+/api)", line)
-        if not found:
-            raise SystemExit(f"the simulator did not start: {line.strip() or 'no output'}")
-        yield {
-            **os.environ,
-            "NEXUDUS_BASE_URL": found.group(1),
-            "NEXUDUS_USERNAME": USERNAME,
-            "NEXUDUS_PASSWORD": PASSWORD,
-            "NEXUDUS_AUTH": "basic",
-            "NEXUDUS_DUCKDB_PATH": str(simulated_warehouse()),
-        }
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+        with running_simulator(arguments) as simulator:
+            yield {
+                **os.environ,
+                "NEXUDUS_BASE_URL": simulator.base_url,
+                "NEXUDUS_USERNAME": DEFAULT_USERNAME,
+                "NEXUDUS_PASSWORD": DEFAULT_PASSWORD,
+                "NEXUDUS_AUTH": "basic",
+                "NEXUDUS_DUCKDB_PATH": str(simulated_warehouse()),
+            }
+    except SimulatorStartError as failed:
+        raise SystemExit(str(failed)) from None

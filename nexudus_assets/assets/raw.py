@@ -8,7 +8,7 @@ from pydantic import Field
 from nexudus_assets.assets.metadata import table_metadata
 from nexudus_assets.checks import evaluate_raw_checks, raw_check_specs
 from nexudus_assets.nexudus import ENTITIES, Entity
-from nexudus_assets.resources import NexudusResource, WarehouseResource
+from nexudus_assets.resources import NexudusApiResource, WarehouseResource
 from nexudus_assets.warehouse import history_table, qualified, table_columns
 from nexudus_assets.warehouse.load import load_entity
 
@@ -57,10 +57,10 @@ def build_raw_asset(entity: Entity) -> dg.AssetsDefinition:
     def _raw(
         context: dg.AssetExecutionContext,
         config: SyncConfig,
-        nexudus: NexudusResource,
+        nexudus_api: NexudusApiResource,
         warehouse: WarehouseResource,
     ) -> dg.MaterializeResult:
-        with nexudus.get_client() as client:
+        with nexudus_api.get_client() as client:
             report = load_entity(
                 client,
                 warehouse.get_connection,

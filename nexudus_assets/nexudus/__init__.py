@@ -15,7 +15,7 @@ from nexudus_assets.nexudus.errors import (
     ThrottledError,
     TransportError,
     UncertainOutcomeError,
-    ValidationError,
+    RequestRefusedError,
 )
 from nexudus_assets.nexudus.models import (
     AccessToken,
@@ -28,7 +28,7 @@ from nexudus_assets.nexudus.models import (
     NexudusRecord,
     Page,
 )
-from nexudus_assets.nexudus.pacing import RateLimiter, RateLimits, Window
+from nexudus_assets.nexudus.pacing import Pacer, RateLimits, Window
 from nexudus_assets.nexudus.paging import PagingSummary
 
 __all__ = [
@@ -52,8 +52,8 @@ __all__ = [
     "NexudusRecord",
     "NotFoundError",
     "Page",
+    "Pacer",
     "PagingSummary",
-    "RateLimiter",
     "RateLimits",
     "RecordPage",
     "RecordValidationError",
@@ -66,7 +66,7 @@ __all__ = [
     "ThrottledError",
     "TransportError",
     "UncertainOutcomeError",
-    "ValidationError",
+    "RequestRefusedError",
     "Window",
     "parse_record",
 ]

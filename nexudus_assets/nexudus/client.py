@@ -36,11 +36,11 @@ from nexudus_assets.nexudus.errors import (
     ThrottledError,
     TransportError,
     UncertainOutcomeError,
-    ValidationError,
+    RequestRefusedError,
 )
 from nexudus_assets.nexudus.lease import AccountLease
 from nexudus_assets.nexudus.models import ActionResult, CommandDescription, FieldError, NexudusRecord, Page, valid_id
-from nexudus_assets.nexudus.pacing import RateLimiter, RateLimits, shared_limiter
+from nexudus_assets.nexudus.pacing import Pacer, RateLimits, shared_pacer
 from nexudus_assets.nexudus.paging import DEFAULT_MAX_PAGES, PageNumberPaginator, PagingSummary
 
 DEFAULT_BASE_URL = "https://spaces.nexudus.com/api"
@@ -150,7 +150,7 @@ class NexudusClient:
         request_deadline: float = DEFAULT_REQUEST_DEADLINE,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_pages: int = DEFAULT_MAX_PAGES,
-        limiter: RateLimiter | None = None,
+        pacer: Pacer | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         """`timeout` bounds each network read; `request_deadline` a whole request, answer included.
@@ -175,9 +175,9 @@ class NexudusClient:
         self.retry = retry or RetryPolicy()
         self.stats = RequestStats()
         self._sleep = sleep
-        self._limiter = limiter or shared_limiter(self.base_url, username, limits or RateLimits())
+        self._pacer = pacer or shared_pacer(self.base_url, username, limits or RateLimits())
         # A budget only holds if no other process spends it too; a server without limits needs no claim.
-        paced = bool(self._limiter.limits.all_methods or self._limiter.limits.writes)
+        paced = bool(self._pacer.limits.all_methods or self._pacer.limits.writes)
         self._lease = AccountLease(self.base_url, username) if paced else None
         # The deadline is checked between reads, so no single read may outwait it either.
         self._http = httpx.Client(timeout=min(timeout, request_deadline), headers={"Accept": "application/json"})
@@ -392,7 +392,7 @@ class NexudusClient:
         except PydanticValidationError as exc:
             raise ResponseFormatError(f"{method} /{path}: unexpected answer ({exc.errors()[0]['msg']})") from None
         if not result.was_successful:
-            raise ValidationError(
+            raise RequestRefusedError(
                 result.message or "the server answered WasSuccessful: false",
                 errors=result.errors,
                 status_code=result.status,
@@ -459,7 +459,7 @@ class NexudusClient:
                 # Before the slot: signing in is a request of its own, paced the same way.
                 request_headers.update(auth_headers())
             try:
-                with self._limiter.slot(write=write) as waited:
+                with self._pacer.slot(write=write) as waited:
                     self.stats.paced_seconds += waited
                     response, content = self._receive(
                         method, url, params=params, json=json, data=data, headers=request_headers
@@ -488,7 +488,7 @@ class NexudusClient:
                             request=described,
                         )
                     log.warning("%s throttled (HTTP %d); waiting %.2fs as told", described, status, wait)
-                    self._limiter.pause_until(time.monotonic() + wait)
+                    self._pacer.pause_until(time.monotonic() + wait)
                     continue
                 if status >= 500 and not replay_safe:
                     raise ServerError(
@@ -650,7 +650,7 @@ def _error_for(answer: _Answer, described: str, *, sign_in: bool) -> APIError:
         errors = None
         if isinstance(body, dict) and isinstance(body.get("Errors"), list):
             errors = [FieldError.model_validate(item) for item in body["Errors"] if isinstance(item, dict)]
-        return ValidationError(message, errors=errors, status_code=status, request=described, answer=body)
+        return RequestRefusedError(message, errors=errors, status_code=status, request=described, answer=body)
     return APIError(message, status_code=status, request=described)
 
 

@@ -55,7 +55,7 @@ class ServerError(APIError):
     """5xx after retries."""
 
 
-class ValidationError(APIError):
+class RequestRefusedError(APIError):
     """The server refused the data: HTTP 400, or `WasSuccessful: false` on a 200."""
 
     def __init__(

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Window:
+    """At most `requests` requests in any `seconds` seconds."""
+
     requests: int
     seconds: float
 
@@ -53,7 +55,7 @@ class _SlidingLog:
         return self.sent[0] + period - now
 
 
-class RateLimiter:
+class Pacer:
     """Holds requests to every window as the server counts them.
 
     The server counts a request when it arrives, which is some time after we send it and
@@ -108,7 +110,7 @@ class RateLimiter:
         self._paused_until = max(self._paused_until, moment)
 
 
-_shared: dict[tuple[str, str, RateLimits], RateLimiter] = {}
+_shared: dict[tuple[str, str, RateLimits], Pacer] = {}
 _shared_lock = threading.Lock()
 
 
@@ -117,10 +119,10 @@ def account_key(base_url: str, username: str) -> tuple[str, str]:
     return base_url.rstrip("/").lower(), username.lower()
 
 
-def shared_limiter(base_url: str, username: str, limits: RateLimits) -> RateLimiter:
+def shared_pacer(base_url: str, username: str, limits: RateLimits) -> Pacer:
     """The process-wide budget for one account on one server."""
     key = (*account_key(base_url, username), limits)
     with _shared_lock:
         if key not in _shared:
-            _shared[key] = RateLimiter(limits)
+            _shared[key] = Pacer(limits)
         return _shared[key]

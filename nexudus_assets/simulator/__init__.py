@@ -14,5 +14,15 @@ from nexudus_assets.simulator.dialect import DIALECTS, Dialect
 from nexudus_assets.simulator.faults import Faults
 from nexudus_assets.simulator.limits import Limits
 from nexudus_assets.simulator.server import SimulatorServer
+from nexudus_assets.simulator.sign_in import DEFAULT_PASSWORD, DEFAULT_USERNAME
 
-__all__ = ["DIALECTS", "Dialect", "Faults", "Limits", "Simulator", "SimulatorServer"]
+__all__ = [
+    "DEFAULT_PASSWORD",
+    "DEFAULT_USERNAME",
+    "DIALECTS",
+    "Dialect",
+    "Faults",
+    "Limits",
+    "Simulator",
+    "SimulatorServer",
+]

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from nexudus_assets.nexudus.entities import ENTITIES, Entity
-from nexudus_assets.simulator.auth import TokenError
+from nexudus_assets.simulator.sign_in import TokenError
 from nexudus_assets.simulator.core import Simulator
 
 log = logging.getLogger(__name__)

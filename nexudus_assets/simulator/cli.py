@@ -11,7 +11,9 @@ from collections.abc import Sequence
 from nexudus_assets.simulator.core import Simulator
 from nexudus_assets.simulator.dialect import DIALECTS
 from nexudus_assets.simulator.faults import HOSTILE_IDS, Faults
+from nexudus_assets.simulator.process import LISTENING_ON
 from nexudus_assets.simulator.server import SimulatorServer
+from nexudus_assets.simulator.sign_in import DEFAULT_PASSWORD, DEFAULT_USERNAME
 
 
 def _hostile_id_names(text: str) -> list[str]:
@@ -38,8 +40,8 @@ def _parser() -> argparse.ArgumentParser:
         "--dialect", choices=sorted(DIALECTS), default="reference",
         help="answer as another Nexudus-compatible server would (see simulator/dialect.py)",
     )
-    parser.add_argument("--username", default="admin@example.com")
-    parser.add_argument("--password", default="simulator-password")
+    parser.add_argument("--username", default=DEFAULT_USERNAME)
+    parser.add_argument("--password", default=DEFAULT_PASSWORD)
     parser.add_argument("--totp-secret", help="base32; sign-in then needs a TOTP code")
     parser.add_argument("--enforce-limits", action="store_true", help="answer 409 past the published limits")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="waited before the rate limiter counts")
@@ -93,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     with SimulatorServer(simulator, host=args.host, port=args.port) as server:
-        print(f"Nexudus simulator listening on {server.base_url}", flush=True)
+        print(f"{LISTENING_ON} {server.base_url}", flush=True)
         # A timed wait lets the signal handler run promptly on every platform.
         while not stop.wait(0.5):
             pass

@@ -23,7 +23,7 @@ from nexudus_assets.nexudus.entities import (
     Entity,
 )
 from nexudus_assets.simulator import commands
-from nexudus_assets.simulator.auth import Accounts
+from nexudus_assets.simulator.sign_in import DEFAULT_PASSWORD, DEFAULT_USERNAME, Accounts
 from nexudus_assets.simulator.data import Generator, World, label, utc_stamp
 from nexudus_assets.simulator.dialect import Dialect
 from nexudus_assets.simulator.faults import HOSTILE_IDS, Faults
@@ -93,8 +93,8 @@ class Simulator:
         passes: int = 50,
         now: dt.datetime | None = None,
         list_shape: ListShape = "legacy",
-        username: str = "admin@example.com",
-        password: str = "simulator-password",
+        username: str = DEFAULT_USERNAME,
+        password: str = DEFAULT_PASSWORD,
         totp_secret: str | None = None,
         access_token_ttl: float = 7 * 24 * 3600,
         refresh_token_ttl: float = 15 * 24 * 3600,

@@ -8,40 +8,48 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-Windows = tuple[tuple[float, int], ...]
+
+@dataclass(frozen=True)
+class Window:
+    """At most `requests` requests in any `seconds` seconds."""
+
+    requests: int
+    seconds: float
 
 
 @dataclass(frozen=True)
 class Limits:
-    """(window in seconds, most requests allowed in it). Nexudus publishes these numbers."""
+    """The windows Nexudus publishes; every request must fit `all_methods`."""
 
-    all_methods: Windows = ((0.1, 1), (60, 120), (3600, 5000), (86400, 200_000))
+    all_methods: tuple[Window, ...] = (Window(1, 0.1), Window(120, 60), Window(5_000, 3_600), Window(200_000, 86_400))
     #: Extra windows for POST/PUT/DELETE.
-    writes: Windows = ((60, 60), (86400, 5000))
+    writes: tuple[Window, ...] = (Window(60, 60), Window(5_000, 86_400))
 
 
 class RateLimiter:
+    """Counts each user's requests as they arrive and refuses those past a window."""
+
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self._lock = threading.Lock()
-        self._seen: dict[tuple[str, bool, float], deque[float]] = {}
+        self._seen: dict[tuple[str, bool, Window], deque[float]] = {}
 
     def admit(self, user: str, write: bool) -> int | None:
         """Count the request and return None, or return the whole seconds to wait (not counted)."""
         now = time.monotonic()
-        windows = [(False, w) for w in self.limits.all_methods]
+        windows = [(False, window) for window in self.limits.all_methods]
         if write:
-            windows += [(True, w) for w in self.limits.writes]
+            windows += [(True, window) for window in self.limits.writes]
         with self._lock:
             wait = 0.0
-            for is_write_window, (seconds, allowed) in windows:
-                seen = self._seen.setdefault((user, is_write_window, seconds), deque())
-                while seen and seen[0] <= now - seconds:
+            for is_write_window, window in windows:
+                seen = self._seen.setdefault((user, is_write_window, window), deque())
+                while seen and seen[0] <= now - window.seconds:
                     seen.popleft()
-                if len(seen) >= allowed:
-                    wait = max(wait, seen[-allowed] + seconds - now)
+                if len(seen) >= window.requests:
+                    wait = max(wait, seen[-window.requests] + window.seconds - now)
             if wait > 0:
                 return max(1, math.ceil(wait))
-            for is_write_window, (seconds, _) in windows:
-                self._seen[(user, is_write_window, seconds)].append(now)
+            for is_write_window, window in windows:
+                self._seen[(user, is_write_window, window)].append(now)
         return None

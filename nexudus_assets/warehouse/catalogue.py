@@ -11,7 +11,7 @@ import duckdb
 from nexudus_assets.nexudus import CommandDescription, Entity
 from nexudus_assets.warehouse.schema import SCHEMA, ensure_schema, transaction
 
-COMMANDS = f"{SCHEMA}.commands"
+CATALOGUE_TABLE = f"{SCHEMA}.commands"
 
 
 def store_catalogue(
@@ -30,7 +30,7 @@ def store_catalogue(
     ensure_schema(conn)
     with transaction(conn):
         conn.execute(
-            f"""CREATE OR REPLACE TABLE {COMMANDS} (
+            f"""CREATE OR REPLACE TABLE {CATALOGUE_TABLE} (
                 entity VARCHAR NOT NULL, key VARCHAR NOT NULL, name VARCHAR,
                 applies_only_to_one_entity BOOLEAN, applies_only_to_two_entities BOOLEAN,
                 applies_only_to_multiple_entities BOOLEAN, needs_entities_to_run BOOLEAN,
@@ -38,7 +38,7 @@ def store_catalogue(
                 PRIMARY KEY (entity, key))"""
         )
         if rows:
-            conn.executemany(f"INSERT INTO {COMMANDS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, CAST(? AS JSON), ?)", rows)
+            conn.executemany(f"INSERT INTO {CATALOGUE_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?, CAST(? AS JSON), ?)", rows)
 
 
 def read_catalogue(conn: duckdb.DuckDBPyConnection, entity: Entity) -> list[CommandDescription] | None:
@@ -51,7 +51,7 @@ def read_catalogue(conn: duckdb.DuckDBPyConnection, entity: Entity) -> list[Comm
     rows = conn.execute(
         f"""SELECT key, name, applies_only_to_one_entity, applies_only_to_two_entities,
                    applies_only_to_multiple_entities, needs_entities_to_run, "order", requires_parameters
-            FROM {COMMANDS} WHERE entity = ? ORDER BY "order", key""",
+            FROM {CATALOGUE_TABLE} WHERE entity = ? ORDER BY "order", key""",
         [entity.name],
     ).fetchall()
     return [

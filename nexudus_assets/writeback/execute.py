@@ -16,9 +16,9 @@ from nexudus_assets.nexudus import (
     ThrottledError,
     TransportError,
     UncertainOutcomeError,
-    ValidationError,
+    RequestRefusedError,
 )
-from nexudus_assets.writeback.ledger import CommandKey, CommandLedger, Outcome
+from nexudus_assets.writeback.ledger import CooldownKey, CommandLedger, Outcome
 from nexudus_assets.writeback.plan import check_rule, plan_calls
 from nexudus_assets.writeback.rules import CommandRule
 
@@ -45,14 +45,14 @@ class CommandReport:
     messages: list[str] = field(default_factory=list)
 
 
-def command_key(rule: CommandRule, entity: Entity) -> CommandKey:
+def cooldown_key(rule: CommandRule, entity: Entity) -> CooldownKey:
     """What the rule does, as the ledger's cooldown compares it."""
-    return CommandKey.of(entity.name, rule.command, rule.parameters)
+    return CooldownKey.of(entity.name, rule.command, rule.parameters)
 
 
 def _outcome_of(error: NexudusError) -> Outcome:
     # Refused by the server, or never sent: nothing happened, so a later tick may retry.
-    if isinstance(error, ValidationError | AuthenticationError | NotFoundError | ThrottledError):
+    if isinstance(error, RequestRefusedError | AuthenticationError | NotFoundError | ThrottledError):
         return "failed"
     if isinstance(error, TransportError) and not isinstance(error, UncertainOutcomeError):
         return "failed"
@@ -84,7 +84,7 @@ def run_rule(
     recorded when the rule does not fit the catalogue.
     """
     command, parameters = check_rule(rule, client.commands(entity))
-    key = command_key(rule, entity)
+    key = cooldown_key(rule, entity)
     cooldown = dt.timedelta(hours=rule.cooldown_hours)
     report = CommandReport(rule=rule.name, command_key=command.key, dry_run=not live)
     common = {"rule": rule.name, "run_id": run_id, "dry_run": not live}

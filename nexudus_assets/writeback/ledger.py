@@ -96,8 +96,8 @@ def canonical_parameters(parameters: Mapping[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
-class CommandKey:
-    """What a command does to a record, whichever rule asks for it."""
+class CooldownKey:
+    """What a command does to a record, whichever rule asks for it: the ledger's cooldown compares by it."""
 
     entity: str
     command_key: str
@@ -105,7 +105,7 @@ class CommandKey:
     parameters: str
 
     @classmethod
-    def of(cls, entity: str, command_key: str, parameters: Mapping[str, Any]) -> CommandKey:
+    def of(cls, entity: str, command_key: str, parameters: Mapping[str, Any]) -> CooldownKey:
         return cls(entity, command_key, canonical_parameters(parameters))
 
 
@@ -219,7 +219,7 @@ class CommandLedger:
     @staticmethod
     def _blocked(
         conn: sqlite3.Connection,
-        key: CommandKey,
+        key: CooldownKey,
         *,
         cooldown: dt.timedelta,
         max_attempts: int,
@@ -238,7 +238,7 @@ class CommandLedger:
         return {record_id for (record_id,) in rows}
 
     def blocked_ids(
-        self, key: CommandKey, *, cooldown: dt.timedelta, max_attempts: int, now: dt.datetime
+        self, key: CooldownKey, *, cooldown: dt.timedelta, max_attempts: int, now: dt.datetime
     ) -> set[int]:
         """Records to leave alone now: actioned within the cooldown, or out of attempts. A snapshot, not a claim."""
         with self._connection() as conn:
@@ -247,7 +247,7 @@ class CommandLedger:
     def _insert(
         self,
         conn: sqlite3.Connection,
-        key: CommandKey,
+        key: CooldownKey,
         *,
         call_id: str,
         ids: Sequence[int],
@@ -270,7 +270,7 @@ class CommandLedger:
 
     def claim(
         self,
-        key: CommandKey,
+        key: CooldownKey,
         ids: Sequence[int],
         *,
         rule: str,
@@ -303,7 +303,7 @@ class CommandLedger:
 
     def record(
         self,
-        key: CommandKey,
+        key: CooldownKey,
         calls: Sequence[Sequence[int]],
         *,
         rule: str,

@@ -12,6 +12,10 @@ from typing import Any
 
 import pyotp
 
+#: The administrator a simulator signs in unless told otherwise.
+DEFAULT_USERNAME = "admin@example.com"
+DEFAULT_PASSWORD = "simulator-password"
+
 
 class TokenError(Exception):
     """A refused token request; `answer` is the OAuth error body (HTTP 400)."""

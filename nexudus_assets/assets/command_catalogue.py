@@ -7,8 +7,8 @@ import dagster as dg
 from nexudus_assets.assets.metadata import table_metadata
 from nexudus_assets.assets.raw import GROUP
 from nexudus_assets.nexudus import ENTITIES
-from nexudus_assets.resources import NexudusResource, WarehouseResource
-from nexudus_assets.warehouse.catalogue import COMMANDS, store_catalogue
+from nexudus_assets.resources import NexudusApiResource, WarehouseResource
+from nexudus_assets.warehouse.catalogue import CATALOGUE_TABLE, store_catalogue
 
 
 @dg.asset(
@@ -20,14 +20,14 @@ from nexudus_assets.warehouse.catalogue import COMMANDS, store_catalogue
     ),
     kinds={"nexudus", "duckdb"},
     owners=["team:data"],
-    metadata={"dagster/table_name": COMMANDS},
+    metadata={"dagster/table_name": CATALOGUE_TABLE},
 )
-def nexudus_commands(nexudus: NexudusResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
-    with nexudus.get_client() as client:
+def command_catalogue(nexudus_api: NexudusApiResource, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    with nexudus_api.get_client() as client:
         catalogue = {entity: client.commands(entity) for entity in ENTITIES}
     with warehouse.get_connection() as conn:
         store_catalogue(conn, catalogue, dt.datetime.now(dt.UTC).replace(tzinfo=None))
-        metadata = table_metadata(conn, COMMANDS)
+        metadata = table_metadata(conn, CATALOGUE_TABLE)
     return dg.MaterializeResult(
         metadata={**metadata, **{f"commands_{entity.table}": len(catalogue[entity]) for entity in ENTITIES}}
     )
