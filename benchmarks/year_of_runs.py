@@ -125,28 +125,23 @@ def copy_runs(home: Path, template_id: str, runs: int) -> dict[str, Any]:
             _insert(runs_db, "run_tags", tag_columns[1:], [tuple(renamed(row, tag_columns)[1:]) for row in tag_rows])
             new_ids = {old: next_event_id + position for position, old in enumerate(event_ids)}
             next_event_id += len(event_ids)
-            events = []
-            for row in event_rows:
-                values = renamed(row, event_columns)
-                values[0] = new_ids[row[0]]
-                events.append(tuple(values))
-            _insert(index, "event_logs", event_columns, events)
-            checks = []
-            for row in check_rows:
-                values = renamed(row, check_columns)
-                values[0] = None
-                for name in ("evaluation_event_storage_id", "materialization_event_storage_id"):
-                    at = check_columns.index(name)
-                    values[at] = new_ids.get(values[at], values[at])
-                checks.append(tuple(values))
-            _insert(index, "asset_check_executions", check_columns, checks)
-            tags = []
-            for row in tag_event_rows:
-                values = renamed(row, tag_event_columns)
-                values[0] = None
-                values[tag_event_columns.index("event_id")] = new_ids[row[tag_event_columns.index("event_id")]]
-                tags.append(tuple(values))
-            _insert(index, "asset_event_tags", tag_event_columns, tags)
+            def copies(rows: list[tuple[Any, ...]], columns: list[str], *, own_id: bool) -> list[tuple[Any, ...]]:
+                """The rows renamed and shifted; event ids mapped to the copies' own."""
+                copied = []
+                for row in rows:
+                    values = renamed(row, columns)
+                    values[0] = new_ids[row[0]] if own_id else None  # a fresh id, or the mapped event's
+                    for name in ("event_id", "evaluation_event_storage_id", "materialization_event_storage_id"):
+                        if name in columns:
+                            at = columns.index(name)
+                            values[at] = new_ids.get(values[at], values[at])
+                    copied.append(tuple(values))
+                return copied
+
+            _insert(index, "event_logs", event_columns, copies(event_rows, event_columns, own_id=True))
+            _insert(index, "asset_check_executions", check_columns, copies(check_rows, check_columns, own_id=False))
+            _insert(index, "asset_event_tags", tag_event_columns,
+                    copies(tag_event_rows, tag_event_columns, own_id=False))
             shard = history / "runs" / f"{run_id}.db"
             shutil.copyfile(history / "runs" / f"{template_id}.db", shard)
             with closing(sqlite3.connect(shard)) as own:
