@@ -11,37 +11,15 @@ import dagster as dg
 import pytest
 import yaml
 
-from nexudus_assets.nexudus import NexudusClient, RateLimits, RetryPolicy
 from nexudus_assets.simulator import DEFAULT_PASSWORD, DEFAULT_USERNAME, Simulator, SimulatorServer
 from nexudus_assets_tests.postgres import PostgresMissingError, PostgresServer
+from nexudus_assets_tests.utils import Running
 
 PROJECT = Path(__file__).resolve().parent.parent
 #: What `make dev` uses: run-sharded SQLite under DAGSTER_HOME, the project's run queue.
 LOCAL_INSTANCE = PROJECT / "dagster.yaml"
 #: The deployed instance; the tests take its PostgreSQL storage section.
 DEPLOYED_INSTANCE = PROJECT / "deploy" / "dagster.yaml"
-
-#: Quick retries: the tests check that retries happen and are bounded, not how long they wait.
-FAST_RETRY = RetryPolicy(max_attempts=4, backoff_initial=0.01, backoff_max=0.05, max_elapsed=30)
-
-
-class Running:
-    """A started simulator and its base URL."""
-
-    def __init__(self, sim: Simulator, base_url: str) -> None:
-        self.sim = sim
-        self.base_url = base_url
-
-    def client(self, **overrides: Any) -> NexudusClient:
-        settings: dict[str, Any] = {
-            "username": DEFAULT_USERNAME,
-            "password": DEFAULT_PASSWORD,
-            "limits": RateLimits.unlimited(),
-            "retry": FAST_RETRY,
-        }
-        settings.update(overrides)
-        return NexudusClient(self.base_url, **settings)
-
 
 @pytest.fixture
 def start_simulator() -> Iterator[Callable[..., Running]]:
@@ -62,13 +40,6 @@ def start_simulator() -> Iterator[Callable[..., Running]]:
 def running(start_simulator: Callable[..., Running]) -> Running:
     """A small account: 30 tokens, 20 contracts, 20 passes, legacy list shape."""
     return start_simulator(seed=3, tokens=30, contracts=20, passes=20)
-
-
-def persistent_instance(directory: Path | str) -> dg.DagsterInstance:
-    """What `dagster dev` and the daemon use by default: SQLite storages, one event database per run."""
-    home = Path(directory) / "dagster_home"
-    home.mkdir(parents=True, exist_ok=True)
-    return dg.DagsterInstance.local_temp(str(home), overrides={"telemetry": {"enabled": False}})
 
 
 @pytest.fixture(scope="session")

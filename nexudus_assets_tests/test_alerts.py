@@ -5,8 +5,7 @@ import pytest
 
 from nexudus_assets.nexudus import ACCESS_TOKENS
 from nexudus_assets.resources import AlertWebhookResource
-from nexudus_assets_tests.test_sync_assets import Project
-from nexudus_assets_tests.webhook import Webhook
+from nexudus_assets_tests.utils import DaemonKilled, Project, Webhook
 
 CHECK = "access_tokens.minutes_left_within_included"
 
@@ -113,10 +112,6 @@ def test_a_failed_run_alerts_once_without_leaking_the_password(make_project, web
     [text] = [text for text in webhook.texts() if "run failed" in text]
     assert "nexudus_sync" in text and failed.run_id[:8] in text
     assert "wrong-password" not in " ".join(webhook.texts())
-
-
-class DaemonKilled(BaseException):
-    """Stands for the daemon dying in the middle of a tick."""
 
 
 def test_a_daemon_killed_mid_tick_repeats_no_alert_it_had_sent(make_project, webhook):

@@ -20,7 +20,7 @@ from nexudus_assets.simulator import DEFAULT_PASSWORD, DEFAULT_USERNAME
 
 from nexudus_assets_tests.deployment import Deployment
 from nexudus_assets_tests.postgres import PostgresServer
-from nexudus_assets_tests.webhook import Webhook
+from nexudus_assets_tests.utils import Webhook
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 #: What `make dev` uses (SQLite, one event database per run), and what production uses.

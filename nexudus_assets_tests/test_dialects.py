@@ -10,7 +10,7 @@ import pytest
 
 from nexudus_assets.nexudus import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES, ENTITIES
 from nexudus_assets.simulator import DIALECTS
-from nexudus_assets_tests.test_sync_assets import Project, metadata
+from nexudus_assets_tests.utils import Project, metadata
 
 
 @pytest.fixture(params=[(name, shape) for name, shape in zip(sorted(DIALECTS), ("modern", "legacy", "modern"))],

@@ -33,7 +33,7 @@ from nexudus_assets.warehouse import SCHEMA, qualified
 from nexudus_assets.warehouse.connection import connect
 from nexudus_assets.warehouse.load import load_entity
 from nexudus_assets.simulator import DEFAULT_USERNAME
-from nexudus_assets_tests.conftest import persistent_instance
+from nexudus_assets_tests.utils import persistent_instance
 
 TOKENS_PATH = "/api/spaces/accesstokens"
 #: One attempt and one retry: enough to see what is retried and what is not.

@@ -38,15 +38,14 @@ from pydantic_core import to_jsonable_python
 from nexudus_assets.definitions import build_defs, resources_from_env
 from nexudus_assets.nexudus import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES, ENTITIES, Entity
 from nexudus_assets.nexudus.errors import AuthenticationError
-from nexudus_assets.resources import AlertWebhookResource, NexudusApiResource, Pacing, WarehouseResource
 from nexudus_assets.simulator import Simulator, SimulatorServer
 from nexudus_assets.warehouse import connect, qualified
 from nexudus_assets.simulator import DEFAULT_PASSWORD, DEFAULT_USERNAME
-from nexudus_assets_tests.conftest import persistent_instance
+from nexudus_assets_tests.utils import Project, Running, check_outcomes
 
 REPO = Path(__file__).resolve().parents[1]
 #: Columns the warehouse adds to every record; the rest must equal what the API holds.
-BOOKKEEPING = ("_synced_at", "_deleted_at")
+WAREHOUSE_COLUMNS = ("_synced_at", "_deleted_at")
 #: The faults of issue 5. Retry-After 0 keeps the 409s fast; the slow variant uses 1.
 FAULTS = {
     "error_rate": 0.08,
@@ -61,32 +60,6 @@ FAULTS = {
 # -- the code location, run in this process ------------------------------------------------------
 
 
-class Sync:
-    """The project's jobs wired to one simulator and one DuckDB file, executed in this process."""
-
-    def __init__(self, base_url: str, database: Path, *, page_size: int = 1000) -> None:
-        self.database = database
-        self.defs = build_defs(
-            {
-                # The simulators here do not enforce the published limits; pacing to them would only add minutes.
-                "nexudus_api": NexudusApiResource(
-                    base_url=base_url, username=DEFAULT_USERNAME, password=DEFAULT_PASSWORD, page_size=page_size,
-                    pacing=Pacing(enabled=False),
-                ),
-                "warehouse": WarehouseResource(database=str(database)),
-                "alerts": AlertWebhookResource(),
-            },
-            (),
-        )
-        self.instance = persistent_instance(database.parent)
-
-    def run(self, job: str = "nexudus_sync", *, raise_on_error: bool = True, assets: Iterable[str] | None = None):
-        selection = [dg.AssetKey(name) for name in assets] if assets is not None else None
-        return self.defs.resolve_job_def(job).execute_in_process(
-            instance=self.instance, raise_on_error=raise_on_error, asset_selection=selection
-        )
-
-
 def failure_text(run: dg.ExecuteInProcessResult | Iterable[dg.DagsterEvent], *, stacks: bool = False) -> str:
     """The error messages of a failed run, causes included, as the Dagster UI shows them."""
     texts: list[str] = []
@@ -98,10 +71,6 @@ def failure_text(run: dg.ExecuteInProcessResult | Iterable[dg.DagsterEvent], *, 
             texts.append(error.message.strip())
             error = error.cause or error.context
     return "\n".join(dict.fromkeys(texts))  # the step's error comes again with the run's failure
-
-
-def check_outcomes(result: dg.ExecuteInProcessResult) -> dict[tuple[str, str], Any]:
-    return {(e.asset_key.to_user_string(), e.check_name): e for e in result.get_asset_check_evaluations()}
 
 
 # -- what the warehouse holds, and what it should hold ---------------------------------------------
@@ -147,7 +116,7 @@ def read_warehouse(database: Path, *, read_only: bool = True) -> dict[str, Table
             assert twins == [], f"{entity.table}: duplicate ids {twins[:5]}"
             rows = {}
             for row in _fetch(conn, f"SELECT * FROM {qualified(entity)} WHERE _deleted_at IS NULL"):
-                for name in BOOKKEEPING:
+                for name in WAREHOUSE_COLUMNS:
                     del row[name]
                 row["_extra"] = json.loads(row["_extra"]) if row["_extra"] is not None else None
                 rows[row["id"]] = row
@@ -302,10 +271,10 @@ def assert_throttling_is_logged(database: Path, sim: Simulator, run_id: str) -> 
 def run_sync_under_faults(running, tmp_path, *, rounds: int, faults: dict[str, Any], page_size: int) -> None:
     sim = running.sim
     database = tmp_path / "w.duckdb"
-    sync = Sync(running.base_url, database, page_size=page_size)
+    project = Project(running, database, page_size=page_size)
     set_faults(sim, **faults)
 
-    result = sync.run()
+    result = project.run()
     assert_every_fault_kind_hit(sim)
     assert_warehouse_equals_simulator(database, sim)
     assert_throttling_is_logged(database, sim, result.run_id)
@@ -316,7 +285,7 @@ def run_sync_under_faults(running, tmp_path, *, rounds: int, faults: dict[str, A
         sim.mutate(COWORKER_CONTRACTS, update=15, insert=5)
         sim.mutate(COWORKER_TIME_PASSES, update=15, insert=5)
         sim.reset_stats()
-        result = sync.run()
+        result = project.run()
         assert_warehouse_equals_simulator(database, sim)
         assert_throttling_is_logged(database, sim, result.run_id)
 
@@ -327,7 +296,7 @@ def run_sync_under_faults(running, tmp_path, *, rounds: int, faults: dict[str, A
         COWORKER_TIME_PASSES: sim.mutate(COWORKER_TIME_PASSES, update=5, delete=3)["deleted"],
     }
     sim.reset_stats()
-    result = sync.run("nexudus_full_refresh")
+    result = project.run("nexudus_full_refresh")
     assert_warehouse_equals_simulator(database, sim)
     assert_throttling_is_logged(database, sim, result.run_id)
     for entity in ENTITIES:
@@ -352,7 +321,7 @@ def test_intermittent_malformed_and_html_pages_are_retried_until_the_sync_comple
     sim = running.sim
     set_faults(sim, malformed_rate=0.1, html_rate=0.05)
     database = tmp_path / "w.duckdb"
-    Sync(running.base_url, database, page_size=25).run()
+    Project(running, database, page_size=25).run()
     assert_warehouse_equals_simulator(database, sim)
     # Only these two faults are on, so a list page asked for twice was retried after a bad body.
     asked = [(path, tuple(sorted(query.items()))) for _, path, query, _ in sim.request_log if "commands" not in path]
@@ -373,10 +342,10 @@ def test_a_page_that_is_not_json_fails_the_sync_naming_what_came_back_and_keeps_
     running = start_simulator(seed=44, tokens=300, contracts=20, passes=20)
     sim = running.sim
     database = tmp_path / "w.duckdb"
-    sync = Sync(running.base_url, database, page_size=100)
+    project = Project(running, database, page_size=100)
     # Only the tokens asset: every other API step would wait out the same five retries.
     tokens_only = ["access_tokens"]
-    sync.run(assets=tokens_only)
+    project.run(assets=tokens_only)
     before = read_warehouse(database)
     sim.mutate(ACCESS_TOKENS, update=150, insert=20)  # two pages for the incremental sync
 
@@ -386,7 +355,7 @@ def test_a_page_that_is_not_json_fails_the_sync_naming_what_came_back_and_keeps_
             setattr(sim.faults, fault, 1.0)
 
     sim.on_list_page = break_after_the_first_page
-    failed = sync.run(raise_on_error=False, assets=tokens_only)
+    failed = project.run(raise_on_error=False, assets=tokens_only)
     assert not failed.success
     text = failure_text(failed)
     assert "accesstokens" in text, text[-2000:]
@@ -395,7 +364,7 @@ def test_a_page_that_is_not_json_fails_the_sync_naming_what_came_back_and_keeps_
 
     sim.on_list_page = None
     setattr(sim.faults, fault, 0.0)
-    sync.run(assets=tokens_only)
+    project.run(assets=tokens_only)
     assert read_warehouse(database)["access_tokens"].rows == expected_rows(sim, ACCESS_TOKENS)
 
 
@@ -443,7 +412,7 @@ def bad_input(tmp_path_factory) -> Iterable[BadInput]:
     records["string_contract"] = string_contract
     database = tmp_path_factory.mktemp("bad_input") / "w.duckdb"
     with SimulatorServer(sim) as server:
-        result = Sync(server.base_url, database, page_size=25).run(raise_on_error=False)
+        result = Project(Running(sim, server.base_url), database, page_size=25).run(raise_on_error=False)
     yield BadInput(sim, database, result, ids, records)
 
 
@@ -504,17 +473,17 @@ def test_a_record_broken_upstream_keeps_its_last_good_version_and_is_not_marked_
     running = start_simulator(seed=46, tokens=40, contracts=10, passes=10)
     sim = running.sim
     database = tmp_path / "w.duckdb"
-    sync = Sync(running.base_url, database)
+    project = Project(running, database)
     tokens_only = ["access_tokens"]  # the other entities have nothing to do with it
-    sync.run(assets=tokens_only)
+    project.run(assets=tokens_only)
     victim = sim.records(ACCESS_TOKENS)[7]
     good = read_warehouse(database)["access_tokens"].rows[victim["Id"]]
     sim.put_raw(ACCESS_TOKENS, {**victim, "ValidTo": "2025-13-01T00:00:00", "UpdatedOn": utc_stamp_now()})
 
-    sync.run(assets=tokens_only)
+    project.run(assets=tokens_only)
     assert read_warehouse(database)["access_tokens"].rows[victim["Id"]] == good
     # Not in the listing as a valid record is not gone: a full refresh must not mark it deleted.
-    sync.run("nexudus_full_refresh", assets=tokens_only)
+    project.run("nexudus_full_refresh", assets=tokens_only)
     assert read_warehouse(database)["access_tokens"].rows[victim["Id"]] == good
     assert deleted_ids(database, ACCESS_TOKENS) == set()
     reasons = [r["reason"] for r in rejected_records(database) if r["record_id"] == victim["Id"]]
@@ -528,10 +497,10 @@ def test_a_list_shorter_than_its_total_items_still_syncs_every_record_and_delete
     sim = running.sim
     sim.faults.total_items_inflation = 7  # every list claims 7 more records (and a page more) than it has
     database = tmp_path / "w.duckdb"
-    sync = Sync(running.base_url, database, page_size=25)
+    project = Project(running, database, page_size=25)
     caplog.set_level(logging.WARNING)
 
-    sync.run()
+    project.run()
     assert_warehouse_equals_simulator(database, sim)
     warned = any("although the server announced" in r.getMessage() for r in caplog.records)
     assert warned, "the short list went unnoticed"
@@ -539,7 +508,7 @@ def test_a_list_shorter_than_its_total_items_still_syncs_every_record_and_delete
     assert {table: state.high_water_mark for table, state in read_warehouse(database).items()} == {
         entity.table: None for entity in ENTITIES
     }
-    sync.run("nexudus_full_refresh", assets=[entity.table for entity in ENTITIES])  # the insights add nothing here
+    project.run("nexudus_full_refresh", assets=[entity.table for entity in ENTITIES])  # the insights add nothing here
     assert_warehouse_equals_simulator(database, sim)
     for entity in ENTITIES:
         assert deleted_ids(database, entity) == set(), entity.table
@@ -653,9 +622,9 @@ def run_kill_trials(
     running = start_simulator(seed=seed, tokens=400, contracts=100, passes=100)
     sim = running.sim
     database = tmp_path / "w.duckdb"
-    sync = Sync(running.base_url, database, page_size=50)
+    project = Project(running, database, page_size=50)
     if not first_run_too:
-        sync.run()
+        project.run()
     # Roughly how many requests a run makes; the kill lands after a random one of them.
     requests_per_run = 15
     outcomes = []
@@ -683,7 +652,7 @@ def run_kill_trials(
         # Then the account changes again and a complete run repairs everything.
         mutate_all(sim, deletions=False)
         sim.reset_stats()
-        sync.run("nexudus_full_refresh" if full else "nexudus_sync")
+        project.run("nexudus_full_refresh" if full else "nexudus_sync")
         requests_per_run = max(sim.stats["requests"], 3)
         assert_warehouse_equals_simulator(database, sim)
     print("kill trials:", *outcomes, sep="\n  ")

@@ -12,76 +12,14 @@ import pytest
 
 from nexudus_assets.assets.insights import insight_run_config
 from nexudus_assets.checks import build_freshness_check, evaluate_raw_checks, raw_check_specs
-from nexudus_assets.definitions import build_defs
 from nexudus_assets.nexudus import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES, ENTITIES
 from nexudus_assets.resources import (
-    AlertWebhookResource,
     CommandLedgerResource,
-    NexudusApiResource,
-    Pacing,
-    WarehouseResource,
 )
 from nexudus_assets.assets.insights import INSIGHTS
 from nexudus_assets.warehouse import WarehouseFiles, history_table, qualified
 from nexudus_assets.writeback.rules import CommandRule
-from nexudus_assets.simulator import DEFAULT_PASSWORD, DEFAULT_USERNAME
-from nexudus_assets_tests.conftest import persistent_instance
-from nexudus_assets_tests.test_warehouse import held_open
-
-BOOKKEEPING = {"_extra", "_synced_at", "_deleted_at"}
-
-
-class Project:
-    """The code location wired to one simulator and one DuckDB file, on a persistent instance."""
-
-    def __init__(
-        self, running, database, page_size: int = 1000, rules=(), live: bool = False, webhook=None, password=DEFAULT_PASSWORD,
-        lock_timeout_seconds: int = 120, instance: dg.DagsterInstance | None = None,
-    ) -> None:
-        self.running = running
-        self.sim = running.sim
-        self.database = str(database)
-        self.warehouse = WarehouseResource(database=self.database, lock_timeout_seconds=lock_timeout_seconds)
-        self.alerts = AlertWebhookResource(url=webhook)
-        self.nexudus_api = NexudusApiResource(
-            base_url=running.base_url, username=DEFAULT_USERNAME, password=password, page_size=page_size, commands_live=live,
-            pacing=Pacing(enabled=False),
-        )
-        self.defs = build_defs({"nexudus_api": self.nexudus_api, "warehouse": self.warehouse, "alerts": self.alerts}, rules)
-        self.instance = instance or persistent_instance(Path(database).parent)
-
-    def run(self, job: str = "nexudus_sync", run_config=None, raise_on_error: bool = True):
-        return self.defs.resolve_job_def(job).execute_in_process(
-            instance=self.instance, run_config=run_config or {}, raise_on_error=raise_on_error
-        )
-
-    def query(self, sql: str, params=None) -> list[tuple]:
-        with self.warehouse.read_only_connection() as conn:
-            return conn.execute(sql, params or []).fetchall()
-
-    def live_rows(self, entity) -> dict[int, dict]:
-        with self.warehouse.read_only_connection() as conn:
-            cursor = conn.execute(f"SELECT * FROM {qualified(entity)} WHERE _deleted_at IS NULL")
-            names = [d[0] for d in cursor.description]
-            skip = BOOKKEEPING | set(entity.model.display_fields)
-            return {row[0]: {n: v for n, v in zip(names, row, strict=True) if n not in skip} for row in cursor.fetchall()}
-
-    def upstream_rows(self, entity) -> dict[int, dict]:
-        models = [entity.model.model_validate(raw) for raw in self.sim.records(entity)]
-        return {m.id: m.model_dump(exclude=set(entity.model.display_fields)) for m in models}
-
-    def insight_ids(self, name: str) -> set[int]:
-        return {row[0] for row in self.query(f"SELECT id FROM insights.{name}")}
-
-
-def metadata(result, asset: str) -> dict:
-    [event] = [e.materialization for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey(asset)]
-    return {key: getattr(value, "value", value) for key, value in event.metadata.items()}
-
-
-def check_outcomes(result) -> dict[tuple[str, str], dg.AssetCheckEvaluation]:
-    return {(e.asset_key.to_user_string(), e.check_name): e for e in result.get_asset_check_evaluations()}
-
+from nexudus_assets_tests.utils import BOOKKEEPING, Project, check_outcomes, held_open, metadata
 
 @pytest.fixture
 def project(start_simulator, tmp_path):

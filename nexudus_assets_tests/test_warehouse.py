@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import datetime as dt
 import json
 import subprocess
@@ -10,7 +9,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -40,6 +38,7 @@ from nexudus_assets.warehouse import (
     table_columns,
 )
 from nexudus_assets.warehouse import sync as sync_module
+from nexudus_assets_tests.utils import held_open
 
 T0 = dt.datetime(2024, 3, 1, 9, 0)
 NOW = dt.datetime(2024, 6, 1, 12, 0)
@@ -672,44 +671,6 @@ def test_a_warehouse_holding_both_schemas_is_refused_and_left_as_it_was(db_path:
 
 
 # ---------------------------------------------------------------- the working file and the published one
-
-#: Another OS process with the file open, as the DuckDB CLI or a BI tool would have it; it runs
-#: each SQL line it reads and prints the rows.
-_HOLDER = """
-import sys, duckdb
-conn = duckdb.connect(sys.argv[1], read_only=sys.argv[2] == "read_only")
-print("holding", flush=True)
-for line in sys.stdin:
-    print(repr(conn.execute(line).fetchall()), flush=True)
-"""
-
-
-class Holder:
-    def __init__(self, process: subprocess.Popen[str]) -> None:
-        self.process = process
-        self.pid = process.pid
-
-    def query(self, sql: str) -> list[tuple[Any, ...]]:
-        assert self.process.stdin and self.process.stdout
-        self.process.stdin.write(sql + "\n")
-        self.process.stdin.flush()
-        return ast.literal_eval(self.process.stdout.readline())
-
-
-@contextmanager
-def held_open(path: Path, *, read_only: bool = False) -> Iterator[Holder]:
-    process = subprocess.Popen(
-        [sys.executable, "-c", _HOLDER, str(path), "read_only" if read_only else "read_write"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        assert process.stdout and process.stdout.readline().strip() == "holding"
-        yield Holder(process)
-    finally:
-        assert process.stdin
-        process.stdin.close()
-        process.wait(timeout=30)
-
 
 def token_count(conn: duckdb.DuckDBPyConnection) -> int:
     return rows(conn, f"SELECT count(*) FROM {qualified(ACCESS_TOKENS)}")[0][0]

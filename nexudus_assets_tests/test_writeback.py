@@ -1,11 +1,8 @@
 """Command rules, their sensors and the command job; the alert sensor. Simulator over HTTP, real files."""
 
-import json
 import shutil
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import dagster as dg
@@ -13,13 +10,13 @@ import pytest
 
 from nexudus_assets.definitions import ACTIONABLE_ASSETS
 from nexudus_assets.nexudus import ACCESS_TOKENS, CommandDescription
-from nexudus_assets.resources import AlertWebhookResource, CommandLedgerResource
+from nexudus_assets.resources import CommandLedgerResource
 from nexudus_assets.writeback.ledger import CommandLedger, default_ledger_path
 from nexudus_assets.writeback.plan import check_rule, plan_calls
 from nexudus_assets.writeback.rules import CommandRule, RuleError, load_rules
 from nexudus_assets.simulator import DEFAULT_PASSWORD, DEFAULT_USERNAME
 
-from nexudus_assets_tests.test_sync_assets import Project
+from nexudus_assets_tests.utils import Project
 
 TOP_UP = CommandRule(
     name="top_up", asset="low_minutes_access_tokens", command="ACCESSTOKEN_ADD_MINUTES",
@@ -452,91 +449,6 @@ def test_an_invalid_rule_sends_nothing_and_explains(make_project, broken, messag
     assert ledger(project) == []
 
 
-# -- alerts ------------------------------------------------------------------------------------
-
-
-class Webhook:
-    """A webhook receiver on 127.0.0.1 that keeps what it is sent; `status` sets its answer."""
-
-    def __init__(self) -> None:
-        self.posts: list[dict] = []
-        self.status = 200
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if receiver.status == 200:
-                    receiver.posts.append(json.loads(body))
-                self.send_response(receiver.status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/secret-token"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def texts(self) -> list[str]:
-        return [post["text"] for post in self.posts]
-
-
-@pytest.fixture
-def webhook():
-    receiver = Webhook()
-    yield receiver
-    receiver.server.shutdown()
-
-
-def test_alerts_once_per_failed_check_and_once_on_recovery(make_project, webhook):
-    project = make_project(webhook=webhook.url)
-    token = dict(project.sim.records(ACCESS_TOKENS)[0])
-    project.sim.put_raw(ACCESS_TOKENS, {**token, "Id": 7, "MinutesIncluded": 60, "MinutesLeft": 90})
-    project.run()
-    first = tick(project, "nexudus_alerts")
-    [text] = webhook.texts()
-    assert "access_tokens.minutes_left_within_included (WARN)" in text and "7" in text
-
-    assert tick(project, "nexudus_alerts", cursor=first.cursor).cursor  # nothing new
-    assert len(webhook.posts) == 1
-
-    project.sim.put_raw(ACCESS_TOKENS, {**token, "Id": 7, "MinutesIncluded": 60, "MinutesLeft": 30,
-                                        "UpdatedOn": "2099-01-01T00:00:00Z"})
-    project.run()
-    second = tick(project, "nexudus_alerts", cursor=first.cursor)
-    assert len(webhook.posts) == 2 and "recovered: access_tokens.minutes_left_within_included" in webhook.texts()[1]
-    project.run()
-    tick(project, "nexudus_alerts", cursor=second.cursor)
-    assert len(webhook.posts) == 2, "a check that keeps passing sends nothing more"
-
-
-def test_an_undelivered_alert_is_sent_on_a_later_tick_and_only_once(make_project, webhook):
-    project = make_project(webhook=webhook.url)
-    token = dict(project.sim.records(ACCESS_TOKENS)[0])
-    project.sim.put_raw(ACCESS_TOKENS, {**token, "Id": 7, "ValidFrom": "2026-05-01T00:00:00", "ValidTo": "2026-01-01T00:00:00"})
-    project.run()
-    webhook.status = 500
-    refused = tick(project, "nexudus_alerts")
-    assert "stopped" in refused.skip_message and webhook.posts == []
-    webhook.status = 200
-    delivered = tick(project, "nexudus_alerts", cursor=refused.cursor)
-    tick(project, "nexudus_alerts", cursor=delivered.cursor)
-    assert len(webhook.posts) == 1 and "valid_window_ordered" in webhook.texts()[0]
-    assert webhook.url not in refused.skip_message
-
-
-def test_a_failed_run_alerts_without_leaking_the_password(make_project, webhook):
-    project = make_project(webhook=webhook.url, password="wrong-password")
-    failed = project.run(raise_on_error=False)
-    assert not failed.success
-    tick(project, "nexudus_alerts")
-    [text] = [text for text in webhook.texts() if "run failed" in text]
-    assert "nexudus_sync" in text and failed.run_id[:8] in text
-    assert "wrong-password" not in " ".join(webhook.texts())
-
-
 def test_under_flaky_answers_every_record_is_actioned_at_most_once_per_cooldown(make_project):
     """Many ticks against a server that fails, drops and garbles answers to commands.
 
@@ -562,31 +474,3 @@ def test_under_flaky_answers_every_record_is_actioned_at_most_once_per_cooldown(
     assert len(applied) == len(set(applied)), "a record was actioned twice within its cooldown"
     outcomes = {row[2] for row in ledger(project)}
     assert {"succeeded"} <= outcomes and outcomes <= {"succeeded", "failed", "uncertain"}
-
-
-class DaemonKilled(BaseException):
-    """Stands for the daemon dying in the middle of a tick."""
-
-
-def test_a_daemon_killed_mid_tick_repeats_no_alert_it_had_sent(make_project, webhook):
-    project = make_project(webhook=webhook.url)
-    token = dict(project.sim.records(ACCESS_TOKENS)[0])
-    # Two checks fail: the window is reversed and more minutes are left than included.
-    project.sim.put_raw(ACCESS_TOKENS, {**token, "Id": 7, "ValidFrom": "2026-05-01T00:00:00",
-                                        "ValidTo": "2026-01-01T00:00:00", "MinutesIncluded": 60, "MinutesLeft": 90})
-    project.run()
-
-    class DiesBeforeTheSecondAlert(AlertWebhookResource):
-        def send(self, text, log):
-            if webhook.posts:
-                raise DaemonKilled
-            super().send(text, log)
-
-    with pytest.raises(DaemonKilled):  # the tick never returns, so no cursor is saved
-        tick(project, "nexudus_alerts", alerts=DiesBeforeTheSecondAlert(url=webhook.url))
-    assert len(webhook.posts) == 1
-    restarted = tick(project, "nexudus_alerts")  # the daemon's cursor is what it was before
-    tick(project, "nexudus_alerts", cursor=restarted.cursor)
-    texts = webhook.texts()
-    assert len(texts) == 2, texts
-    assert all(any(check in text for text in texts) for check in ("valid_window_ordered", "minutes_left_within_included"))
