@@ -37,7 +37,7 @@ from nexudus_assets.warehouse import (
     read_high_water_mark,
     table_columns,
 )
-from nexudus_assets.warehouse import sync as sync_module
+from nexudus_assets.warehouse import staging
 from nexudus_assets_tests.utils import held_open
 
 T0 = dt.datetime(2024, 3, 1, 9, 0)
@@ -346,23 +346,19 @@ def test_killed_run_leaves_everything_as_it_was(db_path: Path) -> None:
         assert read_high_water_mark(conn, ACCESS_TOKENS) == at(3)
 
 
-def test_failure_inside_publish_rolls_everything_back(
-    conn: duckdb.DuckDBPyConnection, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_failure_inside_publish_rolls_everything_back(conn: duckdb.DuckDBPyConnection) -> None:
     sync(conn, [token(1, 1), token(2, 2), token(3, 3)], mode="full", run_id="first")
     before = snapshot(conn)
-
-    def broken_log(*args: Any, **kwargs: Any) -> None:
-        raise RuntimeError("disk full")
 
     entity_sync = EntitySync(ACCESS_TOKENS, run_id="second", mode="full", now=NOW + dt.timedelta(days=1))
     entity_sync.begin(conn)
     entity_sync.stage(conn, [token(1, 1), token(2, 20, description="changed"), token(4, 4)], [])
-    with monkeypatch.context() as patch:
-        # The last step before commit: the upsert, soft-delete and cursor have all run by now.
-        patch.setattr(EntitySync, "_log", broken_log)
-        with pytest.raises(RuntimeError, match="disk full"):
-            entity_sync.publish(conn)
+    # Writing the sync log is the last step before commit: the upsert, soft-delete and cursor
+    # have all run by then. Without its table, that write fails.
+    conn.execute(f"ALTER TABLE {SCHEMA}._sync_log RENAME TO _sync_log_elsewhere")
+    with pytest.raises(duckdb.CatalogException, match="_sync_log"):
+        entity_sync.publish(conn)
+    conn.execute(f"ALTER TABLE {SCHEMA}._sync_log_elsewhere RENAME TO _sync_log")
 
     assert snapshot(conn) == before
     # Staging survived, so publishing again completes the run.
@@ -484,13 +480,13 @@ def test_calls_out_of_order_are_refused(conn: duckdb.DuckDBPyConnection) -> None
 
 def test_stage_batches_are_bulk_inserted(conn: duckdb.DuckDBPyConnection, monkeypatch: pytest.MonkeyPatch) -> None:
     inserts: list[int] = []
-    real_insert = sync_module._insert
+    real_insert = staging.insert_batch
 
     def counting_insert(conn: duckdb.DuckDBPyConnection, batch: Any, sql: str, params: Any = None) -> None:
         inserts.append(batch.num_rows)
         real_insert(conn, batch, sql, params)
 
-    monkeypatch.setattr(sync_module, "_insert", counting_insert)
+    monkeypatch.setattr(staging, "insert_batch", counting_insert)
     sync(conn, [token(i, i % 24) for i in range(1, 5001)])
 
     assert inserts == [5000]
@@ -576,18 +572,17 @@ def test_a_full_refresh_closes_the_versions_of_deleted_records_and_a_return_open
     assert versions(conn, 3) == [(30, NOW, gone_at, gone_at), (30, back_at, None, None)]
 
 
-def test_history_is_written_with_the_publish_or_not_at_all(
-    conn: duckdb.DuckDBPyConnection, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_history_is_written_with_the_publish_or_not_at_all(conn: duckdb.DuckDBPyConnection) -> None:
     sync(conn, [token(1, 1, minutes_left=500)])
     before = rows(conn, f"SELECT * FROM {history_table(ACCESS_TOKENS)}")
 
-    def broken_log(*args: Any, **kwargs: Any) -> None:
-        raise RuntimeError("disk full")
-
-    monkeypatch.setattr(EntitySync, "_log", broken_log)
-    with pytest.raises(RuntimeError, match="disk full"):
-        sync(conn, [token(1, 2, minutes_left=400)], now=NOW + dt.timedelta(hours=1))
+    entity_sync = EntitySync(ACCESS_TOKENS, run_id="second", mode="incremental", now=NOW + dt.timedelta(hours=1))
+    entity_sync.begin(conn)
+    entity_sync.stage(conn, [token(1, 2, minutes_left=400)])
+    # The sync log is written after the history; without its table the publish fails there.
+    conn.execute(f"ALTER TABLE {SCHEMA}._sync_log RENAME TO _sync_log_elsewhere")
+    with pytest.raises(duckdb.CatalogException, match="_sync_log"):
+        entity_sync.publish(conn)
     assert rows(conn, f"SELECT * FROM {history_table(ACCESS_TOKENS)}") == before
 
 

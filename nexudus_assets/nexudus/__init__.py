@@ -1,6 +1,6 @@
 """The Nexudus API client and its models. No Dagster here: usable from any Python code."""
 
-from nexudus_assets.nexudus.client import DEFAULT_BASE_URL, NexudusClient, RecordPage, RequestStats, RetryPolicy, parse_record
+from nexudus_assets.nexudus.client import DEFAULT_BASE_URL, NexudusClient, RecordPage, RequestStats, parse_record
 from nexudus_assets.nexudus.entities import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES, ENTITIES, Entity
 from nexudus_assets.nexudus.errors import (
     APIError,
@@ -30,6 +30,7 @@ from nexudus_assets.nexudus.models import (
 )
 from nexudus_assets.nexudus.pacing import Pacer, RateLimits, Window
 from nexudus_assets.nexudus.paging import PagingSummary
+from nexudus_assets.nexudus.retry import RetryPolicy
 
 __all__ = [
     "ACCESS_TOKENS",

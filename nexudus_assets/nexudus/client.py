@@ -8,10 +8,8 @@ exponential backoff and jitter, and answers are checked before anything trusts t
 from __future__ import annotations
 
 import datetime as dt
-import email.utils
 import json
 import logging
-import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,15 +31,13 @@ from nexudus_assets.nexudus.errors import (
     ServerError,
     SignInRefusedError,
     StaleRecordError,
-    ThrottledError,
-    TransportError,
-    UncertainOutcomeError,
     RequestRefusedError,
 )
 from nexudus_assets.nexudus.lease import AccountLease
 from nexudus_assets.nexudus.models import ActionResult, CommandDescription, FieldError, NexudusRecord, Page, valid_id
 from nexudus_assets.nexudus.pacing import Pacer, RateLimits, shared_pacer
 from nexudus_assets.nexudus.paging import DEFAULT_MAX_PAGES, PageNumberPaginator, PagingSummary
+from nexudus_assets.nexudus.retry import THROTTLING_STATUSES, Attempts, RetryableFailure, RetryPolicy
 
 DEFAULT_BASE_URL = "https://spaces.nexudus.com/api"
 MAX_PAGE_SIZE = 1000
@@ -55,22 +51,12 @@ DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 #: room for nested values while refusing nesting that only exhausts the parser.
 MAX_JSON_DEPTH = 64
 
+#: Requests that change something: they also count against the write limits.
+WRITE_METHODS = frozenset({"POST", "PUT", "DELETE"})
+#: Failures that happen before a request leaves: retrying them can never apply it twice.
+NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Bounds on retrying one request: attempts for failures, waits for throttling, total time."""
-
-    max_attempts: int = 5
-    backoff_initial: float = 0.5
-    backoff_max: float = 30.0
-    max_throttled: int = 20
-    max_elapsed: float = 600.0
-
-    def backoff(self, attempt: int) -> float:
-        # Full jitter: spreads retries of many clients instead of synchronising them.
-        return random.uniform(0, min(self.backoff_max, self.backoff_initial * 2 ** (attempt - 1)))
 
 
 @dataclass
@@ -446,76 +432,49 @@ class NexudusClient:
         headers: Mapping[str, str] | None = None,
         auth_headers: Callable[[], dict[str, str]] | None = None,
     ) -> _Answer:
-        """Pace, send, wait out throttling, and retry what is safe to retry."""
-        described = f"{method} {httpx.URL(url).path}"
-        write = method in {"POST", "PUT", "DELETE"}
-        started = time.monotonic()
-        attempts = throttled = 0
+        """Send until an answer worth returning comes: throttling waited out, failures retried where safe."""
+        attempts = Attempts(self.retry, f"{method} {httpx.URL(url).path}", replay_safe)
         while True:
-            if self._lease is not None:
-                self.stats.paced_seconds += self._lease.acquire()
-            request_headers = dict(headers or {})
-            if auth_headers is not None:
-                # Before the slot: signing in is a request of its own, paced the same way.
-                request_headers.update(auth_headers())
             try:
-                with self._pacer.slot(write=write) as waited:
-                    self.stats.paced_seconds += waited
-                    response, content = self._receive(
-                        method, url, params=params, json=json, data=data, headers=request_headers
-                    )
-            except httpx.TransportError as exc:
-                never_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
-                problem = str(exc) if isinstance(exc, _DeadlinePassed) else type(exc).__name__
-                if not replay_safe and not never_sent:
-                    raise UncertainOutcomeError(
-                        f"{described}: no answer ({problem}); it may have been applied, so it was not retried"
-                    ) from None
-                failure = TransportError
-            except _UnusableAnswer as exc:
-                raise ResponseFormatError(f"{described}: {exc}") from None
-            else:
-                status = response.status_code
-                if status in (409, 429):
-                    throttled += 1
+                response, content = self._attempt(
+                    method, url, params=params, json=json, data=data, headers=headers, auth_headers=auth_headers
+                )
+                if response.status_code in THROTTLING_STATUSES:
                     self.stats.throttled += 1
-                    wait = _retry_after(response.headers.get("Retry-After"))
-                    wait = self.retry.backoff(throttled) if wait is None else wait
-                    if throttled > self.retry.max_throttled or time.monotonic() + wait - started > self.retry.max_elapsed:
-                        raise ThrottledError(
-                            f"still throttled after {throttled} answers (the server asks to wait {wait:.0f}s)",
-                            status_code=status,
-                            request=described,
-                        )
-                    log.warning("%s throttled (HTTP %d); waiting %.2fs as told", described, status, wait)
-                    self._pacer.pause_until(time.monotonic() + wait)
+                    self._pacer.pause_until(time.monotonic() + attempts.throttling_wait(response))
                     continue
-                if status >= 500 and not replay_safe:
-                    raise ServerError(
-                        f"{_message(content) or 'server error'}; it may have been applied, so it was not retried",
-                        status_code=status,
-                        request=described,
-                    )
-                if status < 300:
-                    try:
-                        return _Answer(status, _parse_json(response, content), response, content, attempts > 0)
-                    except _UnusableAnswer as exc:
-                        raise ResponseFormatError(f"{described}: {exc}") from None
-                    except ResponseFormatError as exc:
-                        if not replay_safe:
-                            raise ResponseFormatError(f"{described}: {exc}") from None
-                        problem, failure = str(exc), ResponseFormatError
-                elif status < 500:
-                    return _Answer(status, _json_or_none(content), response, content, attempts > 0)
-                else:
-                    problem, failure = f"HTTP {status}", ServerError
-            attempts += 1
+                return _accepted(response, content, attempts)
+            except httpx.TransportError as exc:
+                problem = str(exc) if isinstance(exc, _DeadlinePassed) else type(exc).__name__
+                failure = attempts.unanswered(problem, never_sent=isinstance(exc, NEVER_SENT))
+            except _UnusableAnswer as exc:
+                raise ResponseFormatError(f"{attempts.described}: {exc}") from None
+            except RetryableFailure as retryable:
+                failure = retryable
             self.stats.retries += 1
-            wait = self.retry.backoff(attempts)
-            if attempts >= self.retry.max_attempts or time.monotonic() + wait - started > self.retry.max_elapsed:
-                raise failure(f"{described}: gave up after {attempts} attempts, the last one got {problem}")
-            log.warning("%s: %s; retry %d in %.2fs", described, problem, attempts, wait)
-            self._sleep(wait)
+            self._sleep(attempts.backoff_wait(failure))
+
+    def _attempt(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, str] | None,
+        json: Any,
+        data: Mapping[str, str] | None,
+        headers: Mapping[str, str] | None,
+        auth_headers: Callable[[], dict[str, str]] | None,
+    ) -> tuple[httpx.Response, bytes]:
+        """Send once, with the account claimed, signed in and paced."""
+        if self._lease is not None:
+            self.stats.paced_seconds += self._lease.acquire()
+        request_headers = dict(headers or {})
+        if auth_headers is not None:
+            # Before the slot: signing in is a request of its own, paced the same way.
+            request_headers.update(auth_headers())
+        with self._pacer.slot(write=method in WRITE_METHODS) as waited:
+            self.stats.paced_seconds += waited
+            return self._receive(method, url, params=params, json=json, data=data, headers=request_headers)
 
     def _receive(self, method: str, url: str, **request: Any) -> tuple[httpx.Response, bytes]:
         """Send once and read the whole answer, within the request deadline and the size limit.
@@ -562,18 +521,31 @@ class _Answer:
     retried: bool
 
 
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
+def _accepted(response: httpx.Response, content: bytes, attempts: Attempts) -> _Answer:
+    """The answer an attempt got, to return; RetryableFailure when another attempt may get a better one.
+
+    A 5xx or a garbled body from a request that may have been applied is raised, never retried.
+    """
+    status = response.status_code
+    retried = attempts.failures > 0
+    if status >= 500:
+        if not attempts.replay_safe:
+            raise ServerError(
+                f"{_message(content) or 'server error'}; it may have been applied, so it was not retried",
+                status_code=status,
+                request=attempts.described,
+            )
+        raise RetryableFailure(ServerError, f"HTTP {status}")
+    if status >= 300:
+        return _Answer(status, _json_or_none(content), response, content, retried)
     try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, (moment - dt.datetime.now(dt.UTC)).total_seconds())
+        return _Answer(status, _parse_json(response, content), response, content, retried)
+    except _UnusableAnswer as exc:
+        raise ResponseFormatError(f"{attempts.described}: {exc}") from None
+    except ResponseFormatError as exc:
+        if not attempts.replay_safe:
+            raise ResponseFormatError(f"{attempts.described}: {exc}") from None
+        raise RetryableFailure(ResponseFormatError, str(exc)) from None
 
 
 def _load_json(body: bytes) -> Any:
@@ -659,7 +631,6 @@ __all__ = [
     "NexudusClient",
     "RecordPage",
     "RequestStats",
-    "RetryPolicy",
     "format_minute",
     "parse_record",
 ]

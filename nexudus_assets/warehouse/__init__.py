@@ -24,13 +24,9 @@ from nexudus_assets.warehouse.schema import (
     table_columns,
     transaction,
 )
-from nexudus_assets.warehouse.sync import (
-    DeletionGuardError,
-    EntitySync,
-    RejectedRecord,
-    SyncResult,
-    read_high_water_mark,
-)
+from nexudus_assets.warehouse.bookkeeping import SyncResult, read_high_water_mark
+from nexudus_assets.warehouse.staging import RejectedRecord
+from nexudus_assets.warehouse.sync import DeletionGuardError, EntitySync
 
 __all__ = [
     "CATALOG",

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 import duckdb
 
 from nexudus_assets.nexudus import Entity, NexudusClient, NexudusRecord, PagingSummary
-from nexudus_assets.warehouse.sync import EntitySync, RejectedRecord, SyncResult, read_high_water_mark
+from nexudus_assets.warehouse.bookkeeping import SyncResult, read_high_water_mark
+from nexudus_assets.warehouse.staging import RejectedRecord
+from nexudus_assets.warehouse.sync import EntitySync
 
 Connect = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
 

@@ -171,6 +171,13 @@ def column_ddl(columns: Sequence[Column]) -> str:
     )
 
 
+def one_row(conn: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | None = None) -> tuple[Any, ...]:
+    """The one row `sql` returns."""
+    # Read to the end: DuckDB refuses other work on a connection whose result was read only in part.
+    (row,) = conn.execute(sql, params).fetchall()
+    return tuple(row)
+
+
 @contextmanager
 def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
     conn.begin()

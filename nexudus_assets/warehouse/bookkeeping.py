@@ -1,0 +1,117 @@
+"""What the warehouse records about each sync: the cursor per entity (`raw._sync_state`), one log
+row per published sync (`raw._sync_log`), and the rejections of a run."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Literal
+
+import duckdb
+
+from nexudus_assets.nexudus.entities import Entity
+from nexudus_assets.warehouse.schema import REJECTED_RECORDS, SCHEMA, SYNC_LOG, SYNC_STATE, one_row
+
+Mode = Literal["incremental", "full"]
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What one published sync did; the same numbers go to `_sync_log`."""
+
+    inserted: int
+    updated: int
+    unchanged: int
+    deleted: int
+    rejected: int
+    live_rows: int
+    #: Records received: staged rows (duplicates included) plus rejected ones.
+    fetched: int
+    high_water_mark: dt.datetime | None
+
+
+def read_high_water_mark(conn: duckdb.DuckDBPyConnection, entity: Entity) -> dt.datetime | None:
+    """The entity's published cursor; None before its first sync."""
+    (exists,) = one_row(
+        conn,
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+        [SCHEMA, SYNC_STATE.removeprefix(f"{SCHEMA}.")],
+    )
+    if not exists:
+        return None
+    rows = conn.execute(f"SELECT high_water_mark FROM {SYNC_STATE} WHERE entity = ?", [entity.table]).fetchall()
+    return rows[0][0] if rows else None
+
+
+def next_high_water_mark(
+    mode: Mode, old: dt.datetime | None, newest: dt.datetime | None, started_at: dt.datetime
+) -> dt.datetime | None:
+    """The cursor after a sync whose newest `UpdatedOn` was `newest` (None: keep the old one)."""
+    if newest is None:
+        return old
+    # An `UpdatedOn` from the future (a clock ahead of ours) would carry the cursor past
+    # changes still to come; the moment the sync began is as far as it has seen.
+    newest = min(newest, started_at)
+    if mode == "full" or old is None:
+        # A full sync saw everything, so its newest change is the truth even if lower.
+        return newest
+    return max(old, newest)
+
+
+def rejected_in_run(conn: duckdb.DuckDBPyConnection, entity: Entity, run_id: str) -> int:
+    (count,) = one_row(
+        conn, f"SELECT count(*) FROM {REJECTED_RECORDS} WHERE entity = ? AND run_id = ?", [entity.table, run_id]
+    )
+    return int(count)
+
+
+def save_state(
+    conn: duckdb.DuckDBPyConnection, entity: Entity, mode: Mode, result: SyncResult, now: dt.datetime
+) -> None:
+    conn.execute(
+        f"""INSERT INTO {SYNC_STATE} (entity, high_water_mark, last_synced_at, last_full_refresh_at)
+            VALUES ($1, $2, $3, $4)
+            ON CONFLICT (entity) DO UPDATE SET
+                high_water_mark = excluded.high_water_mark,
+                last_synced_at = excluded.last_synced_at,
+                last_full_refresh_at = coalesce(excluded.last_full_refresh_at, last_full_refresh_at)""",
+        [entity.table, result.high_water_mark, now, now if mode == "full" else None],
+    )
+
+
+@dataclass(frozen=True)
+class SyncRun:
+    """Who synced what, when, and with how many requests: the log row's columns besides the result."""
+
+    run_id: str
+    entity: Entity
+    mode: Mode
+    started_at: dt.datetime
+    finished_at: dt.datetime
+    requests: int
+    throttled: int
+
+
+def log_sync(conn: duckdb.DuckDBPyConnection, run: SyncRun, result: SyncResult) -> None:
+    conn.execute(
+        f"""INSERT INTO {SYNC_LOG} (run_id, entity, mode, started_at, finished_at, fetched, inserted,
+                updated, unchanged, deleted, rejected, live_rows, high_water_mark, requests, throttled)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        [
+            run.run_id,
+            run.entity.table,
+            run.mode,
+            run.started_at,
+            run.finished_at,
+            result.fetched,
+            result.inserted,
+            result.updated,
+            result.unchanged,
+            result.deleted,
+            result.rejected,
+            result.live_rows,
+            result.high_water_mark,
+            run.requests,
+            run.throttled,
+        ],
+    )
