@@ -64,7 +64,6 @@ class RequestStats:
     requests: int = 0
     throttled: int = 0
     retries: int = 0
-    paced_seconds: float = 0.0
 
 
 @dataclass
@@ -467,13 +466,12 @@ class NexudusClient:
     ) -> tuple[httpx.Response, bytes]:
         """Send once, with the account claimed, signed in and paced."""
         if self._lease is not None:
-            self.stats.paced_seconds += self._lease.acquire()
+            self._lease.acquire()
         request_headers = dict(headers or {})
         if auth_headers is not None:
             # Before the slot: signing in is a request of its own, paced the same way.
             request_headers.update(auth_headers())
-        with self._pacer.slot(write=method in WRITE_METHODS) as waited:
-            self.stats.paced_seconds += waited
+        with self._pacer.slot(write=method in WRITE_METHODS):
             return self._receive(method, url, params=params, json=json, data=data, headers=request_headers)
 
     def _receive(self, method: str, url: str, **request: Any) -> tuple[httpx.Response, bytes]:

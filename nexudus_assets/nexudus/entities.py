@@ -12,7 +12,7 @@ from nexudus_assets.nexudus.models import AccessToken, CoworkerContract, Coworke
 
 @dataclass(frozen=True)
 class Entity:
-    #: The record type name; also the filter prefix (`AccessToken_MinutesLeft`) and role prefix.
+    #: The record type name; also the prefix of its filters (`AccessToken_MinutesLeft`) and roles.
     name: str
     #: Path below the API base (`spaces/accesstokens`).
     path: str
@@ -28,21 +28,13 @@ class Entity:
     #: The contracts reference documents no DELETE.
     deletable: bool = True
 
-    @property
-    def filter_prefix(self) -> str:
-        return self.name
-
     def filter_name(self, wire_name: str) -> str:
         """`MinutesLeft` -> `AccessToken_MinutesLeft`; relations filter under their bare name."""
         legacy = self.model.legacy_list_names().get(wire_name, wire_name)
-        return f"{self.filter_prefix}_{legacy}"
+        return f"{self.name}_{legacy}"
 
     def range_names(self, wire_name: str) -> tuple[str, str]:
-        return f"from_{self.filter_prefix}_{wire_name}", f"to_{self.filter_prefix}_{wire_name}"
-
-    @property
-    def ids_filter(self) -> str:
-        return f"{self.filter_prefix}_Id"
+        return f"from_{self.name}_{wire_name}", f"to_{self.name}_{wire_name}"
 
 
 ACCESS_TOKENS = Entity(
@@ -127,10 +119,3 @@ COWORKER_TIME_PASSES = Entity(
 )
 
 ENTITIES: tuple[Entity, ...] = (ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES)
-
-
-def entity_by_table(table: str) -> Entity:
-    for entity in ENTITIES:
-        if entity.table == table:
-            return entity
-    raise KeyError(f"no Nexudus entity is stored in table {table!r}")

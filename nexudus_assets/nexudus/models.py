@@ -17,7 +17,6 @@ from uuid import UUID
 from pydantic import (
     ValidatorFunctionWrapHandler,
     WrapValidator,
-    AfterValidator,
     AliasChoices,
     BaseModel,
     BeforeValidator,

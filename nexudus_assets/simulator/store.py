@@ -226,7 +226,7 @@ class Table:
 
     def parse_query(self, params: Mapping[str, str]) -> Query:
         """Filters and ordering from list query parameters; unknown parameters are ignored."""
-        prefix = self.entity.filter_prefix.lower() + "_"
+        prefix = self.entity.name.lower() + "_"
         ids: frozenset[int] | None = None
         filters: list[tuple[str, str, Any]] = []
         impossible = False
