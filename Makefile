@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: install postgresql demo test deploy-check dev bench clean
+.PHONY: install postgresql demo lint test deploy-check dev bench clean
 
 install: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
 
@@ -37,6 +37,13 @@ postgresql:
 ## demo: start the simulator, run the nexudus_sync job against it, print what it loaded
 demo: install
 	$(BIN)/python scripts/demo.py
+
+## lint: ruff (lint and format) on the code, mypy on the package
+LINTED := nexudus_assets nexudus_assets_tests scripts
+lint: install
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/mypy
 
 ## test: the test suite (the long reliability cases run with `make bench`), then deploy-check
 test: install postgresql

@@ -10,7 +10,7 @@ import datetime as dt
 import json
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import dagster as dg
 
@@ -22,8 +22,13 @@ RUNS_PER_TICK = 50
 FIRST_LOOK_BACK = dt.timedelta(hours=24)
 #: Where the alert sensor records its progress after each alert, in the instance's storage.
 PROGRESS_KEY = "nexudus_alerts.progress"
+RunEnd = Literal[dg.DagsterEventType.RUN_SUCCESS, dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.RUN_CANCELED]
 #: Run ends whose check evaluations are read; only a failure is itself alerted.
-FINISHED = (dg.DagsterEventType.RUN_SUCCESS, dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.RUN_CANCELED)
+FINISHED: tuple[RunEnd, ...] = (
+    dg.DagsterEventType.RUN_SUCCESS,
+    dg.DagsterEventType.RUN_FAILURE,
+    dg.DagsterEventType.RUN_CANCELED,
+)
 
 
 @dataclass
@@ -109,7 +114,9 @@ def build_alert_sensor(
                 )
             elif name in failing:
                 failing = failing - {name}
-                yield Alert(f":white_check_mark: Nexudus check recovered: {name} passes again (run {run_id[:8]}).", failing)
+                yield Alert(
+                    f":white_check_mark: Nexudus check recovered: {name} passes again (run {run_id[:8]}).", failing
+                )
         entry = run_end.event_log_entry
         if entry.dagster_event_type == dg.DagsterEventType.RUN_FAILURE and entry.job_name in watched_jobs:
             reason = (entry.dagster_event.message or "").splitlines()[0] if entry.dagster_event else ""

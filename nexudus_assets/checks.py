@@ -13,7 +13,7 @@ import duckdb
 
 from nexudus_assets.nexudus import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES, ENTITIES, Entity
 from nexudus_assets.resources import WarehouseResource
-from nexudus_assets.warehouse import SCHEMA, qualified
+from nexudus_assets.warehouse import SCHEMA, one_row, qualified
 
 ERROR = dg.AssetCheckSeverity.ERROR
 WARN = dg.AssetCheckSeverity.WARN
@@ -46,8 +46,7 @@ def _standard_checks(entity: Entity) -> list[RowCheck]:
             "ids_unique_not_null",
             "Every row has an id and no id appears twice.",
             ERROR,
-            f"SELECT id FROM {table} WHERE id IS NULL "
-            f"UNION ALL SELECT id FROM {table} GROUP BY id HAVING count(*) > 1",
+            f"SELECT id FROM {table} WHERE id IS NULL UNION ALL SELECT id FROM {table} GROUP BY id HAVING count(*) > 1",
         ),
         RowCheck(
             entity,
@@ -100,7 +99,7 @@ ROW_CHECKS: tuple[RowCheck, ...] = (
 
 
 def _row_check_result(conn: duckdb.DuckDBPyConnection, check: RowCheck) -> dg.AssetCheckResult:
-    count = conn.execute(f"SELECT count(*) FROM ({check.offending_sql})").fetchone()[0]
+    (count,) = one_row(conn, f"SELECT count(*) FROM ({check.offending_sql})")
     sample = [row[0] for row in conn.execute(f"{check.offending_sql} ORDER BY 1 LIMIT {SAMPLE_IDS}").fetchall()]
     return dg.AssetCheckResult(
         asset_key=check.entity.table,
@@ -124,10 +123,11 @@ def build_freshness_check(entity: Entity, hours: float) -> dg.AssetChecksDefinit
     def _freshness(warehouse: WarehouseResource) -> dg.AssetCheckResult:
         with warehouse.working_read_connection() as conn:
             # `finished_at` is UTC; DuckDB's now() would be cast to the machine's zone.
-            age = conn.execute(
+            (age,) = one_row(
+                conn,
                 f"SELECT date_diff('second', max(finished_at), ?) / 3600.0 FROM {SCHEMA}._sync_log WHERE entity = ?",
                 [dt.datetime.now(dt.UTC).replace(tzinfo=None), entity.table],
-            ).fetchone()[0]
+            )
         return dg.AssetCheckResult(
             passed=age is not None and age <= hours,
             severity=WARN,
@@ -146,20 +146,20 @@ def _row_count_result(conn: duckdb.DuckDBPyConnection, entity: Entity) -> dg.Ass
         f"SELECT live_rows, deleted FROM {SCHEMA}._sync_log WHERE entity = ? ORDER BY finished_at DESC LIMIT 2",
         [entity.table],
     ).fetchall()
-    outcome = {"asset_key": entity.table, "check_name": ROW_COUNT_STABLE, "severity": WARN}
     if len(history) < 2:
-        return dg.AssetCheckResult(passed=True, metadata={"syncs_compared": len(history)}, **outcome)
-    (now_rows, deleted), (before_rows, _) = history
-    unexplained = before_rows - now_rows - deleted
-    return dg.AssetCheckResult(
-        passed=unexplained <= 0,
-        metadata={
+        passed, metadata = True, {"syncs_compared": len(history)}
+    else:
+        (now_rows, deleted), (before_rows, _) = history
+        unexplained = before_rows - now_rows - deleted
+        passed = unexplained <= 0
+        metadata = {
             "rows_before": before_rows,
             "rows_now": now_rows,
             "deletions_recorded": deleted,
             "unexplained_drop": max(unexplained, 0),
-        },
-        **outcome,
+        }
+    return dg.AssetCheckResult(
+        asset_key=entity.table, check_name=ROW_COUNT_STABLE, severity=WARN, passed=passed, metadata=metadata
     )
 
 
@@ -167,7 +167,9 @@ def raw_check_specs(entity: Entity) -> list[dg.AssetCheckSpec]:
     """The checks the raw asset of `entity` evaluates itself; ERROR ones block what is downstream."""
     return [
         *(
-            dg.AssetCheckSpec(check.name, asset=entity.table, description=check.description, blocking=check.severity == ERROR)
+            dg.AssetCheckSpec(
+                check.name, asset=entity.table, description=check.description, blocking=check.severity == ERROR
+            )
             for check in ROW_CHECKS
             if check.entity == entity
         ),

@@ -10,13 +10,7 @@ from nexudus_assets.assets.insights import INSIGHTS, insight_assets
 from nexudus_assets.assets.raw import raw_assets
 from nexudus_assets.assets.trends import build_account_metrics_daily
 from nexudus_assets.checks import build_freshness_checks
-from nexudus_assets.jobs import (
-    build_command_job,
-    nexudus_account_metrics,
-    nexudus_freshness,
-    nexudus_full_refresh,
-    nexudus_sync,
-)
+from nexudus_assets.jobs import ASSET_JOBS, build_command_job
 from nexudus_assets.resources import AlertWebhookResource, CommandLedgerResource, NexudusApiResource, WarehouseResource
 from nexudus_assets.schedules import account_metrics_schedule, build_schedules
 from nexudus_assets.sensors import build_sensors
@@ -66,19 +60,18 @@ def build_defs(
     settings = settings or Settings()
     resources = {"ledger": CommandLedgerResource(), **resources}
     command_job = build_command_job(rules, live=resources["nexudus_api"].commands_live)
-    jobs = [nexudus_sync, nexudus_full_refresh, nexudus_freshness, nexudus_account_metrics, command_job]
     assets = [*raw_assets, command_catalogue, *insight_assets, build_account_metrics_daily(settings.metrics_start_date)]
     asset_keys = {key for asset in assets for key in asset.keys}
     return dg.Definitions(
         assets=assets,
         asset_checks=build_freshness_checks(settings.max_sync_age_hours),
-        jobs=jobs,
+        jobs=[*ASSET_JOBS, command_job],
         schedules=[*build_schedules(settings), account_metrics_schedule],
         sensors=build_sensors(
             rules,
             command_job,
             asset_keys,
-            {job.name for job in jobs} | {"__ASSET_JOB"},
+            {*(job.name for job in ASSET_JOBS), command_job.name, "__ASSET_JOB"},
             minimum_interval_seconds=settings.sensor_interval_seconds,
         ),
         resources=resources,

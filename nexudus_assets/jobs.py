@@ -1,6 +1,7 @@
 """Jobs. Each runs in one process: DuckDB takes one writer, and the API budget is per process."""
 
 from collections.abc import Sequence
+from typing import Any
 
 import dagster as dg
 import duckdb
@@ -53,6 +54,9 @@ nexudus_account_metrics = dg.define_asset_job(
     description="The account's figures for one day (a partition), from the synced history. Calls no API.",
     executor_def=dg.in_process_executor,
 )
+
+#: Every job but the command job, which is built from the command rules.
+ASSET_JOBS = (nexudus_sync, nexudus_full_refresh, nexudus_freshness, nexudus_account_metrics)
 
 COMMAND_JOB = "nexudus_command"
 COMMAND_OP = "run_nexudus_command"
@@ -122,8 +126,14 @@ def build_command_job(rules: Sequence[CommandRule], *, live: bool) -> dg.JobDefi
         try:
             with nexudus_api.get_client() as client:
                 report = run_rule(
-                    client, command_ledger, rule, entity, config.record_ids, insight_ids={row[0] for row in rows},
-                    live=nexudus_api.commands_live, run_id=context.run.run_id,
+                    client,
+                    command_ledger,
+                    rule,
+                    entity,
+                    config.record_ids,
+                    insight_ids={row[0] for row in rows},
+                    live=nexudus_api.commands_live,
+                    run_id=context.run.run_id,
                 )
         except RuleError as exc:
             raise dg.Failure(description=f"Nothing was sent. {exc}") from None
@@ -131,7 +141,7 @@ def build_command_job(rules: Sequence[CommandRule], *, live: bool) -> dg.JobDefi
             raise dg.Failure(
                 description=f"Stopped before the next call. {exc}. The calls made so far are in the ledger."
             ) from None
-        summary = {
+        summary: dict[str, Any] = {
             "rule": rule.name,
             "command": report.command_key,
             "dry_run": report.dry_run,

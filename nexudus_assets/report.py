@@ -10,6 +10,7 @@ from nexudus_assets.warehouse import (
     WarehouseFiles,
     WarehouseNotSyncedError,
     history_table,
+    one_row,
     qualified,
 )
 
@@ -23,14 +24,15 @@ def print_report(database: Path) -> None:
                 "  last sync (UTC)"
             )
             for entity in ENTITIES:
-                live, deleted = conn.execute(
-                    "SELECT count(*) FILTER (WHERE _deleted_at IS NULL), count(*) FILTER (WHERE _deleted_at IS NOT NULL) "
-                    f"FROM {qualified(entity)}"
-                ).fetchone()
-                versions = conn.execute(f"SELECT count(*) FROM {history_table(entity)}").fetchone()[0]
-                rejected = conn.execute(
-                    f"SELECT count(*) FROM {SCHEMA}._rejected_records WHERE entity = ?", [entity.table]
-                ).fetchone()[0]
+                live, deleted = one_row(
+                    conn,
+                    "SELECT count(*) FILTER (WHERE _deleted_at IS NULL),"
+                    f" count(*) FILTER (WHERE _deleted_at IS NOT NULL) FROM {qualified(entity)}",
+                )
+                (versions,) = one_row(conn, f"SELECT count(*) FROM {history_table(entity)}")
+                (rejected,) = one_row(
+                    conn, f"SELECT count(*) FROM {SCHEMA}._rejected_records WHERE entity = ?", [entity.table]
+                )
                 requests, finished = conn.execute(
                     f"SELECT requests, finished_at FROM {SCHEMA}._sync_log WHERE entity = ? "
                     "ORDER BY finished_at DESC LIMIT 1",
@@ -48,7 +50,7 @@ def print_report(database: Path) -> None:
             if insights:
                 print("\nInsights")
                 for (name,) in insights:
-                    rows = conn.execute(f"SELECT count(*) FROM insights.{name}").fetchone()[0]
+                    (rows,) = one_row(conn, f"SELECT count(*) FROM insights.{name}")
                     print(f"  insights.{name:40} {rows:>8} rows")
     except WarehouseNotSyncedError:
         print(f"Warehouse {database}: not synced yet.")

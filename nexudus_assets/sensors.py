@@ -6,9 +6,9 @@ from collections.abc import Collection, Sequence
 import dagster as dg
 import duckdb
 
+from nexudus_assets.alerts import build_alert_sensor
 from nexudus_assets.assets.insights import INSIGHTS_SCHEMA, insight_by_name
 from nexudus_assets.jobs import COMMAND_OP
-from nexudus_assets.alerts import build_alert_sensor
 from nexudus_assets.resources import CommandLedgerResource, WarehouseResource
 from nexudus_assets.warehouse import WarehouseError, WarehouseNotSyncedError
 from nexudus_assets.warehouse.catalogue import read_catalogue
@@ -16,6 +16,7 @@ from nexudus_assets.writeback.execute import cooldown_key
 from nexudus_assets.writeback.ledger import CommandLedger, LedgerError
 from nexudus_assets.writeback.plan import check_rule
 from nexudus_assets.writeback.rules import CommandRule, RuleError
+
 
 def build_command_sensor(
     rule: CommandRule, job: dg.JobDefinition, minimum_interval_seconds: int = 60
@@ -46,7 +47,10 @@ def build_command_sensor(
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
         try:
             with warehouse.read_only_connection() as conn:
-                ids = [row[0] for row in conn.execute(f"SELECT id FROM {INSIGHTS_SCHEMA}.{rule.asset} ORDER BY id").fetchall()]
+                ids = [
+                    row[0]
+                    for row in conn.execute(f"SELECT id FROM {INSIGHTS_SCHEMA}.{rule.asset} ORDER BY id").fetchall()
+                ]
                 catalogue = read_catalogue(conn, entity)
         except WarehouseNotSyncedError:
             return dg.SensorResult(skip_reason="the warehouse is not synced yet; the next tick looks again")
@@ -59,8 +63,10 @@ def build_command_sensor(
         if ledger_path.exists():
             try:
                 blocked = CommandLedger(ledger_path).blocked_ids(
-                    cooldown_key(rule, entity), cooldown=dt.timedelta(hours=rule.cooldown_hours),
-                    max_attempts=rule.max_attempts, now=now,
+                    cooldown_key(rule, entity),
+                    cooldown=dt.timedelta(hours=rule.cooldown_hours),
+                    max_attempts=rule.max_attempts,
+                    now=now,
                 )
             except LedgerError as exc:
                 return dg.SensorResult(skip_reason=f"Not running: {exc}; the next tick retries")
@@ -73,7 +79,9 @@ def build_command_sensor(
         pending = [record_id for record_id in ids if record_id not in blocked]
         if not pending:
             return dg.SensorResult(
-                skip_reason=f"{len(ids)} record(s) in {rule.asset}, all actioned within the cooldown or out of attempts",
+                skip_reason=(
+                    f"{len(ids)} record(s) in {rule.asset}, all actioned within the cooldown or out of attempts"
+                ),
                 cursor=cursor,
             )
         return dg.SensorResult(
@@ -92,8 +100,11 @@ def build_command_sensor(
 
 
 def build_sensors(
-    rules: Sequence[CommandRule], command_job: dg.JobDefinition, asset_keys: Collection[dg.AssetKey],
-    job_names: Collection[str], minimum_interval_seconds: int | None = None,
+    rules: Sequence[CommandRule],
+    command_job: dg.JobDefinition,
+    asset_keys: Collection[dg.AssetKey],
+    job_names: Collection[str],
+    minimum_interval_seconds: int | None = None,
 ) -> list[dg.SensorDefinition]:
     """`minimum_interval_seconds` overrides every sensor's own interval (60 s for rules, 30 s for alerts)."""
     interval = {"minimum_interval_seconds": minimum_interval_seconds} if minimum_interval_seconds else {}

@@ -29,6 +29,10 @@ PACING_OFF = frozenset({"off", "false", "0", "no"})
 
 Number = TypeVar("Number", int, float)
 
+#: Always read in the run, by Dagster: the definitions hold the variables' names only.
+USERNAME = dg.EnvVar("NEXUDUS_USERNAME")
+PASSWORD = dg.EnvVar("NEXUDUS_PASSWORD")
+
 
 class SettingsError(ValueError):
     """An environment variable whose value cannot be used; the message names it."""
@@ -40,8 +44,8 @@ class Settings:
 
     # The Nexudus account.
     base_url: str = DEFAULT_BASE_URL
-    username: dg.EnvVar = dg.EnvVar("NEXUDUS_USERNAME")
-    password: dg.EnvVar = dg.EnvVar("NEXUDUS_PASSWORD")
+    username: dg.EnvVar = USERNAME
+    password: dg.EnvVar = PASSWORD
     auth: AuthScheme = "basic"
     #: Set only when NEXUDUS_TOTP is.
     totp: dg.EnvVar | None = None
@@ -130,10 +134,10 @@ class _Reader:
 
     def auth(self, name: str, default: AuthScheme) -> AuthScheme:
         value = self.text(name, default).strip().lower()
-        for scheme in get_args(AuthScheme):
-            if value == scheme:
-                return scheme
-        raise SettingsError(f"{name} must be {' or '.join(get_args(AuthScheme))}, not {value!r}")
+        schemes: dict[str, AuthScheme] = {scheme: scheme for scheme in get_args(AuthScheme)}
+        if value not in schemes:
+            raise SettingsError(f"{name} must be {' or '.join(schemes)}, not {value!r}")
+        return schemes[value]
 
     def number(
         self,
@@ -157,8 +161,10 @@ class _Reader:
         except ValueError:
             what = "a whole number" if kind is int else "a number"
             raise SettingsError(f"{name} must be {what}, not {text!r}") from None
-        if (low is not None and value < low) or (high is not None and value > high) or (
-            above is not None and not value > above
+        if (
+            (low is not None and value < low)
+            or (high is not None and value > high)
+            or (above is not None and not value > above)
         ):
             bounds = [
                 *([f"at least {low}"] if low is not None else []),
@@ -184,7 +190,9 @@ class _Reader:
             max_per_minute=self.number("NEXUDUS_MAX_PER_MINUTE", default.max_per_minute, int, low=1),
             max_per_hour=self.number("NEXUDUS_MAX_PER_HOUR", default.max_per_hour, int, low=1),
             max_per_day=self.number("NEXUDUS_MAX_PER_DAY", default.max_per_day, int, low=1),
-            max_writes_per_minute=self.number("NEXUDUS_MAX_WRITES_PER_MINUTE", default.max_writes_per_minute, int, low=1),
+            max_writes_per_minute=self.number(
+                "NEXUDUS_MAX_WRITES_PER_MINUTE", default.max_writes_per_minute, int, low=1
+            ),
             max_writes_per_day=self.number("NEXUDUS_MAX_WRITES_PER_DAY", default.max_writes_per_day, int, low=1),
             margin_ms=self.number("NEXUDUS_PACING_MARGIN_MS", default.margin_ms, float, low=0),
         )

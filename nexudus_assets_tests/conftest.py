@@ -21,6 +21,7 @@ LOCAL_INSTANCE = PROJECT / "dagster.yaml"
 #: The deployed instance; the tests take its PostgreSQL storage section.
 DEPLOYED_INSTANCE = PROJECT / "deploy" / "dagster.yaml"
 
+
 @pytest.fixture
 def start_simulator() -> Iterator[Callable[..., Running]]:
     """Starts simulators with the given settings; all stop at the end of the test."""

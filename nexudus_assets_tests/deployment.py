@@ -3,6 +3,7 @@
 Each process gets its own log file in the deployment's directory; a failed wait shows their tails.
 """
 
+import contextlib
 import os
 import signal
 import socket
@@ -55,16 +56,29 @@ class Deployment:
         Processes started together on an empty SQLite home would each create its tables and race.
         """
         subprocess.run(
-            [str(BIN / "dagster"), "instance", "migrate"], env=self.env, cwd=self.directory, check=True,
-            capture_output=True, timeout=120,
+            [str(BIN / "dagster"), "instance", "migrate"],
+            env=self.env,
+            cwd=self.directory,
+            check=True,
+            capture_output=True,
+            timeout=120,
         )
 
     def start_code_server(self, **env: str) -> None:
         self.env.update(env)
         self._start(
             "code_server",
-            [str(BIN / "dagster"), "code-server", "start", "-h", "127.0.0.1", "-p", str(self.code_port),
-             "-m", "nexudus_assets.definitions"],
+            [
+                str(BIN / "dagster"),
+                "code-server",
+                "start",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.code_port),
+                "-m",
+                "nexudus_assets.definitions",
+            ],
             self.env,
         )
 
@@ -91,10 +105,8 @@ class Deployment:
                 os.killpg(process.pid, signal.SIGTERM)
                 process.wait(timeout=20)
             except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
+                with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
                     os.killpg(process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
 
     def logs(self, lines: int = 40) -> str:
         tails = []
@@ -145,7 +157,9 @@ class Deployment:
         except (httpx.HTTPError, AssertionError):
             return False
         entries = data["workspaceOrError"]["locationEntries"]
-        return any(e["name"] == LOCATION and e["locationOrLoadError"]["__typename"] == "RepositoryLocation" for e in entries)
+        return any(
+            e["name"] == LOCATION and e["locationOrLoadError"]["__typename"] == "RepositoryLocation" for e in entries
+        )
 
     def ticks(self, sensor: str) -> list[dict[str, Any]]:
         data = self.graphql(
@@ -163,7 +177,9 @@ class Deployment:
         while time.monotonic() < deadline:
             for name, process in self.processes.items():
                 if process.poll() is not None:
-                    raise AssertionError(f"{name} exited with {process.returncode} while waiting for {what}\n{self.logs()}")
+                    raise AssertionError(
+                        f"{name} exited with {process.returncode} while waiting for {what}\n{self.logs()}"
+                    )
             found = probe()
             if found:
                 return found

@@ -131,9 +131,7 @@ class PostgresServer:
         return self.env(name)
 
     def env(self, database: str) -> dict[str, str]:
-        return dict(
-            zip(ENV_NAMES, (self.host, str(self.port), self.user, self.password, database), strict=True)
-        )
+        return dict(zip(ENV_NAMES, (self.host, str(self.port), self.user, self.password, database), strict=True))
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -170,10 +168,21 @@ class PostgresServer:
             shutil.chown(self._root, OS_USER, OS_USER)
             shutil.chown(password_file, OS_USER, OS_USER)
         password_file.chmod(0o600)
-        self._run_as_owner([
-            "initdb", "-D", str(self._data), "-U", self.user, f"--pwfile={password_file}",
-            "--auth-local=trust", "--auth-host=scram-sha-256", "--encoding=UTF8", "--no-locale", "--no-sync",
-        ])
+        self._run_as_owner(
+            [
+                "initdb",
+                "-D",
+                str(self._data),
+                "-U",
+                self.user,
+                f"--pwfile={password_file}",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "--encoding=UTF8",
+                "--no-locale",
+                "--no-sync",
+            ]
+        )
         password_file.unlink()
 
     def _start_on_a_free_port(self) -> None:

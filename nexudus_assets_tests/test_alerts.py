@@ -66,8 +66,9 @@ def test_a_check_failing_after_the_first_tick_alerts_once_and_recovers_once(make
     sensor.tick()
     assert len(webhook.posts) == 1, "nothing new, nothing sent"
 
-    project.sim.put_raw(ACCESS_TOKENS, {**token, "Id": 7, "MinutesIncluded": 60, "MinutesLeft": 30,
-                                        "UpdatedOn": "2099-01-01T00:00:00Z"})
+    project.sim.put_raw(
+        ACCESS_TOKENS, {**token, "Id": 7, "MinutesIncluded": 60, "MinutesLeft": 30, "UpdatedOn": "2099-01-01T00:00:00Z"}
+    )
     project.run()
     sensor.tick()
     assert len(webhook.posts) == 2 and f"recovered: {CHECK}" in webhook.texts()[1]
@@ -119,8 +120,9 @@ def test_a_daemon_killed_mid_tick_repeats_no_alert_it_had_sent(make_project, web
     sensor = Sensor(project)
     sensor.tick()
     # Two checks fail: the window is reversed and more minutes are left than included.
-    break_token(project, ValidFrom="2026-05-01T00:00:00", ValidTo="2026-01-01T00:00:00",
-                MinutesIncluded=60, MinutesLeft=90)
+    break_token(
+        project, ValidFrom="2026-05-01T00:00:00", ValidTo="2026-01-01T00:00:00", MinutesIncluded=60, MinutesLeft=90
+    )
     project.run()
 
     class DiesBeforeTheSecondAlert(AlertWebhookResource):
@@ -137,4 +139,3 @@ def test_a_daemon_killed_mid_tick_repeats_no_alert_it_had_sent(make_project, web
     texts = webhook.texts()
     assert len(texts) == 2, texts
     assert all(any(check in text for text in texts) for check in ("valid_window_ordered", CHECK))
-

@@ -16,17 +16,17 @@ from nexudus_assets.nexudus import (
     NexudusError,
     NotFoundError,
     RateLimits,
+    RequestRefusedError,
     ResponseFormatError,
     RetryPolicy,
     ServerError,
     StaleRecordError,
     TransportError,
     UncertainOutcomeError,
-    RequestRefusedError,
     Window,
 )
-from nexudus_assets.simulator import limits as server_limits
 from nexudus_assets.simulator import DEFAULT_PASSWORD
+from nexudus_assets.simulator import limits as server_limits
 
 
 def api_requests(sim, suffix: str, method: str = "GET") -> list:
@@ -145,7 +145,9 @@ def test_get_one_and_not_found(running):
 def test_create_returns_the_new_id_and_invalid_data_names_the_field(running):
     business = running.sim.records(ACCESS_TOKENS)[0]["BusinessId"]
     with running.client() as client:
-        created = client.create(ACCESS_TOKENS, {"BusinessId": business, "AccessCode": "NEW00001", "MinutesIncluded": 90})
+        created = client.create(
+            ACCESS_TOKENS, {"BusinessId": business, "AccessCode": "NEW00001", "MinutesIncluded": 90}
+        )
         with pytest.raises(RequestRefusedError) as refused:
             client.create(ACCESS_TOKENS, {"BusinessId": business, "MinutesIncluded": 90})
     assert running.sim.get(ACCESS_TOKENS, created.record_id)["AccessCode"] == "NEW00001"
@@ -196,11 +198,18 @@ def test_commands_catalogue_and_a_successful_command(running):
     tokens = sim.records(ACCESS_TOKENS)[:2]
     with running.client() as client:
         catalogue = {c.key: c for c in client.commands(ACCESS_TOKENS)}
-        add = next(c for c in catalogue.values() if c.requires_parameters and not c.applies_only_to_one_entity
-                   and not c.applies_only_to_two_entities)
+        add = next(
+            c
+            for c in catalogue.values()
+            if c.requires_parameters and not c.applies_only_to_one_entity and not c.applies_only_to_two_entities
+        )
         parameter = add.requires_parameters[0]
-        client.run_command(ACCESS_TOKENS, add.key, [t["Id"] for t in tokens],
-                           [{"Name": parameter.name, "Type": parameter.type, "Value": 30}])
+        client.run_command(
+            ACCESS_TOKENS,
+            add.key,
+            [t["Id"] for t in tokens],
+            [{"Name": parameter.name, "Type": parameter.type, "Value": 30}],
+        )
     assert all(c.key for c in catalogue.values())
     assert sim.commands_run[-1]["was_successful"] is True
     assert [sim.get(ACCESS_TOKENS, t["Id"])["UpdatedOn"] != t["UpdatedOn"] for t in tokens] == [True, True]
@@ -296,7 +305,9 @@ def test_transient_faults_are_retried_until_the_answer_comes(start_simulator):
     running = start_simulator(seed=8, tokens=300)
     running.sim.faults.error_rate = 0.2
     running.sim.faults.drop_rate = 0.1
-    with running.client(page_size=25, retry=RetryPolicy(max_attempts=10, backoff_initial=0.01, backoff_max=0.02)) as client:
+    with running.client(
+        page_size=25, retry=RetryPolicy(max_attempts=10, backoff_initial=0.01, backoff_max=0.02)
+    ) as client:
         records = list(client.iter_records(ACCESS_TOKENS))
     assert len(records) == 300
     assert client.stats.retries > 0
@@ -363,7 +374,11 @@ def test_secrets_never_reach_logs_errors_or_reprs(start_simulator, caplog):
 def test_pacing_is_never_early_at_the_server_whatever_the_network_delay(start_simulator):
     """The server counts each request after a random delay; windows are crossed many times."""
     running = start_simulator(
-        seed=8, tokens=400, contracts=5, passes=5, enforce_limits=True,
+        seed=8,
+        tokens=400,
+        contracts=5,
+        passes=5,
+        enforce_limits=True,
         limits=server_limits.Limits(all_methods=(server_limits.Window(1, 0.1), server_limits.Window(12, 3)), writes=()),
     )
     running.sim.faults.jitter_ms = 150  # before the server's limiter counts the request

@@ -21,15 +21,26 @@ LINEAGE = {
 TRENDS = {"account_metrics_daily": RAW}
 CHECKS = {
     "access_tokens": {
-        "ids_unique_not_null", "required_fields_present", "synced_recently", "row_count_stable",
-        "minutes_left_within_included", "valid_window_ordered",
+        "ids_unique_not_null",
+        "required_fields_present",
+        "synced_recently",
+        "row_count_stable",
+        "minutes_left_within_included",
+        "valid_window_ordered",
     },
     "coworker_contracts": {
-        "ids_unique_not_null", "required_fields_present", "synced_recently", "row_count_stable",
-        "renewal_after_start", "tariff_present",
+        "ids_unique_not_null",
+        "required_fields_present",
+        "synced_recently",
+        "row_count_stable",
+        "renewal_after_start",
+        "tariff_present",
     },
     "coworker_time_passes": {
-        "ids_unique_not_null", "required_fields_present", "synced_recently", "row_count_stable",
+        "ids_unique_not_null",
+        "required_fields_present",
+        "synced_recently",
+        "row_count_stable",
         "remaining_uses_within_total",
     },
 }
@@ -84,7 +95,9 @@ def test_jobs_and_schedules():
         "nexudus_command",
     }
     for name in (
-        "nexudus_sync_schedule", "nexudus_full_refresh_schedule", "nexudus_freshness_schedule",
+        "nexudus_sync_schedule",
+        "nexudus_full_refresh_schedule",
+        "nexudus_freshness_schedule",
         "nexudus_account_metrics_schedule",
     ):
         schedule = defs.resolve_schedule_def(name)

@@ -17,7 +17,6 @@ import pytest
 
 from nexudus_assets.nexudus import ACCESS_TOKENS
 from nexudus_assets.simulator import DEFAULT_PASSWORD, DEFAULT_USERNAME
-
 from nexudus_assets_tests.deployment import Deployment
 from nexudus_assets_tests.postgres import PostgresServer
 from nexudus_assets_tests.utils import Webhook
@@ -83,7 +82,9 @@ def test_the_daemon_alone_syncs_checks_alerts_and_acts_through_a_crash(deploymen
 
     # A scheduled sync, its checks, and the rule sensors asking for dry command runs.
     deployment.wait_for("a scheduled sync", lambda: finished(deployment.runs(), "nexudus_sync"), CYCLE_SECONDS)
-    deployment.wait_for("a command run", lambda: [r for r in deployment.runs() if r["jobName"] == "nexudus_command"], 60)
+    deployment.wait_for(
+        "a command run", lambda: [r for r in deployment.runs() if r["jobName"] == "nexudus_command"], 60
+    )
     # The daemon dies while it launches them; what it queued must still run.
     deployment.kill("daemon")
     deployment.start_daemon()
@@ -92,16 +93,18 @@ def test_the_daemon_alone_syncs_checks_alerts_and_acts_through_a_crash(deploymen
     assert sim.commands_run == [], "a dry run sent a command"
 
     # The data is fixed; the daemon and the code server crash; the code server comes back live.
-    sim.put_raw(ACCESS_TOKENS, {**token, "Id": 7, "MinutesIncluded": 60, "MinutesLeft": 60,
-                                "UpdatedOn": "2099-01-01T00:00:00Z"})
+    sim.put_raw(
+        ACCESS_TOKENS, {**token, "Id": 7, "MinutesIncluded": 60, "MinutesLeft": 60, "UpdatedOn": "2099-01-01T00:00:00Z"}
+    )
     deployment.kill("daemon")
     deployment.kill("code_server")
     deployment.start_code_server(NEXUDUS_COMMANDS_LIVE="true")
     deployment.wait_for("the code location to reload", deployment.location_loaded, 90)
     deployment.start_daemon()
 
-    deployment.wait_for("the recovery", lambda: [t for t in webhook.texts() if f"recovered: {CHECK}" in t],
-                        CYCLE_SECONDS)
+    deployment.wait_for(
+        "the recovery", lambda: [t for t in webhook.texts() if f"recovered: {CHECK}" in t], CYCLE_SECONDS
+    )
     deployment.wait_for("live commands", lambda: sim.commands_run, 90)
     deployment.wait_for(
         "every run to finish",

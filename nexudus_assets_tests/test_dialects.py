@@ -13,8 +13,10 @@ from nexudus_assets.simulator import DIALECTS
 from nexudus_assets_tests.utils import Project, metadata
 
 
-@pytest.fixture(params=[(name, shape) for name, shape in zip(sorted(DIALECTS), ("modern", "legacy", "modern"))],
-                ids=lambda param: f"{param[0]}-{param[1]}")
+@pytest.fixture(
+    params=list(zip(sorted(DIALECTS), ("modern", "legacy", "modern"), strict=True)),
+    ids=lambda param: f"{param[0]}-{param[1]}",
+)
 def project(request, start_simulator, tmp_path):
     name, shape = request.param
     running = start_simulator(seed=21, tokens=1100, contracts=120, passes=120, dialect=DIALECTS[name], list_shape=shape)
@@ -67,7 +69,7 @@ def test_records_gone_from_the_listing_are_confirmed_by_id_before_they_are_marke
 
     def restore_after_listing(entity, page):
         if entity == ACCESS_TOKENS and page == 2:
-            for key, row in saved.items():
+            for row in saved.values():
                 sim.put_raw(ACCESS_TOKENS, dict(row))
 
     sim.on_list_page = restore_after_listing

@@ -28,11 +28,11 @@ from nexudus_assets.nexudus import (
 )
 from nexudus_assets.nexudus.auth import REFUSED_SIGN_INS
 from nexudus_assets.resources import AlertWebhookResource, NexudusApiResource, Pacing, WarehouseResource
+from nexudus_assets.simulator import DEFAULT_USERNAME
 from nexudus_assets.simulator.faults import HOSTILE_IDS
 from nexudus_assets.warehouse import SCHEMA, qualified
 from nexudus_assets.warehouse.connection import connect
 from nexudus_assets.warehouse.load import load_entity
-from nexudus_assets.simulator import DEFAULT_USERNAME
 from nexudus_assets_tests.utils import persistent_instance
 
 TOKENS_PATH = "/api/spaces/accesstokens"
@@ -180,9 +180,11 @@ def test_a_sync_that_fails_leaves_the_previous_warehouse_as_it_was(running, tmp_
     running.sim.faults.update(fault)
 
     # Small batches, so that records are staged before the failure and must stay unpublished.
-    with running.client(page_size=10, request_deadline=0.5, retry=ONE_RETRY) as client:
-        with pytest.raises((ResponseFormatError, TransportError)):
-            sync_tokens(client, database, "failed", full_refresh=True, batch_rows=5)
+    with (
+        running.client(page_size=10, request_deadline=0.5, retry=ONE_RETRY) as client,
+        pytest.raises((ResponseFormatError, TransportError)),
+    ):
+        sync_tokens(client, database, "failed", full_refresh=True, batch_rows=5)
 
     assert snapshot(database) == before
     running.sim.faults.update({name: type(value)() for name, value in fault.items()})
@@ -220,7 +222,10 @@ def test_a_refused_sign_in_is_attempted_once_per_process_however_many_clients_as
 def test_one_dagster_run_with_a_wrong_password_signs_in_once(running, tmp_path, monkeypatch):
     resources = {
         "nexudus_api": NexudusApiResource(
-            base_url=running.base_url, username=DEFAULT_USERNAME, password=f"wrong-{uuid.uuid4()}", pacing=Pacing(enabled=False)
+            base_url=running.base_url,
+            username=DEFAULT_USERNAME,
+            password=f"wrong-{uuid.uuid4()}",
+            pacing=Pacing(enabled=False),
         ),
         "warehouse": WarehouseResource(database=str(tmp_path / "w.duckdb")),
         "alerts": AlertWebhookResource(url=None),
@@ -233,4 +238,3 @@ def test_one_dagster_run_with_a_wrong_password_signs_in_once(running, tmp_path, 
     failures = [event for event in result.all_events if event.event_type == dg.DagsterEventType.STEP_FAILURE]
     assert len(failures) >= 3, "every API step fails"
     assert [entry[3] for entry in running.sim.request_log] == [401]
-

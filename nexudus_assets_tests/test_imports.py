@@ -71,7 +71,11 @@ def test_the_graph_sees_imports_inside_functions_and_under_type_checking(tmp_pat
         "def f():\n    from . import other\n"
     )
     modules = {"nexudus_assets.early", "nexudus_assets.other", "nexudus_assets.late"}
-    assert set(imported_names(module, modules, root=tmp_path)) == {"typing", "nexudus_assets.early", "nexudus_assets.other"}
+    assert set(imported_names(module, modules, root=tmp_path)) == {
+        "typing",
+        "nexudus_assets.early",
+        "nexudus_assets.other",
+    }
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
 
 

@@ -12,16 +12,16 @@ import pytest
 
 from nexudus_assets.nexudus import ACCESS_TOKENS
 from nexudus_assets.resources import CommandLedgerResource
+from nexudus_assets.simulator import DEFAULT_PASSWORD, DEFAULT_USERNAME
 from nexudus_assets.writeback.ledger import (
     ACTIONED,
-    CooldownKey,
     CommandLedger,
+    CooldownKey,
     LedgerError,
     LedgerMissingError,
     default_ledger_path,
     open_ledger,
 )
-from nexudus_assets.simulator import DEFAULT_PASSWORD, DEFAULT_USERNAME
 from nexudus_assets.writeback.rules import CommandRule
 
 NOW = dt.datetime(2026, 11, 26, 12, 0)
@@ -36,8 +36,14 @@ def ledger(tmp_path) -> CommandLedger:
 
 def claim(ledger: CommandLedger, ids, *, key=KEY, now=NOW, max_attempts=3, min_records=1, run_id="run"):
     return ledger.claim(
-        key, ids, rule="top_up", run_id=run_id, cooldown=COOLDOWN, max_attempts=max_attempts,
-        min_records=min_records, now=now,
+        key,
+        ids,
+        rule="top_up",
+        run_id=run_id,
+        cooldown=COOLDOWN,
+        max_attempts=max_attempts,
+        min_records=min_records,
+        now=now,
     )
 
 
@@ -54,12 +60,20 @@ def test_the_cooldown_key_is_what_is_done_whichever_rule_asks(ledger):
     first = claim(ledger, [1, 2])
     ledger.finish(first.call_id, "succeeded", "done", NOW)
     renamed = ledger.claim(
-        KEY, [1, 2, 3], rule="renamed_top_up", run_id="other", cooldown=dt.timedelta(hours=1), max_attempts=3,
-        min_records=1, now=NOW + dt.timedelta(minutes=30),
+        KEY,
+        [1, 2, 3],
+        rule="renamed_top_up",
+        run_id="other",
+        cooldown=dt.timedelta(hours=1),
+        max_attempts=3,
+        min_records=1,
+        now=NOW + dt.timedelta(minutes=30),
     )
     assert (renamed.claimed, renamed.blocked) == ([3], [1, 2])
     # Another command, or other parameters, is another key.
-    assert claim(ledger, [1], key=CooldownKey.of("AccessToken", "ACCESSTOKEN_ADD_MINUTES", {"Minutes": 60})).claimed == [1]
+    assert claim(
+        ledger, [1], key=CooldownKey.of("AccessToken", "ACCESSTOKEN_ADD_MINUTES", {"Minutes": 60})
+    ).claimed == [1]
     assert claim(ledger, [1], key=CooldownKey.of("AccessToken", "OTHER", {"Minutes": 120})).claimed == [1]
     # The rule being run decides the window: 1 h is over, 24 h is not.
     later = NOW + dt.timedelta(hours=2)
@@ -103,9 +117,17 @@ def test_every_row_says_what_was_done_to_which_record_by_whom(ledger):
     made = claim(ledger, [7, 8], run_id="run-1")
     ledger.finish(made.call_id, "succeeded", "120 minutes were added", NOW + dt.timedelta(seconds=2))
     rows = ledger.rows()
-    assert [(row.record_id, row.outcome, row.dry_run) for row in rows] == [(7, "succeeded", False), (8, "succeeded", False)]
+    assert [(row.record_id, row.outcome, row.dry_run) for row in rows] == [
+        (7, "succeeded", False),
+        (8, "succeeded", False),
+    ]
     row = rows[0]
-    assert (row.rule, row.entity, row.command_key, row.run_id) == ("top_up", "AccessToken", "ACCESSTOKEN_ADD_MINUTES", "run-1")
+    assert (row.rule, row.entity, row.command_key, row.run_id) == (
+        "top_up",
+        "AccessToken",
+        "ACCESSTOKEN_ADD_MINUTES",
+        "run-1",
+    )
     assert json.loads(row.parameters) == {"Minutes": 120}
     assert (row.created_at, row.finished_at) == (NOW, NOW + dt.timedelta(seconds=2))
     assert rows[0].call_id == rows[1].call_id
@@ -160,7 +182,9 @@ def test_init_makes_an_empty_ledger_and_never_replaces_one(tmp_path):
     def init() -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "nexudus_assets.writeback.ledger", "init", str(path)],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
 
     created = init()
@@ -198,17 +222,29 @@ def test_two_processes_claiming_the_same_records_send_each_command_once(start_si
     ids = sorted(record["Id"] for record in running.sim.records(ACCESS_TOKENS))[:20]
     path = tmp_path / "w.ledger.sqlite"
     CommandLedger.create(path)
-    rule = CommandRule(name="extend", asset="low_minutes_access_tokens", command="ACCESSTOKEN_EXTEND_VALIDITY",
-                       parameters={"Days": 7})
+    rule = CommandRule(
+        name="extend", asset="low_minutes_access_tokens", command="ACCESSTOKEN_EXTEND_VALIDITY", parameters={"Days": 7}
+    )
     spellings = [running.base_url, running.base_url.replace("127.0.0.1", "localhost")]
     racers = []
     for number, base_url in enumerate(spellings):
-        task = {"ledger": str(path), "base_url": base_url, "username": DEFAULT_USERNAME, "password": DEFAULT_PASSWORD,
-                "rule": rule.model_dump(), "ids": ids, "run_id": f"racer-{number}"}
-        racers.append(subprocess.Popen(
-            [sys.executable, "-c", RACER, json.dumps(task)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            text=True,
-        ))
+        task = {
+            "ledger": str(path),
+            "base_url": base_url,
+            "username": DEFAULT_USERNAME,
+            "password": DEFAULT_PASSWORD,
+            "rule": rule.model_dump(),
+            "ids": ids,
+            "run_id": f"racer-{number}",
+        }
+        racers.append(
+            subprocess.Popen(
+                [sys.executable, "-c", RACER, json.dumps(task)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        )
     try:
         for racer in racers:
             assert racer.stdout.readline().strip() == "ready"

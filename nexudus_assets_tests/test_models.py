@@ -47,7 +47,11 @@ MODERN_CONTRACT = {
     "CoworkerFullName": "Alice Martin",
     "TariffCurrency_Code": "EUR",
 }
-for legacy_only in ("CoworkerContractTariffName", "CoworkerContractCoworkerFullName", "CoworkerContractTariffCurrency_Code"):
+for legacy_only in (
+    "CoworkerContractTariffName",
+    "CoworkerContractCoworkerFullName",
+    "CoworkerContractTariffCurrency_Code",
+):
     MODERN_CONTRACT.pop(legacy_only)
 
 

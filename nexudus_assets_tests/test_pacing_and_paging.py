@@ -1,8 +1,10 @@
 """The pacer and the paginator as pure logic: a fake clock and scripted pages."""
 
+import itertools
+
 import pytest
 
-from nexudus_assets.nexudus import Page, Pacer, RateLimits, ResponseFormatError, Window
+from nexudus_assets.nexudus import Pacer, Page, RateLimits, ResponseFormatError, Window
 from nexudus_assets.nexudus.paging import PageNumberPaginator, SeenKeys
 
 
@@ -28,7 +30,7 @@ def test_the_pacer_spaces_requests_and_honours_every_window():
     for _ in range(121):
         with pacer.slot(write=False):
             sent.append(clock.now)
-    assert all(b - a >= 0.1 - 1e-9 for a, b in zip(sent, sent[1:], strict=False))
+    assert all(b - a >= 0.1 - 1e-9 for a, b in itertools.pairwise(sent))
     assert sent[120] - sent[0] >= 60  # the 121st waits for the minute window
     clock.now += 120
     writes = []
@@ -48,8 +50,9 @@ def test_a_retry_after_pause_holds_every_caller():
 
 def test_the_next_request_is_spaced_from_the_previous_answer_not_from_its_sending():
     clock = FakeClock()
-    pacer = Pacer(RateLimits(all_methods=(Window(1, 0.1), Window(3, 10)), writes=(), margin=0),
-                          clock=clock, sleep=clock.sleep)
+    pacer = Pacer(
+        RateLimits(all_methods=(Window(1, 0.1), Window(3, 10)), writes=(), margin=0), clock=clock, sleep=clock.sleep
+    )
     sent = []
     for _ in range(4):
         with pacer.slot(write=False):
@@ -62,13 +65,15 @@ def test_the_next_request_is_spaced_from_the_previous_answer_not_from_its_sendin
 
 def test_a_shrinking_total_steps_back_and_finds_the_shifted_record():
     # ids 1..6, size 2; after page 2 is read, id 1 is deleted: 5 shifts onto page 2.
-    answers = iter([
-        Page(records=[{"Id": 1}, {"Id": 2}], total_items=6, has_next_page=True),
-        Page(records=[{"Id": 3}, {"Id": 4}], total_items=6, has_next_page=True),
-        Page(records=[{"Id": 6}], total_items=5, has_next_page=False),  # 5 slid back to page 2
-        Page(records=[{"Id": 4}, {"Id": 5}], total_items=5, has_next_page=True),  # the re-read
-        Page(records=[{"Id": 6}], total_items=5, has_next_page=False),
-    ])
+    answers = iter(
+        [
+            Page(records=[{"Id": 1}, {"Id": 2}], total_items=6, has_next_page=True),
+            Page(records=[{"Id": 3}, {"Id": 4}], total_items=6, has_next_page=True),
+            Page(records=[{"Id": 6}], total_items=5, has_next_page=False),  # 5 slid back to page 2
+            Page(records=[{"Id": 4}, {"Id": 5}], total_items=5, has_next_page=True),  # the re-read
+            Page(records=[{"Id": 6}], total_items=5, has_next_page=False),
+        ]
+    )
     paginator = PageNumberPaginator(fetch=lambda number, size: next(answers), size=2)
     seen = [record["Id"] for page in paginator for record in page]
     assert seen == [1, 2, 3, 4, 5, 6]
@@ -147,8 +152,9 @@ class CappedServer:
         if self.envelope == "records-only":
             return Page(records=records)
         pages = -(-total // self.cap)
-        return Page(records=records, total_items=total, total_pages=pages, has_next_page=number < pages,
-                    current_page_size=size)
+        return Page(
+            records=records, total_items=total, total_pages=pages, has_next_page=number < pages, current_page_size=size
+        )
 
 
 @pytest.mark.parametrize("envelope", ["full", "total-items-only"])

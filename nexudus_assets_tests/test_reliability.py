@@ -38,9 +38,8 @@ from pydantic_core import to_jsonable_python
 from nexudus_assets.definitions import build_defs, resources_from_env
 from nexudus_assets.nexudus import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES, ENTITIES, Entity
 from nexudus_assets.nexudus.errors import AuthenticationError
-from nexudus_assets.simulator import Simulator, SimulatorServer
+from nexudus_assets.simulator import DEFAULT_PASSWORD, DEFAULT_USERNAME, Simulator, SimulatorServer
 from nexudus_assets.warehouse import connect, qualified
-from nexudus_assets.simulator import DEFAULT_PASSWORD, DEFAULT_USERNAME
 from nexudus_assets_tests.utils import Project, Running, check_outcomes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,9 +109,7 @@ def read_warehouse(database: Path, *, read_only: bool = True) -> dict[str, Table
             if not _table_exists(conn, "raw", entity.table):
                 states[entity.table] = TableState({}, None, 0)
                 continue
-            twins = conn.execute(
-                f"SELECT id FROM {qualified(entity)} GROUP BY id HAVING count(*) > 1"
-            ).fetchall()
+            twins = conn.execute(f"SELECT id FROM {qualified(entity)} GROUP BY id HAVING count(*) > 1").fetchall()
             assert twins == [], f"{entity.table}: duplicate ids {twins[:5]}"
             rows = {}
             for row in _fetch(conn, f"SELECT * FROM {qualified(entity)} WHERE _deleted_at IS NULL"):
@@ -127,9 +124,9 @@ def read_warehouse(database: Path, *, read_only: bool = True) -> dict[str, Table
                     "SELECT high_water_mark FROM raw._sync_state WHERE entity = ?", [entity.table]
                 ).fetchall()
                 hwm = found[0][0] if found else None
-                logged = conn.execute(
-                    "SELECT count(*) FROM raw._sync_log WHERE entity = ?", [entity.table]
-                ).fetchone()[0]
+                logged = conn.execute("SELECT count(*) FROM raw._sync_log WHERE entity = ?", [entity.table]).fetchone()[
+                    0
+                ]
             states[entity.table] = TableState(rows, hwm, logged)
         return states
     finally:
@@ -187,9 +184,7 @@ def expected_rows(sim: Simulator, entity: Entity) -> dict[int, dict[str, Any]]:
         except pydantic.ValidationError:
             continue  # quarantined: the tests that inject such records check them one by one
         row = {
-            name: getattr(record, name)
-            for name in entity.model.model_fields
-            if name not in entity.model.display_fields
+            name: getattr(record, name) for name in entity.model.model_fields if name not in entity.model.display_fields
         }
         row.update(display[record.id])
         row["_extra"] = to_jsonable_python(record.model_extra) if record.model_extra else None
@@ -382,7 +377,7 @@ LONG_DESCRIPTION = ('Front desk "guest" WiFi \\ ünïcødé ☕ 東京\n' * 3000
 
 
 @pytest.fixture(scope="module")
-def bad_input(tmp_path_factory) -> Iterable[BadInput]:
+def bad_input(tmp_path_factory) -> BadInput:
     """One sync of an account holding one record of each kind of bad input, injected verbatim.
 
     Module-scoped: one sync serves the assertions below (each xdist worker builds its own).
@@ -413,7 +408,7 @@ def bad_input(tmp_path_factory) -> Iterable[BadInput]:
     database = tmp_path_factory.mktemp("bad_input") / "w.duckdb"
     with SimulatorServer(sim) as server:
         result = Project(Running(sim, server.base_url), database, page_size=25).run(raise_on_error=False)
-    yield BadInput(sim, database, result, ids, records)
+    return BadInput(sim, database, result, ids, records)
 
 
 def test_bad_records_do_not_fail_the_sync_and_every_other_record_is_synced_exactly(bad_input):

@@ -12,7 +12,6 @@ from nexudus_assets.resources import Pacing
 from nexudus_assets.settings import Settings, SettingsError
 from nexudus_assets.simulator import DEFAULT_PASSWORD, DEFAULT_USERNAME
 
-
 PACKAGE = Path(__file__).resolve().parents[1] / "nexudus_assets"
 
 #: The defaults README and deploy/.env.example give, spelled as a user would set them.
@@ -78,8 +77,14 @@ def test_a_value_that_cannot_be_used_is_refused_naming_the_variable(name, value,
 
 def test_optional_settings_read_empty_as_none():
     empty = dict.fromkeys(
-        ("NEXUDUS_TOTP", "NEXUDUS_LEDGER_PATH", "NEXUDUS_ALERT_WEBHOOK_URL", "NEXUDUS_COMMAND_RULES",
-         "NEXUDUS_SENSOR_INTERVAL_SECONDS", "NEXUDUS_COMMANDS_LIVE"),
+        (
+            "NEXUDUS_TOTP",
+            "NEXUDUS_LEDGER_PATH",
+            "NEXUDUS_ALERT_WEBHOOK_URL",
+            "NEXUDUS_COMMAND_RULES",
+            "NEXUDUS_SENSOR_INTERVAL_SECONDS",
+            "NEXUDUS_COMMANDS_LIVE",
+        ),
         "",
     )
     assert Settings.from_env(empty) == Settings()
@@ -103,7 +108,9 @@ def test_secrets_stay_environment_variables_and_never_reach_the_definitions():
     }
     settings = Settings.from_env({**secrets, "NEXUDUS_USERNAME": "ops@example.com"})
     assert (settings.password, settings.totp, settings.alert_webhook_url) == (
-        dg.EnvVar("NEXUDUS_PASSWORD"), dg.EnvVar("NEXUDUS_TOTP"), dg.EnvVar("NEXUDUS_ALERT_WEBHOOK_URL")
+        dg.EnvVar("NEXUDUS_PASSWORD"),
+        dg.EnvVar("NEXUDUS_TOTP"),
+        dg.EnvVar("NEXUDUS_ALERT_WEBHOOK_URL"),
     )
     resources = build_resources(settings)
     shown = repr(settings) + repr(resources)
@@ -112,12 +119,14 @@ def test_secrets_stay_environment_variables_and_never_reach_the_definitions():
 
 def test_the_definitions_are_built_from_the_settings():
     defs = load_defs(
-        Settings.from_env({
-            "NEXUDUS_SYNC_CRON": "5 * * * *",
-            "NEXUDUS_MAX_SYNC_AGE_HOURS": "7.5",
-            "NEXUDUS_SENSOR_INTERVAL_SECONDS": "11",
-            "NEXUDUS_METRICS_START_DATE": "2025-06-01",
-        })
+        Settings.from_env(
+            {
+                "NEXUDUS_SYNC_CRON": "5 * * * *",
+                "NEXUDUS_MAX_SYNC_AGE_HOURS": "7.5",
+                "NEXUDUS_SENSOR_INTERVAL_SECONDS": "11",
+                "NEXUDUS_METRICS_START_DATE": "2025-06-01",
+            }
+        )
     )
     assert defs.resolve_schedule_def("nexudus_sync_schedule").cron_schedule == "5 * * * *"
     assert {sensor.minimum_interval_seconds for sensor in defs.sensors} == {11}
@@ -131,13 +140,15 @@ def test_the_definitions_are_built_from_the_settings():
 def test_the_client_gets_the_request_bounds_from_the_settings(running, monkeypatch):
     monkeypatch.setenv("NEXUDUS_USERNAME", DEFAULT_USERNAME)
     monkeypatch.setenv("NEXUDUS_PASSWORD", DEFAULT_PASSWORD)
-    settings = Settings.from_env({
-        "NEXUDUS_BASE_URL": running.base_url,
-        "NEXUDUS_PACING": "off",
-        "NEXUDUS_REQUEST_DEADLINE": "9",
-        "NEXUDUS_MAX_PAGES": "4",
-        "NEXUDUS_MAX_BODY_BYTES": "2000",
-    })
+    settings = Settings.from_env(
+        {
+            "NEXUDUS_BASE_URL": running.base_url,
+            "NEXUDUS_PACING": "off",
+            "NEXUDUS_REQUEST_DEADLINE": "9",
+            "NEXUDUS_MAX_PAGES": "4",
+            "NEXUDUS_MAX_BODY_BYTES": "2000",
+        }
+    )
     with dg.build_resources({"nexudus_api": build_resources(settings)["nexudus_api"]}) as resources:
         client = resources.nexudus_api.get_client()
     with client:

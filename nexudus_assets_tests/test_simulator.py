@@ -77,9 +77,7 @@ def token_form(client: httpx.Client, form: dict[str, str], **headers: str) -> ht
 
 
 def bearer_status(client: httpx.Client, access_token: str) -> int:
-    answer = httpx.get(
-        client.base_url.join(ACCESS_TOKENS.path), headers={"Authorization": f"Bearer {access_token}"}
-    )
+    answer = httpx.get(client.base_url.join(ACCESS_TOKENS.path), headers={"Authorization": f"Bearer {access_token}"})
     return answer.status_code
 
 
@@ -94,9 +92,7 @@ def test_simulator_shares_only_entities_and_models_never_the_client() -> None:
                 imported.add(node.module)
             elif isinstance(node, ast.Import):
                 imported.update(alias.name for alias in node.names)
-    from_project = {
-        name for name in imported if name.startswith("nexudus_assets.") and ".simulator" not in name
-    }
+    from_project = {name for name in imported if name.startswith("nexudus_assets.") and ".simulator" not in name}
     assert from_project == {"nexudus_assets.nexudus.entities", "nexudus_assets.nexudus.models"}
     assert "httpx" not in imported
 
@@ -157,7 +153,10 @@ def test_legacy_list_shape_uses_bare_relations_and_prefixed_display_fields(clien
 
 def test_modern_list_shape_and_single_records_use_object_names() -> None:
     sim = small(list_shape="modern")
-    with SimulatorServer(sim) as server, httpx.Client(base_url=server.base_url, auth=(DEFAULT_USERNAME, DEFAULT_PASSWORD)) as client:
+    with (
+        SimulatorServer(sim) as server,
+        httpx.Client(base_url=server.base_url, auth=(DEFAULT_USERNAME, DEFAULT_PASSWORD)) as client,
+    ):
         contract = records(client, COWORKER_CONTRACTS)[0]
         assert {
             "CoworkerId",
@@ -209,9 +208,7 @@ def test_equality_filters(sim: Simulator, client: httpx.Client) -> None:
     expected = [t["Id"] for t in tokens if t["BusinessId"] == business]
     assert ids(client, ACCESS_TOKENS, AccessToken_Business=business) == expected != [t["Id"] for t in tokens]
     assert ids(client, ACCESS_TOKENS, AccessToken_BusinessId=business) == expected
-    assert ids(client, ACCESS_TOKENS, AccessToken_AccessCode=tokens[3]["AccessCode"].lower()) == [
-        tokens[3]["Id"]
-    ]
+    assert ids(client, ACCESS_TOKENS, AccessToken_AccessCode=tokens[3]["AccessCode"].lower()) == [tokens[3]["Id"]]
     assert ids(client, ACCESS_TOKENS, Id=tokens[5]["Id"]) == [tokens[5]["Id"]]
     assert ids(client, ACCESS_TOKENS, AccessToken_MinutesLeft="not-a-number") == []
     assert len(ids(client, ACCESS_TOKENS, AccessToken_Colour="blue")) == len(tokens)  # unknown: ignored
@@ -219,9 +216,7 @@ def test_equality_filters(sim: Simulator, client: httpx.Client) -> None:
     cancelled = [c["Id"] for c in contracts if c["Cancelled"]]
     assert ids(client, COWORKER_CONTRACTS, CoworkerContract_Cancelled="true") == cancelled
     hot_desks = [
-        c["Id"]
-        for c in contracts
-        if c["TariffId"] in {t.id for t in sim.world.tariffs if t.name == "Hot Desk"}
+        c["Id"] for c in contracts if c["TariffId"] in {t.id for t in sim.world.tariffs if t.name == "Hot Desk"}
     ]
     assert ids(client, COWORKER_CONTRACTS, CoworkerContract_TariffName="hot desk") == hot_desks
 
@@ -247,10 +242,7 @@ def test_range_filters_compare_dates_at_minute_precision(sim: Simulator, client:
     assert target not in ids(client, ACCESS_TOKENS, to_AccessToken_UpdatedOn="2030-01-01T09:59")
     tokens = sim.records(ACCESS_TOKENS)
     expected = [t["Id"] for t in tokens if 10 <= t["MinutesLeft"] <= 200]
-    assert (
-        ids(client, ACCESS_TOKENS, From_AccessToken_MinutesLeft=10, To_AccessToken_MinutesLeft=200)
-        == expected
-    )
+    assert ids(client, ACCESS_TOKENS, From_AccessToken_MinutesLeft=10, To_AccessToken_MinutesLeft=200) == expected
     assert 0 < len(expected) < len(tokens)
 
 
@@ -269,9 +261,7 @@ def test_list_hook_runs_between_pages_so_data_can_drift(sim: Simulator, client: 
     assert second["Records"][0]["Id"] == sim.records(ACCESS_TOKENS)[10]["Id"] != first["Records"][-1]["Id"]
 
 
-def test_raw_records_are_served_verbatim_and_do_not_break_filters(
-    sim: Simulator, client: httpx.Client
-) -> None:
+def test_raw_records_are_served_verbatim_and_do_not_break_filters(sim: Simulator, client: httpx.Client) -> None:
     broken = {
         "AccessCode": "BROKEN01",
         "MinutesLeft": "abc",
@@ -281,9 +271,7 @@ def test_raw_records_are_served_verbatim_and_do_not_break_filters(
     key = sim.put_raw(ACCESS_TOKENS, broken)
     listed = records(client, ACCESS_TOKENS)
     assert listed[-1] == broken and key > listed[-2]["Id"]
-    assert all(
-        r.get("MinutesLeft") != "abc" for r in records(client, ACCESS_TOKENS, From_AccessToken_MinutesLeft=0)
-    )
+    assert all(r.get("MinutesLeft") != "abc" for r in records(client, ACCESS_TOKENS, From_AccessToken_MinutesLeft=0))
     assert records(client, ACCESS_TOKENS, orderby="ValidTo")[-1] == broken
 
 
@@ -293,9 +281,7 @@ def test_raw_records_are_served_verbatim_and_do_not_break_filters(
 def test_missing_records_answer_404_not_found(sim: Simulator, client: httpx.Client) -> None:
     for answer in (client.get(f"{ACCESS_TOKENS.path}/1"), client.delete(f"{ACCESS_TOKENS.path}/1")):
         assert (answer.status_code, answer.json()) == (404, "Not found")
-    answer = client.put(
-        ACCESS_TOKENS.path, json={"Id": 1, "BusinessId": 1, "AccessCode": "X", "MinutesIncluded": 1}
-    )
+    answer = client.put(ACCESS_TOKENS.path, json={"Id": 1, "BusinessId": 1, "AccessCode": "X", "MinutesIncluded": 1})
     assert (answer.status_code, answer.json()) == (404, "Not found")
     contract = sim.records(COWORKER_CONTRACTS)[0]["Id"]
     assert client.delete(f"{COWORKER_CONTRACTS.path}/{contract}").status_code == 405  # no documented DELETE
@@ -319,14 +305,10 @@ def test_create_validates_and_fills_read_only_fields(sim: Simulator, client: htt
         "Message": "AccessCode: may not be null or empty",
         "Value": None,
         "WasSuccessful": False,
-        "Errors": [
-            {"AttemptedValue": None, "Message": "may not be null or empty", "PropertyName": "AccessCode"}
-        ],
+        "Errors": [{"AttemptedValue": None, "Message": "may not be null or empty", "PropertyName": "AccessCode"}],
     }
     assert (
-        client.post(
-            ACCESS_TOKENS.path, json={"Business": 1, "AccessCode": "A", "MinutesIncluded": "many"}
-        ).status_code
+        client.post(ACCESS_TOKENS.path, json={"Business": 1, "AccessCode": "A", "MinutesIncluded": "many"}).status_code
         == 400
     )
     created = client.post(
@@ -353,9 +335,7 @@ def test_create_validates_and_fills_read_only_fields(sim: Simulator, client: htt
 
 
 def test_put_clears_every_missing_field(sim: Simulator, client: httpx.Client) -> None:
-    token = next(
-        t for t in sim.records(ACCESS_TOKENS) if t["ValidTo"] and t["UserLimit"] and t["MinutesLeft"]
-    )
+    token = next(t for t in sim.records(ACCESS_TOKENS) if t["ValidTo"] and t["UserLimit"] and t["MinutesLeft"])
     body = {
         "Id": token["Id"],
         "BusinessId": token["BusinessId"],
@@ -365,9 +345,7 @@ def test_put_clears_every_missing_field(sim: Simulator, client: httpx.Client) ->
     }
     answer = client.put(ACCESS_TOKENS.path, json=body)
     assert (
-        answer.status_code == 200
-        and answer.json()["WasSuccessful"]
-        and answer.json()["Value"] == {"Id": token["Id"]}
+        answer.status_code == 200 and answer.json()["WasSuccessful"] and answer.json()["Value"] == {"Id": token["Id"]}
     )
     after = sim.get(ACCESS_TOKENS, token["Id"])
     assert after is not None
@@ -377,16 +355,12 @@ def test_put_clears_every_missing_field(sim: Simulator, client: httpx.Client) ->
     assert after["UpdatedOn"] > token["UpdatedOn"] and after["CreatedOn"] == token["CreatedOn"]
     contract = next(c for c in sim.records(COWORKER_CONTRACTS) if c["ApplyProRating"])
     required = {name: contract[name] for name in COWORKER_CONTRACTS.create_required}
-    assert client.put(COWORKER_CONTRACTS.path, json={"Id": contract["Id"], **required}).json()[
-        "WasSuccessful"
-    ]
+    assert client.put(COWORKER_CONTRACTS.path, json={"Id": contract["Id"], **required}).json()["WasSuccessful"]
     cleared = sim.get(COWORKER_CONTRACTS, contract["Id"])
     assert cleared is not None and cleared["ApplyProRating"] is False and cleared["RenewalDate"] is None
 
 
-def test_put_without_required_fields_is_refused_and_changes_nothing(
-    sim: Simulator, client: httpx.Client
-) -> None:
+def test_put_without_required_fields_is_refused_and_changes_nothing(sim: Simulator, client: httpx.Client) -> None:
     token = sim.records(ACCESS_TOKENS)[0]
     answer = client.put(ACCESS_TOKENS.path, json={"Id": token["Id"], "Description": "only this"})
     assert answer.status_code == 400 and answer.json()["WasSuccessful"] is False
@@ -399,9 +373,7 @@ def test_put_without_required_fields_is_refused_and_changes_nothing(
 
 
 def test_put_needs_an_id(client: httpx.Client) -> None:
-    answer = client.put(
-        ACCESS_TOKENS.path, json={"BusinessId": 1100001, "AccessCode": "X", "MinutesIncluded": 1}
-    )
+    answer = client.put(ACCESS_TOKENS.path, json={"BusinessId": 1100001, "AccessCode": "X", "MinutesIncluded": 1})
     assert answer.status_code == 400 and answer.json()["Errors"][0]["PropertyName"] == "Id"
 
 
@@ -458,7 +430,9 @@ def test_token_endpoint_wants_a_form_and_right_credentials(client: httpx.Client)
 
 def test_refresh_rotates_tokens_and_checks_the_client_id(client: httpx.Client) -> None:
     signed_in = token_form(
-        client, {"grant_type": "password", "username": DEFAULT_USERNAME, "password": DEFAULT_PASSWORD}, client_id="my-app"
+        client,
+        {"grant_type": "password", "username": DEFAULT_USERNAME, "password": DEFAULT_PASSWORD},
+        client_id="my-app",
     ).json()
     refresh = {"grant_type": "refresh_token", "refresh_token": signed_in["refresh_token"]}
     other_client = token_form(client, refresh, client_id="another-app")
@@ -476,7 +450,9 @@ def test_refresh_rotates_tokens_and_checks_the_client_id(client: httpx.Client) -
 
 
 def test_revoked_tokens_stop_working(sim: Simulator, client: httpx.Client) -> None:
-    granted = token_form(client, {"grant_type": "password", "username": DEFAULT_USERNAME, "password": DEFAULT_PASSWORD}).json()
+    granted = token_form(
+        client, {"grant_type": "password", "username": DEFAULT_USERNAME, "password": DEFAULT_PASSWORD}
+    ).json()
     assert sim.issued_tokens() == [granted["access_token"], granted["refresh_token"]]
     sim.revoke_tokens()
     assert bearer_status(client, granted["access_token"]) == 401
@@ -532,9 +508,7 @@ def run(
     *params: dict[str, Any],
     path: str = "runcommand",
 ) -> dict[str, Any]:
-    answer = client.post(
-        f"{entity.path}/{path}", json={"Key": key, "Ids": record_ids, "Parameters": list(params)}
-    )
+    answer = client.post(f"{entity.path}/{path}", json={"Key": key, "Ids": record_ids, "Parameters": list(params)})
     assert answer.status_code == 200
     result: dict[str, Any] = answer.json()
     return result
@@ -551,7 +525,9 @@ def test_commands_change_the_data(sim: Simulator, client: httpx.Client) -> None:
     )
     assert answer["WasSuccessful"] and answer["Status"] == 200 and answer["Value"] == {"Id": first["Id"]}
     assert (
-        answer["UpdatedBy"] == DEFAULT_USERNAME and answer["UpdatedOn"].endswith("Z") and answer["OpenInWindow"] is False
+        answer["UpdatedBy"] == DEFAULT_USERNAME
+        and answer["UpdatedOn"].endswith("Z")
+        and answer["OpenInWindow"] is False
     )
     after = sim.get(ACCESS_TOKENS, first["Id"]) or {}
     assert (after["MinutesLeft"], after["MinutesIncluded"]) == (
@@ -569,9 +545,7 @@ def test_commands_change_the_data(sim: Simulator, client: httpx.Client) -> None:
         path="runacommand",
     )["WasSuccessful"]
     valid_to = dt.datetime.fromisoformat((sim.get(ACCESS_TOKENS, third["Id"]) or {})["ValidTo"])
-    assert third["ValidTo"] is None or valid_to == dt.datetime.fromisoformat(third["ValidTo"]) + dt.timedelta(
-        days=10
-    )
+    assert third["ValidTo"] is None or valid_to == dt.datetime.fromisoformat(third["ValidTo"]) + dt.timedelta(days=10)
     assert run(client, ACCESS_TOKENS, "ACCESSTOKEN_MERGE", [first["Id"], second["Id"]])["WasSuccessful"]
     merged = sim.get(ACCESS_TOKENS, first["Id"]) or {}
     assert merged["MinutesLeft"] == after["MinutesLeft"] + second["MinutesLeft"] + 30
@@ -585,9 +559,7 @@ def test_commands_change_the_data(sim: Simulator, client: httpx.Client) -> None:
     old = dt.datetime.fromisoformat(contract["RenewalDate"])
     assert renewed == old.replace(year=old.year + old.month // 12, month=old.month % 12 + 1).isoformat()
     note = {"Name": "Note", "Type": "String", "Value": "Called about the invoice."}
-    assert run(client, COWORKER_CONTRACTS, "COWORKERCONTRACT_ADD_NOTE", [contract["Id"]], note)[
-        "WasSuccessful"
-    ]
+    assert run(client, COWORKER_CONTRACTS, "COWORKERCONTRACT_ADD_NOTE", [contract["Id"]], note)["WasSuccessful"]
     assert (sim.get(COWORKER_CONTRACTS, contract["Id"]) or {})["Notes"].endswith("Called about the invoice.")
 
     time_pass = next(p for p in sim.records(COWORKER_TIME_PASSES) if not p["Used"])
@@ -643,7 +615,10 @@ def test_failed_commands_answer_200_with_was_successful_false(
 
 def test_published_limits_answer_409_with_retry_after() -> None:
     sim = small(enforce_limits=True)
-    with SimulatorServer(sim) as server, httpx.Client(base_url=server.base_url, auth=(DEFAULT_USERNAME, DEFAULT_PASSWORD)) as client:
+    with (
+        SimulatorServer(sim) as server,
+        httpx.Client(base_url=server.base_url, auth=(DEFAULT_USERNAME, DEFAULT_PASSWORD)) as client,
+    ):
         assert client.get(ACCESS_TOKENS.path).status_code == 200
         too_soon = client.get(ACCESS_TOKENS.path)  # within 100 ms of the first
         assert too_soon.status_code == 409 and too_soon.text == THROTTLED_TEXT
@@ -656,7 +631,10 @@ def test_published_limits_answer_409_with_retry_after() -> None:
 def test_limit_windows_are_configurable_and_writes_have_their_own() -> None:
     sim = small(enforce_limits=True, limits=Limits(all_methods=(Window(4, 60),), writes=(Window(1, 60),)))
     body = {"BusinessId": 1100001, "AccessCode": "LIMIT001", "MinutesIncluded": 60}
-    with SimulatorServer(sim) as server, httpx.Client(base_url=server.base_url, auth=(DEFAULT_USERNAME, DEFAULT_PASSWORD)) as client:
+    with (
+        SimulatorServer(sim) as server,
+        httpx.Client(base_url=server.base_url, auth=(DEFAULT_USERNAME, DEFAULT_PASSWORD)) as client,
+    ):
         assert client.post(ACCESS_TOKENS.path, json=body).status_code == 200
         refused = client.post(ACCESS_TOKENS.path, json=body)
         assert refused.status_code == 409 and 1 <= int(refused.headers["Retry-After"]) <= 60
@@ -669,12 +647,16 @@ def test_throttle_fault_uses_the_configured_retry_after(sim: Simulator, client: 
     answer = client.get(ACCESS_TOKENS.path)
     assert (answer.status_code, answer.headers["Retry-After"], answer.text) == (409, "0", THROTTLED_TEXT)
     assert (
-        token_form(client, {"grant_type": "password", "username": DEFAULT_USERNAME, "password": DEFAULT_PASSWORD}).status_code
+        token_form(
+            client, {"grant_type": "password", "username": DEFAULT_USERNAME, "password": DEFAULT_PASSWORD}
+        ).status_code
         == 200
     )
     sim.faults.include_token_endpoint = True
     assert (
-        token_form(client, {"grant_type": "password", "username": DEFAULT_USERNAME, "password": DEFAULT_PASSWORD}).status_code
+        token_form(
+            client, {"grant_type": "password", "username": DEFAULT_USERNAME, "password": DEFAULT_PASSWORD}
+        ).status_code
         == 409
     )
 
@@ -696,11 +678,7 @@ def test_malformed_and_html_answers(sim: Simulator, client: httpx.Client) -> Non
         cut.json()
     sim.faults.malformed_rate, sim.faults.html_rate = 0.0, 1.0
     page = client.get(ACCESS_TOKENS.path)
-    assert (
-        page.status_code == 200
-        and page.headers["Content-Type"].startswith("text/html")
-        and "<html>" in page.text
-    )
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html") and "<html>" in page.text
 
 
 def test_latency_and_seeded_error_rate(sim: Simulator, client: httpx.Client) -> None:
@@ -745,7 +723,9 @@ def test_hostile_ids_stand_at_odd_positions_among_good_records(sim: Simulator, c
     real = [record["Id"] for record in sim.records(ACCESS_TOKENS)]
     sim.faults.update({"hostile_ids": ["true", "huge", "object"]})
     first = [record["Id"] for record in client.get(ACCESS_TOKENS.path, params={"size": 4}).json()["Records"]]
-    second = [record["Id"] for record in client.get(ACCESS_TOKENS.path, params={"size": 4, "page": 2}).json()["Records"]]
+    second = [
+        record["Id"] for record in client.get(ACCESS_TOKENS.path, params={"size": 4, "page": 2}).json()["Records"]
+    ]
     assert first == [real[0], True, real[2], 2**70]
     assert second == [real[4], {"a": 1}, real[6], real[7]]
     with pytest.raises(ValueError, match="unknown hostile_ids nope"):
@@ -797,26 +777,17 @@ def test_admin_endpoints(sim: Simulator, server: SimulatorServer) -> None:
         api.get(ACCESS_TOKENS.path)
         assert admin.get("stats").json()["by_status"] == {"200": 1}
         assert admin.post("reset-stats").json()["requests"] == 0
-        assert (
-            admin.post("faults", json={"error_rate": 1.0, "failing_command_ids": [5]}).json()["error_rate"]
-            == 1.0
-        )
+        assert admin.post("faults", json={"error_rate": 1.0, "failing_command_ids": [5]}).json()["error_rate"] == 1.0
         assert sim.faults.failing_command_ids == {5} and api.get(ACCESS_TOKENS.path).status_code == 500
         admin.post("faults", json={"error_rate": 0})
         assert admin.post("faults", json={"no_such_fault": 1}).status_code == 400
         assert admin.post("faults", json={"hostile_ids": ["nope"]}).status_code == 400
         assert admin.post("faults", json={"hostile_ids": ["float"]}).json()["hostile_ids"] == ["float"]
         admin.post("faults", json={"hostile_ids": []})
-        touched = admin.post(
-            "mutate", json={"entity": "access_tokens", "update": 2, "insert": 3, "delete": 1}
-        ).json()
+        touched = admin.post("mutate", json={"entity": "access_tokens", "update": 2, "insert": 3, "delete": 1}).json()
         assert [len(touched[k]) for k in ("updated", "inserted", "deleted")] == [2, 3, 1]
         listed = ids(api, ACCESS_TOKENS)
-        assert (
-            set(touched["inserted"]) <= set(listed)
-            and touched["deleted"][0] not in listed
-            and len(listed) == 42
-        )
+        assert set(touched["inserted"]) <= set(listed) and touched["deleted"][0] not in listed and len(listed) == 42
         assert admin.post("mutate", json={"entity": "Nope", "update": 1}).status_code == 400
         assert admin.get("stats").json()["requests"] == 2  # admin calls are not counted
 

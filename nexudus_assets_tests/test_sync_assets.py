@@ -10,16 +10,16 @@ import dagster as dg
 import duckdb
 import pytest
 
-from nexudus_assets.assets.insights import insight_run_config
+from nexudus_assets.assets.insights import INSIGHTS, insight_run_config
 from nexudus_assets.checks import build_freshness_check, evaluate_raw_checks, raw_check_specs
 from nexudus_assets.nexudus import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES, ENTITIES
 from nexudus_assets.resources import (
     CommandLedgerResource,
 )
-from nexudus_assets.assets.insights import INSIGHTS
 from nexudus_assets.warehouse import WarehouseFiles, history_table, qualified
 from nexudus_assets.writeback.rules import CommandRule
 from nexudus_assets_tests.utils import BOOKKEEPING, Project, check_outcomes, held_open, metadata
+
 
 @pytest.fixture
 def project(start_simulator, tmp_path):
@@ -80,7 +80,9 @@ def test_deletions_show_after_a_full_refresh_and_leave_the_insights(project):
 
 
 def test_a_run_that_fails_midway_leaves_the_previous_state_and_the_next_run_repairs(start_simulator, tmp_path):
-    project = Project(start_simulator(seed=12, tokens=500, contracts=20, passes=20), tmp_path / "w.duckdb", page_size=100)
+    project = Project(
+        start_simulator(seed=12, tokens=500, contracts=20, passes=20), tmp_path / "w.duckdb", page_size=100
+    )
     project.run()
     before = project.live_rows(ACCESS_TOKENS)
     cursor = project.query("SELECT * FROM raw._sync_state ORDER BY entity")
@@ -106,10 +108,22 @@ def test_insights_equal_what_the_records_say(project):
     sim = project.sim
     as_of = sim.now
     config = {"as_of": as_of.isoformat()}
-    project.run(run_config=insight_run_config({name: config for name in (
-        "low_minutes_access_tokens", "expiring_access_tokens", "upcoming_contract_renewals",
-        "contracts_cancelling_soon", "monthly_recurring_revenue_by_tariff", "expiring_time_passes", "time_pass_usage",
-    )}))
+    project.run(
+        run_config=insight_run_config(
+            dict.fromkeys(
+                (
+                    "low_minutes_access_tokens",
+                    "expiring_access_tokens",
+                    "upcoming_contract_renewals",
+                    "contracts_cancelling_soon",
+                    "monthly_recurring_revenue_by_tariff",
+                    "expiring_time_passes",
+                    "time_pass_usage",
+                ),
+                config,
+            )
+        )
+    )
     tokens = [ACCESS_TOKENS.model.model_validate(r) for r in sim.records(ACCESS_TOKENS)]
     contracts = [COWORKER_CONTRACTS.model.model_validate(r) for r in sim.records(COWORKER_CONTRACTS)]
     passes = [COWORKER_TIME_PASSES.model.model_validate(r) for r in sim.records(COWORKER_TIME_PASSES)]
@@ -122,13 +136,19 @@ def test_insights_equal_what_the_records_say(project):
 
     active = [c for c in contracts if c.active is True and c.cancelled is False]
     expected = {
-        "low_minutes_access_tokens": {t.id for t in tokens if valid(t) and t.minutes_left is not None and t.minutes_left < 60},
-        "expiring_access_tokens": {t.id for t in tokens if valid(t) and t.valid_to is not None
-                                   and t.valid_to <= as_of + dt.timedelta(days=7)},
+        "low_minutes_access_tokens": {
+            t.id for t in tokens if valid(t) and t.minutes_left is not None and t.minutes_left < 60
+        },
+        "expiring_access_tokens": {
+            t.id for t in tokens if valid(t) and t.valid_to is not None and t.valid_to <= as_of + dt.timedelta(days=7)
+        },
         "upcoming_contract_renewals": {c.id for c in active if within(c.renewal_date, 30)},
         "contracts_cancelling_soon": {c.id for c in contracts if within(c.cancellation_date, 30)},
-        "expiring_time_passes": {p.id for p in passes if p.used is False
-                                 and (p.remaining_uses is None or p.remaining_uses > 0) and within(p.expire_date, 14)},
+        "expiring_time_passes": {
+            p.id
+            for p in passes
+            if p.used is False and (p.remaining_uses is None or p.remaining_uses > 0) and within(p.expire_date, 14)
+        },
         "time_pass_usage": {p.time_pass_id for p in passes},
     }
     for name, ids in expected.items():
@@ -139,7 +159,9 @@ def test_insights_equal_what_the_records_say(project):
     for c in active:
         if c.start_date is None or c.start_date <= as_of:
             revenue[c.tariff_id] += c.price * c.quantity
-    stored = dict(project.query("SELECT id, monthly_recurring_revenue FROM insights.monthly_recurring_revenue_by_tariff"))
+    stored = dict(
+        project.query("SELECT id, monthly_recurring_revenue FROM insights.monthly_recurring_revenue_by_tariff")
+    )
     assert stored == dict(revenue)
 
 
@@ -156,18 +178,25 @@ def test_each_row_check_fails_on_a_crafted_bad_record_and_errors_block_the_insig
     contract = dict(sim.records(COWORKER_CONTRACTS)[0])
     time_pass = dict(sim.records(COWORKER_TIME_PASSES)[0])
     bad = {
-        ("access_tokens", "minutes_left_within_included"):
-            sim.put_raw(ACCESS_TOKENS, {**token, "Id": 1, "MinutesIncluded": 60, "MinutesLeft": 500}),
-        ("access_tokens", "valid_window_ordered"):
-            sim.put_raw(ACCESS_TOKENS, {**token, "Id": 2, "ValidFrom": "2026-05-01T00:00:00", "ValidTo": "2026-04-01T00:00:00"}),
-        ("access_tokens", "required_fields_present"):
-            sim.put_raw(ACCESS_TOKENS, {**token, "Id": 3, "AccessCode": None}),
-        ("coworker_contracts", "renewal_after_start"):
-            sim.put_raw(COWORKER_CONTRACTS, {**contract, "Id": 4, "StartDate": "2026-05-01T00:00:00", "RenewalDate": "2026-01-01T00:00:00"}),
-        ("coworker_contracts", "tariff_present"):
-            sim.put_raw(COWORKER_CONTRACTS, {**contract, "Id": 5, "TariffId": None}),
-        ("coworker_time_passes", "remaining_uses_within_total"):
-            sim.put_raw(COWORKER_TIME_PASSES, {**time_pass, "Id": 6, "TotalUses": 2, "RemainingUses": 5}),
+        ("access_tokens", "minutes_left_within_included"): sim.put_raw(
+            ACCESS_TOKENS, {**token, "Id": 1, "MinutesIncluded": 60, "MinutesLeft": 500}
+        ),
+        ("access_tokens", "valid_window_ordered"): sim.put_raw(
+            ACCESS_TOKENS, {**token, "Id": 2, "ValidFrom": "2026-05-01T00:00:00", "ValidTo": "2026-04-01T00:00:00"}
+        ),
+        ("access_tokens", "required_fields_present"): sim.put_raw(
+            ACCESS_TOKENS, {**token, "Id": 3, "AccessCode": None}
+        ),
+        ("coworker_contracts", "renewal_after_start"): sim.put_raw(
+            COWORKER_CONTRACTS,
+            {**contract, "Id": 4, "StartDate": "2026-05-01T00:00:00", "RenewalDate": "2026-01-01T00:00:00"},
+        ),
+        ("coworker_contracts", "tariff_present"): sim.put_raw(
+            COWORKER_CONTRACTS, {**contract, "Id": 5, "TariffId": None}
+        ),
+        ("coworker_time_passes", "remaining_uses_within_total"): sim.put_raw(
+            COWORKER_TIME_PASSES, {**time_pass, "Id": 6, "TotalUses": 2, "RemainingUses": 5}
+        ),
     }
     # A missing tariff is also a missing required field.
     bad[("coworker_contracts", "required_fields_present")] = bad[("coworker_contracts", "tariff_present")]
@@ -200,7 +229,9 @@ def test_ids_unique_not_null_fails_when_the_key_is_broken(project):
     assert invoke_check(project, ACCESS_TOKENS, "ids_unique_not_null").passed
     table = qualified(ACCESS_TOKENS)
     with project.warehouse.get_connection() as conn:  # a table that lost its primary key and holds a twin
-        conn.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM {table} UNION ALL (SELECT * FROM {table} LIMIT 1)")
+        conn.execute(
+            f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM {table} UNION ALL (SELECT * FROM {table} LIMIT 1)"
+        )
     outcome = invoke_check(project, ACCESS_TOKENS, "ids_unique_not_null")
     assert not outcome.passed and outcome.metadata["offending_rows"].value == 1
 
@@ -247,15 +278,22 @@ def test_insight_windows_are_open_at_as_of_and_closed_at_the_far_end(project):
         record = {**sim.records(entity)[0], "Id": new_id, **changes}
         sim.put_raw(entity, record)
 
-    for new_id, moment in ((9_000_001, as_of), (9_000_002, as_of + 14 * day), (9_000_003, as_of + 14 * day + dt.timedelta(minutes=1))):
+    for new_id, moment in (
+        (9_000_001, as_of),
+        (9_000_002, as_of + 14 * day),
+        (9_000_003, as_of + 14 * day + dt.timedelta(minutes=1)),
+    ):
         twin(COWORKER_TIME_PASSES, new_id, ExpireDate=moment.isoformat(), Used=False, RemainingUses=None)
     for new_id, moment in ((9_000_011, as_of), (9_000_012, as_of + 30 * day), (9_000_013, as_of + 31 * day)):
         twin(COWORKER_CONTRACTS, new_id, RenewalDate=moment.isoformat(), Active=True, Cancelled=False)
     for new_id, valid_to in ((9_000_021, as_of), (9_000_022, as_of + dt.timedelta(minutes=1))):
         twin(ACCESS_TOKENS, new_id, ValidFrom=None, ValidTo=valid_to.isoformat(), MinutesLeft=5, MinutesIncluded=60)
     config = {"as_of": as_of.isoformat()}
-    project.run(run_config=insight_run_config({name: config for name in (
-        "low_minutes_access_tokens", "upcoming_contract_renewals", "expiring_time_passes")}))
+    project.run(
+        run_config=insight_run_config(
+            dict.fromkeys(("low_minutes_access_tokens", "upcoming_contract_renewals", "expiring_time_passes"), config)
+        )
+    )
     crafted = range(9_000_000, 9_000_100)
     assert set(crafted) & project.insight_ids("expiring_time_passes") == {9_000_002}
     assert set(crafted) & project.insight_ids("upcoming_contract_renewals") == {9_000_012}
@@ -266,8 +304,10 @@ def test_as_of_defaults_to_the_start_of_the_run_in_utc(project):
     before = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     result = project.run()
     after = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    moments = {dt.datetime.fromisoformat(metadata(result, name)["as_of"]) for name in (
-        "low_minutes_access_tokens", "upcoming_contract_renewals", "expiring_time_passes")}
+    moments = {
+        dt.datetime.fromisoformat(metadata(result, name)["as_of"])
+        for name in ("low_minutes_access_tokens", "upcoming_contract_renewals", "expiring_time_passes")
+    }
     assert len(moments) == 1, "the insights of one run must share one instant"
     assert before - dt.timedelta(seconds=1) <= moments.pop() <= after
 
@@ -277,12 +317,11 @@ def small_project(start_simulator, tmp_path):
     return Project(start_simulator(seed=13, tokens=200, contracts=40, passes=40), tmp_path / "warehouse.duckdb")
 
 
-def test_an_analyst_holding_the_warehouse_read_write_neither_fails_nor_delays_two_syncs(
-    start_simulator, tmp_path
-):
+def test_an_analyst_holding_the_warehouse_read_write_neither_fails_nor_delays_two_syncs(start_simulator, tmp_path):
     # A one-second wait at most: a sync that waited for the analyst would fail, not just slow down.
     project = Project(
-        start_simulator(seed=14, tokens=300, contracts=40, passes=40), tmp_path / "warehouse.duckdb",
+        start_simulator(seed=14, tokens=300, contracts=40, passes=40),
+        tmp_path / "warehouse.duckdb",
         lock_timeout_seconds=1,
     )
     project.run()
@@ -300,7 +339,9 @@ def test_an_analyst_holding_the_warehouse_read_write_neither_fails_nor_delays_tw
             cursor = fresh.execute(f"SELECT * FROM {qualified(entity)} WHERE _deleted_at IS NULL")
             names = [d[0] for d in cursor.description]
             skip = BOOKKEEPING | set(entity.model.display_fields)
-            found = {row[0]: {n: v for n, v in zip(names, row, strict=True) if n not in skip} for row in cursor.fetchall()}
+            found = {
+                row[0]: {n: v for n, v in zip(names, row, strict=True) if n not in skip} for row in cursor.fetchall()
+            }
             assert found == project.upstream_rows(entity), entity.name
 
 
@@ -319,7 +360,8 @@ def step_failures(result) -> list[str]:
 
 def test_a_process_holding_the_working_file_fails_the_sync_after_the_wait_naming_it(start_simulator, tmp_path):
     project = Project(
-        start_simulator(seed=15, tokens=50, contracts=10, passes=10), tmp_path / "warehouse.duckdb",
+        start_simulator(seed=15, tokens=50, contracts=10, passes=10),
+        tmp_path / "warehouse.duckdb",
         lock_timeout_seconds=1,
     )
     project.run()
@@ -361,10 +403,16 @@ def test_the_file_opened_directly_answers_every_table_by_schema_and_name(start_s
 
 def set_token(sim, token_id: int, minutes_left: int, minutes_included: int = 1000) -> None:
     """A token valid for a long while, with these minutes; bumps UpdatedOn so the next sync reads it."""
-    sim.update(ACCESS_TOKENS, [token_id], {
-        "MinutesLeft": minutes_left, "MinutesIncluded": minutes_included, "ValidFrom": None,
-        "ValidTo": (sim.now + dt.timedelta(days=365)).isoformat(),
-    })
+    sim.update(
+        ACCESS_TOKENS,
+        [token_id],
+        {
+            "MinutesLeft": minutes_left,
+            "MinutesIncluded": minutes_included,
+            "ValidFrom": None,
+            "ValidTo": (sim.now + dt.timedelta(days=365)).isoformat(),
+        },
+    )
 
 
 def test_tokens_running_out_are_forecast_from_their_history(start_simulator, tmp_path):
@@ -431,10 +479,21 @@ def test_daily_account_metrics_come_from_the_history_as_of_the_end_of_each_day(s
         return dt.datetime.combine(day, dt.time(hour)).isoformat()
 
     # Something for each count to find on the day.
-    sim.put_raw(COWORKER_CONTRACTS, {**sim.records(COWORKER_CONTRACTS)[0], "Id": 9_000_001, "Active": True,
-                                     "Cancelled": False, "StartDate": at_hour(9), "CancellationDate": at_hour(15)})
-    sim.put_raw(COWORKER_TIME_PASSES, {**sim.records(COWORKER_TIME_PASSES)[0], "Id": 9_000_002, "Used": True,
-                                       "UsedDate": at_hour(10)})
+    sim.put_raw(
+        COWORKER_CONTRACTS,
+        {
+            **sim.records(COWORKER_CONTRACTS)[0],
+            "Id": 9_000_001,
+            "Active": True,
+            "Cancelled": False,
+            "StartDate": at_hour(9),
+            "CancellationDate": at_hour(15),
+        },
+    )
+    sim.put_raw(
+        COWORKER_TIME_PASSES,
+        {**sim.records(COWORKER_TIME_PASSES)[0], "Id": 9_000_002, "Used": True, "UsedDate": at_hour(10)},
+    )
     project.run()
     tokens = sim.records(ACCESS_TOKENS)
     drained = [t for t in tokens if (t["MinutesLeft"] or 0) >= 10][:4]
@@ -473,7 +532,7 @@ def test_daily_account_metrics_come_from_the_history_as_of_the_end_of_each_day(s
         row[1]: [row[2], *row[3:]]
         for row in project.query("SELECT * FROM insights.account_metrics_daily WHERE day = ?", [day])
     }
-    assert stored == {currency: figures for currency, figures in expected.items()}
+    assert stored == expected
     assert expected[None][5] == 28
     assert all(any(figures[index] for figures in expected.values()) for index in range(5)), "a figure found nothing"
 
@@ -490,13 +549,17 @@ def test_daily_account_metrics_come_from_the_history_as_of_the_end_of_each_day(s
     run_metrics(project, day - dt.timedelta(days=1))
     assert project.query(
         "SELECT currency, monthly_recurring_revenue, active_contracts, minutes_consumed"
-        " FROM insights.account_metrics_daily WHERE day = ?", [day - dt.timedelta(days=1)]
+        " FROM insights.account_metrics_daily WHERE day = ?",
+        [day - dt.timedelta(days=1)],
     ) == [(None, Decimal(0), 0, 0)]
     assert project.query("SELECT count(DISTINCT day) FROM insights.account_metrics_daily") == [(2,)]
 
 
 def test_the_daily_metrics_are_not_in_the_hourly_sync_and_have_a_daily_schedule(small_project):
-    sync = {key.to_user_string() for key in small_project.defs.resolve_job_def("nexudus_sync").asset_layer.selected_asset_keys}
+    sync = {
+        key.to_user_string()
+        for key in small_project.defs.resolve_job_def("nexudus_sync").asset_layer.selected_asset_keys
+    }
     assert "account_metrics_daily" not in sync and "access_tokens_running_out" in sync
     schedule = small_project.defs.get_schedule_def("nexudus_account_metrics_schedule")
     assert (schedule.cron_schedule, schedule.job_name) == ("30 0 * * *", "nexudus_account_metrics")
@@ -529,10 +592,12 @@ def test_every_insight_describes_each_of_its_columns_before_and_after_it_runs(sm
 
 
 def test_rule_sensors_read_while_an_analyst_holds_the_file_and_say_when_nothing_is_synced(start_simulator, tmp_path):
-    rule = CommandRule(name="top_up", asset="low_minutes_access_tokens", command="ACCESSTOKEN_ADD_MINUTES",
-                       parameters={"Minutes": 120})
-    project = Project(start_simulator(seed=18, tokens=80, contracts=5, passes=5), tmp_path / "warehouse.duckdb",
-                      rules=[rule])
+    rule = CommandRule(
+        name="top_up", asset="low_minutes_access_tokens", command="ACCESSTOKEN_ADD_MINUTES", parameters={"Minutes": 120}
+    )
+    project = Project(
+        start_simulator(seed=18, tokens=80, contracts=5, passes=5), tmp_path / "warehouse.duckdb", rules=[rule]
+    )
     project.run()
     sensor = project.defs.resolve_sensor_def("nexudus_rule_top_up")
 

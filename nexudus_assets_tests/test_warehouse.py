@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -35,9 +36,9 @@ from nexudus_assets.warehouse import (
     history_table,
     qualified,
     read_high_water_mark,
+    staging,
     table_columns,
 )
-from nexudus_assets.warehouse import staging
 from nexudus_assets_tests.utils import held_open
 
 T0 = dt.datetime(2024, 3, 1, 9, 0)
@@ -90,9 +91,7 @@ def snapshot(conn: duckdb.DuckDBPyConnection) -> tuple[list[tuple[Any, ...]], ..
 
 def live(conn: duckdb.DuckDBPyConnection) -> dict[int, tuple[Any, ...]]:
     """id -> (access_code, updated_on, _synced_at, _deleted_at)."""
-    found = rows(
-        conn, f"SELECT id, access_code, updated_on, _synced_at, _deleted_at FROM {qualified(ACCESS_TOKENS)}"
-    )
+    found = rows(conn, f"SELECT id, access_code, updated_on, _synced_at, _deleted_at FROM {qualified(ACCESS_TOKENS)}")
     return {row[0]: row[1:] for row in found}
 
 
@@ -545,12 +544,15 @@ def test_history_keeps_one_version_per_change_a_sync_saw(conn: duckdb.DuckDBPyCo
 
     assert versions(conn, 1) == [(500, first, second, None), (400, second, third, None), (300, third, None, None)]
     assert versions(conn, 2) == [(30, first, None, None)]  # unchanged: still its first version
-    history_columns_found = [name for (name,) in rows(
-        conn,
-        "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?"
-        " ORDER BY ordinal_position",
-        [SCHEMA, "access_tokens_history"],
-    )]
+    history_columns_found = [
+        name
+        for (name,) in rows(
+            conn,
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = ? AND table_name = ?"
+            " ORDER BY ordinal_position",
+            [SCHEMA, "access_tokens_history"],
+        )
+    ]
     assert history_columns_found == [c.name for c in table_columns(ACCESS_TOKENS)] + ["_valid_from", "_valid_to"]
     # The current versions are the live table, column for column.
     live_columns = ", ".join(f'"{c.name}"' for c in table_columns(ACCESS_TOKENS))
@@ -625,7 +627,12 @@ def test_an_earlier_warehouse_moves_to_schema_raw_with_its_history_backfilled(db
 
         tables = set(rows(conn, "SELECT schema_name, table_name FROM duckdb_tables()"))
         assert {(SCHEMA, e.table) for e in ENTITIES} | {(SCHEMA, f"{e.table}_history") for e in ENTITIES} <= tables
-        assert {(SCHEMA, "_sync_state"), (SCHEMA, "_sync_log"), (SCHEMA, "_rejected_records"), (SCHEMA, "commands")} <= tables
+        assert {
+            (SCHEMA, "_sync_state"),
+            (SCHEMA, "_sync_log"),
+            (SCHEMA, "_rejected_records"),
+            (SCHEMA, "commands"),
+        } <= tables
         assert {name for schema, name in tables if schema == "nexudus"} == {"command_runs"}
         assert rows(conn, "SELECT * FROM nexudus.command_runs") == [("call-1", 1)]
         assert (SCHEMA, "_stage_access_tokens") not in tables
@@ -644,7 +651,10 @@ def test_an_earlier_warehouse_moves_to_schema_raw_with_its_history_backfilled(db
 
         result = sync(conn, [token(1, 9, minutes_left=10)], run_id="new", now=NOW + dt.timedelta(days=2))
         assert (result.updated, result.live_rows) == (1, 2)
-        assert versions(conn, 1) == [(30, NOW, NOW + dt.timedelta(days=2), None), (10, NOW + dt.timedelta(days=2), None, None)]
+        assert versions(conn, 1) == [
+            (30, NOW, NOW + dt.timedelta(days=2), None),
+            (10, NOW + dt.timedelta(days=2), None, None),
+        ]
 
 
 def test_an_upgrade_without_a_ledger_leaves_no_old_schema(db_path: Path) -> None:
@@ -660,12 +670,13 @@ def test_a_warehouse_holding_both_schemas_is_refused_and_left_as_it_was(db_path:
     with duckdb.connect(str(db_path)) as conn:
         conn.execute("CREATE SCHEMA raw")
         conn.execute("CREATE TABLE raw.access_tokens (id BIGINT)")
-        with pytest.raises(RuntimeError, match="both nexudus.access_tokens and raw.access_tokens exist"):
+        with pytest.raises(RuntimeError, match=re.escape("both nexudus.access_tokens and raw.access_tokens exist")):
             ensure_schema(conn)
         assert rows(conn, "SELECT count(*) FROM nexudus.access_tokens") == [(3,)]
 
 
 # ---------------------------------------------------------------- the working file and the published one
+
 
 def token_count(conn: duckdb.DuckDBPyConnection) -> int:
     return rows(conn, f"SELECT count(*) FROM {qualified(ACCESS_TOKENS)}")[0][0]
@@ -700,9 +711,14 @@ def test_a_write_is_published_and_a_process_holding_the_old_file_keeps_its_snaps
 def test_a_write_that_fails_publishes_nothing(files: WarehouseFiles) -> None:
     with files.write() as conn:
         sync(conn, [token(1, 1)])
-    with pytest.raises(RuntimeError, match="midway"), files.write() as conn:
-        sync(conn, [token(2, 2)], run_id="second")
-        raise RuntimeError("midway")
+
+    def write_then_fail() -> None:
+        with files.write() as conn:
+            sync(conn, [token(2, 2)], run_id="second")
+            raise RuntimeError("midway")
+
+    with pytest.raises(RuntimeError, match="midway"):
+        write_then_fail()
     with duckdb.connect(str(files.published), read_only=True) as published:
         assert token_count(published) == 1
 
@@ -710,9 +726,13 @@ def test_a_write_that_fails_publishes_nothing(files: WarehouseFiles) -> None:
 def test_readers_wait_for_nothing_and_say_when_they_cannot_read(files: WarehouseFiles) -> None:
     with files.write() as conn:
         sync(conn, [token(1, 1)])
-    with held_open(files.published) as analyst, held_open(files.working) as writer:
-        with pytest.raises(WarehouseBusyError) as raised, files.read_published():
-            pass
+    with (
+        held_open(files.published) as analyst,
+        held_open(files.working) as writer,
+        pytest.raises(WarehouseBusyError) as raised,
+        files.read_published(),
+    ):
+        pass
     assert f"PID {analyst.pid}" in str(raised.value) and f"PID {writer.pid}" in str(raised.value)
     # Readers of the published file never stand in the way of a write.
     with held_open(files.published, read_only=True), files.write() as conn:

@@ -11,20 +11,25 @@ import pytest
 from nexudus_assets.definitions import ACTIONABLE_ASSETS
 from nexudus_assets.nexudus import ACCESS_TOKENS, CommandDescription
 from nexudus_assets.resources import CommandLedgerResource
+from nexudus_assets.simulator import DEFAULT_PASSWORD, DEFAULT_USERNAME
 from nexudus_assets.writeback.ledger import CommandLedger, default_ledger_path
 from nexudus_assets.writeback.plan import check_rule, plan_calls
 from nexudus_assets.writeback.rules import CommandRule, RuleError, load_rules
-from nexudus_assets.simulator import DEFAULT_PASSWORD, DEFAULT_USERNAME
-
 from nexudus_assets_tests.utils import Project
 
 TOP_UP = CommandRule(
-    name="top_up", asset="low_minutes_access_tokens", command="ACCESSTOKEN_ADD_MINUTES",
-    parameters={"Minutes": 120}, batch_size=10,
+    name="top_up",
+    asset="low_minutes_access_tokens",
+    command="ACCESSTOKEN_ADD_MINUTES",
+    parameters={"Minutes": 120},
+    batch_size=10,
 )
 EXTEND = CommandRule(
-    name="extend", asset="low_minutes_access_tokens", command="ACCESSTOKEN_EXTEND_VALIDITY",
-    parameters={"Days": 7}, max_attempts=2,
+    name="extend",
+    asset="low_minutes_access_tokens",
+    command="ACCESSTOKEN_EXTEND_VALIDITY",
+    parameters={"Days": 7},
+    max_attempts=2,
 )
 MERGE = CommandRule(name="merge", asset="low_minutes_access_tokens", command="ACCESSTOKEN_MERGE")
 
@@ -42,28 +47,52 @@ MERGE = CommandRule(name="merge", asset="low_minutes_access_tokens", command="AC
         ("rules:\n  - {name: a, asset: low_minutes_access_tokens}", "'a'.*command: Field required"),
         ("rules:\n  - {name: a, asset: low_minutes_access_tokens, command: K, cooldown_hours: -1}", "cooldown_hours"),
         ("rules:\n  - {name: a, asset: low_minutes_access_tokens, command: K, colour: red}", "colour"),
-        ("rules:\n  - {name: a, asset: monthly_recurring_revenue_by_tariff, command: K}", "not an insight of record ids"),
-        ("rules:\n  - {name: a, asset: low_minutes_access_tokens, command: K}\n"
-         "  - {name: a, asset: expiring_time_passes, command: K}", "used twice"),
+        (
+            "rules:\n  - {name: a, asset: monthly_recurring_revenue_by_tariff, command: K}",
+            "not an insight of record ids",
+        ),
+        (
+            "rules:\n  - {name: a, asset: low_minutes_access_tokens, command: K}\n"
+            "  - {name: a, asset: expiring_time_passes, command: K}",
+            "used twice",
+        ),
         ("rule:\n  - {name: a, asset: low_minutes_access_tokens, command: K}", "unknown top-level key\\(s\\) 'rule'"),
-        ("rules: []\nrules:\n  - {name: a, asset: low_minutes_access_tokens, command: K}",
-         "rules.yaml: key 'rules' is given twice \\(lines 1 and 2\\)"),
-        ("rules:\n  - name: a\n    asset: low_minutes_access_tokens\n    command: K\n"
-         "  - name: b\n    asset: low_minutes_access_tokens\n    command: K\n    asset: expiring_time_passes",
-         "rule 'b' in .*key 'asset' is given twice \\(lines 6 and 8\\)"),
-        ("rules:\n  - name: a\n    asset: low_minutes_access_tokens\n    command: K\n"
-         "    parameters:\n      Minutes: 120\n      Minutes: 12000", "rule 'a' in .*key 'Minutes' is given twice"),
-        ("rules:\n  - {name: a, asset: low_minutes_access_tokens, command: K, cooldown_hours: .inf}",
-         "'a'.*cooldown_hours.*finite number of hours, at least 1/60"),
+        (
+            "rules: []\nrules:\n  - {name: a, asset: low_minutes_access_tokens, command: K}",
+            "rules.yaml: key 'rules' is given twice \\(lines 1 and 2\\)",
+        ),
+        (
+            "rules:\n  - name: a\n    asset: low_minutes_access_tokens\n    command: K\n"
+            "  - name: b\n    asset: low_minutes_access_tokens\n    command: K\n    asset: expiring_time_passes",
+            "rule 'b' in .*key 'asset' is given twice \\(lines 6 and 8\\)",
+        ),
+        (
+            "rules:\n  - name: a\n    asset: low_minutes_access_tokens\n    command: K\n"
+            "    parameters:\n      Minutes: 120\n      Minutes: 12000",
+            "rule 'a' in .*key 'Minutes' is given twice",
+        ),
+        (
+            "rules:\n  - {name: a, asset: low_minutes_access_tokens, command: K, cooldown_hours: .inf}",
+            "'a'.*cooldown_hours.*finite number of hours, at least 1/60",
+        ),
         ("rules:\n  - {name: a, asset: low_minutes_access_tokens, command: K, cooldown_hours: .nan}", "cooldown_hours"),
-        ("rules:\n  - {name: a, asset: low_minutes_access_tokens, command: K, cooldown_hours: 0.01}",
-         "'a'.*at least 1/60 \\(one minute\\), not 0.01"),
-        ("rules:\n  - {name: a, asset: low_minutes_access_tokens, command: K, parameters: {Minutes: .nan}}",
-         "'a'.*'Minutes' is nan; a parameter must be a finite number"),
-        ("rules:\n  - {name: a, asset: low_minutes_access_tokens, command: K, parameters: {Minutes: -.inf}}",
-         "'Minutes' is -inf"),
-        ("rules:\n  - {name: a, asset: low_minutes_access_tokens, command: K, "
-         "parameters: {Minutes: 99999999999999999999999999999999}}", "'a'.*beyond what any .NET number can hold"),
+        (
+            "rules:\n  - {name: a, asset: low_minutes_access_tokens, command: K, cooldown_hours: 0.01}",
+            "'a'.*at least 1/60 \\(one minute\\), not 0.01",
+        ),
+        (
+            "rules:\n  - {name: a, asset: low_minutes_access_tokens, command: K, parameters: {Minutes: .nan}}",
+            "'a'.*'Minutes' is nan; a parameter must be a finite number",
+        ),
+        (
+            "rules:\n  - {name: a, asset: low_minutes_access_tokens, command: K, parameters: {Minutes: -.inf}}",
+            "'Minutes' is -inf",
+        ),
+        (
+            "rules:\n  - {name: a, asset: low_minutes_access_tokens, command: K, "
+            "parameters: {Minutes: 99999999999999999999999999999999}}",
+            "'a'.*beyond what any .NET number can hold",
+        ),
     ],
 )
 def test_a_malformed_rules_file_fails_loudly_naming_the_rule(tmp_path, text, message):
@@ -87,7 +116,10 @@ CATALOGUE = [
     CommandDescription.model_validate(item)
     for item in (
         {"Key": "ADD", "RequiresParameters": [{"Name": "Minutes", "Type": "Int32"}]},
-        {"Key": "NOTE", "RequiresParameters": [{"Name": "Note", "Type": "string"}, {"Name": "Urgent", "Type": "Boolean"}]},
+        {
+            "Key": "NOTE",
+            "RequiresParameters": [{"Name": "Note", "Type": "string"}, {"Name": "Urgent", "Type": "Boolean"}],
+        },
         {"Key": "WHEN", "RequiresParameters": [{"Name": "At", "Type": "System.DateTime?"}]},
         {"Key": "ODD", "RequiresParameters": [{"Name": "X", "Type": "Nexudus.Enums.eSomething"}]},
         {"Key": "GLOBAL", "NeedsEntitiesToRun": False},
@@ -106,18 +138,30 @@ def rule(command: str, **parameters) -> CommandRule:
 def test_a_valid_rule_gives_the_parameters_payload():
     command, payload = check_rule(rule("NOTE", Note="hello", Urgent=True), CATALOGUE)
     assert command.key == "NOTE"
-    assert payload == [{"Name": "Note", "Type": "string", "Value": "hello"}, {"Name": "Urgent", "Type": "Boolean", "Value": True}]
+    assert payload == [
+        {"Name": "Note", "Type": "string", "Value": "hello"},
+        {"Name": "Urgent", "Type": "Boolean", "Value": True},
+    ]
     assert check_rule(rule("WHEN", At="2026-12-01T09:00:00"), CATALOGUE)[1][0]["Value"] == "2026-12-01T09:00:00"
     # Each number within its declared type's range passes, edges included.
-    for command, name, value in [("ADD", "Minutes", -(2**31)), ("SMALL", "Count", 255), ("BIG", "Total", 2**40),
-                                 ("PRICE", "Amount", "12.50"), ("PRICE", "Amount", 2**96 - 1), ("RATIO", "Share", 0.5)]:
+    for command, name, value in [
+        ("ADD", "Minutes", -(2**31)),
+        ("SMALL", "Count", 255),
+        ("BIG", "Total", 2**40),
+        ("PRICE", "Amount", "12.50"),
+        ("PRICE", "Amount", 2**96 - 1),
+        ("RATIO", "Share", 0.5),
+    ]:
         assert check_rule(rule(command, **{name: value}), CATALOGUE)[1][0]["Value"] == value
 
 
 @pytest.mark.parametrize(
     ("candidate", "message"),
     [
-        (rule("NOPE"), "'NOPE' is not in the catalogue \\(available: ADD, BIG, GLOBAL, NOTE, ODD, PRICE, RATIO, SMALL, WHEN\\)"),
+        (
+            rule("NOPE"),
+            "'NOPE' is not in the catalogue \\(available: ADD, BIG, GLOBAL, NOTE, ODD, PRICE, RATIO, SMALL, WHEN\\)",
+        ),
         (rule("ADD"), "missing parameter\\(s\\) Minutes; ADD takes Minutes \\(Int32\\)"),
         (rule("ADD", Minutes=5, Hours=1), "unknown parameter\\(s\\) Hours"),
         (rule("ADD", Minutes="lots"), "'Minutes' must be a Int32 \\(.*\\), not str 'lots'"),
@@ -178,9 +222,14 @@ def make_project(start_simulator, tmp_path):
 def tick(project, sensor_name: str, cursor=None, **resources):
     sensor = project.defs.resolve_sensor_def(sensor_name)
     context = dg.build_sensor_context(
-        instance=project.instance, cursor=cursor,
-        resources={"warehouse": project.warehouse, "alerts": project.alerts, "ledger": CommandLedgerResource(),
-                   **resources},
+        instance=project.instance,
+        cursor=cursor,
+        resources={
+            "warehouse": project.warehouse,
+            "alerts": project.alerts,
+            "ledger": CommandLedgerResource(),
+            **resources,
+        },
     )
     return sensor.evaluate_tick(context)
 
@@ -306,8 +355,9 @@ def test_two_rules_with_the_same_command_and_parameters_act_once(make_project):
     run_requested(project, second)
     assert sorted(sent_ids(project)) == low
     # Other parameters are another action: the twin with 14 days acts on the same records.
-    longer = make_project(rules=[EXTEND.model_copy(update={"name": "extend_more", "parameters": {"Days": 14}})],
-                          live=True)
+    longer = make_project(
+        rules=[EXTEND.model_copy(update={"name": "extend_more", "parameters": {"Days": 14}})], live=True
+    )
     run_command(longer, "extend_more", low)
     assert sorted(sent_ids(project)) == sorted(low + low)
 
@@ -351,8 +401,9 @@ def test_a_missing_ledger_after_a_live_run_stops_write_back_loudly(make_project,
     assert sorted(sent_ids(project)) == low[:2]
 
     # Starting afresh is a deliberate act.
-    subprocess.run([sys.executable, "-m", "nexudus_assets.writeback.ledger", "init", str(path)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "nexudus_assets.writeback.ledger", "init", str(path)], check=True, capture_output=True
+    )
     run_command(project, "extend", low[:3])
     assert sorted(sent_ids(project)) == sorted(low[:2] + low[:3])
 
@@ -370,7 +421,7 @@ def test_ids_outside_the_insight_are_refused_and_recorded(make_project):
     project = make_project(rules=[TOP_UP], live=True)
     project.run()
     low = sorted(project.insight_ids("low_minutes_access_tokens"))
-    outside = sorted(set(project.live_rows(ACCESS_TOKENS)) - set(low))[:2] + [999_999_999]
+    outside = [*sorted(set(project.live_rows(ACCESS_TOKENS)) - set(low))[:2], 999_999_999]
     result = run_command(project, "top_up", low[:3] + outside)
     assert sorted(sent_ids(project)) == low[:3]
     assert summary(result)["refused_not_in_insight"] == 3
@@ -385,9 +436,16 @@ def test_live_commands_switched_on_for_one_run_only_are_refused(make_project):
     ids = sorted(project.insight_ids("low_minutes_access_tokens"))[:2]
     config = {
         "ops": {"run_nexudus_command": {"config": {"rule": "extend", "record_ids": ids}}},
-        "resources": {"nexudus_api": {"config": {
-            "base_url": project.nexudus_api.base_url, "username": DEFAULT_USERNAME, "password": DEFAULT_PASSWORD, "commands_live": True,
-        }}},
+        "resources": {
+            "nexudus_api": {
+                "config": {
+                    "base_url": project.nexudus_api.base_url,
+                    "username": DEFAULT_USERNAME,
+                    "password": DEFAULT_PASSWORD,
+                    "commands_live": True,
+                }
+            }
+        },
     }
     result = project.defs.resolve_job_def("nexudus_command").execute_in_process(
         run_config=config, instance=project.instance, raise_on_error=False
@@ -428,12 +486,32 @@ def test_a_failed_command_is_recorded_and_retried_on_later_ticks_up_to_the_limit
 @pytest.mark.parametrize(
     ("broken", "message"),
     [
-        (CommandRule(name="broken", asset="low_minutes_access_tokens", command="ACCESSTOKEN_TELEPORT"), "not in the catalogue"),
-        (CommandRule(name="broken", asset="low_minutes_access_tokens", command="ACCESSTOKEN_ADD_MINUTES"), "missing parameter"),
-        (CommandRule(name="broken", asset="low_minutes_access_tokens", command="ACCESSTOKEN_ADD_MINUTES",
-                     parameters={"Minutes": "lots"}), "must be a Int32"),
-        (CommandRule(name="broken", asset="low_minutes_access_tokens", command="ACCESSTOKEN_ADD_MINUTES",
-                     parameters={"Minutes": -99999999999}), "a whole number from -2147483648 to 2147483647"),
+        (
+            CommandRule(name="broken", asset="low_minutes_access_tokens", command="ACCESSTOKEN_TELEPORT"),
+            "not in the catalogue",
+        ),
+        (
+            CommandRule(name="broken", asset="low_minutes_access_tokens", command="ACCESSTOKEN_ADD_MINUTES"),
+            "missing parameter",
+        ),
+        (
+            CommandRule(
+                name="broken",
+                asset="low_minutes_access_tokens",
+                command="ACCESSTOKEN_ADD_MINUTES",
+                parameters={"Minutes": "lots"},
+            ),
+            "must be a Int32",
+        ),
+        (
+            CommandRule(
+                name="broken",
+                asset="low_minutes_access_tokens",
+                command="ACCESSTOKEN_ADD_MINUTES",
+                parameters={"Minutes": -99999999999},
+            ),
+            "a whole number from -2147483648 to 2147483647",
+        ),
     ],
 )
 def test_an_invalid_rule_sends_nothing_and_explains(make_project, broken, message):
@@ -441,7 +519,9 @@ def test_an_invalid_rule_sends_nothing_and_explains(make_project, broken, messag
     project.run()  # also stores the command catalogue the sensor checks against
     data = tick(project, "nexudus_rule_broken")
     assert data.run_requests == [] and message in data.skip_message
-    failed = run_command(project, "broken", sorted(project.insight_ids("low_minutes_access_tokens")), raise_on_error=False)
+    failed = run_command(
+        project, "broken", sorted(project.insight_ids("low_minutes_access_tokens")), raise_on_error=False
+    )
     assert not failed.success
     error = failure(failed)
     assert "Nothing was sent" in error and message in error

@@ -113,7 +113,9 @@ class Project:
             cursor = conn.execute(f"SELECT * FROM {qualified(entity)} WHERE _deleted_at IS NULL")
             names = [d[0] for d in cursor.description]
             skip = BOOKKEEPING | set(entity.model.display_fields)
-            return {row[0]: {n: v for n, v in zip(names, row, strict=True) if n not in skip} for row in cursor.fetchall()}
+            return {
+                row[0]: {n: v for n, v in zip(names, row, strict=True) if n not in skip} for row in cursor.fetchall()
+            }
 
     def upstream_rows(self, entity: Entity) -> dict[int, dict[str, Any]]:
         models = [entity.model.model_validate(raw) for raw in self.sim.records(entity)]
@@ -125,7 +127,9 @@ class Project:
 
 def metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, Any]:
     """The metadata of the run's one materialization of `asset`, as plain values."""
-    [event] = [e.materialization for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey(asset)]
+    [event] = [
+        e.materialization for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey(asset)
+    ]
     return {key: getattr(value, "value", value) for key, value in event.metadata.items()}
 
 

@@ -33,9 +33,23 @@ def main() -> int:
         started = time.monotonic()
         with RUN_LOG.open("w") as log:
             finished = subprocess.run(
-                [sys.executable, "-m", "dagster", "job", "execute", "-m", "nexudus_assets.definitions",
-                 "-j", "nexudus_sync", "--tags", json.dumps({DEMO_TAG: demo_id})],
-                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT,
+                [
+                    sys.executable,
+                    "-m",
+                    "dagster",
+                    "job",
+                    "execute",
+                    "-m",
+                    "nexudus_assets.definitions",
+                    "-j",
+                    "nexudus_sync",
+                    "--tags",
+                    json.dumps({DEMO_TAG: demo_id}),
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=PROJECT,
             )
         seconds = time.monotonic() - started
     if finished.returncode != 0:

@@ -238,8 +238,12 @@ def dockerfile_problems(path: Path = DEPLOY / "Dockerfile") -> list[str]:
         problems.append(f"CMD: not `dagster code-server start ... -m {DEFINITIONS_MODULE}`")
     if option(command, "-h", "--host") != "0.0.0.0":
         problems.append("CMD: the code server does not listen on 0.0.0.0, so other containers cannot reach it")
-    for needed in ("WORKDIR /opt/dagster/app", "DAGSTER_HOME=/opt/dagster/dagster_home",
-                   "COPY deploy/dagster.yaml ${DAGSTER_HOME}/dagster.yaml", "COPY deploy/workspace.yaml"):
+    for needed in (
+        "WORKDIR /opt/dagster/app",
+        "DAGSTER_HOME=/opt/dagster/dagster_home",
+        "COPY deploy/dagster.yaml ${DAGSTER_HOME}/dagster.yaml",
+        "COPY deploy/workspace.yaml",
+    ):
         if needed not in text:
             problems.append(f"missing `{needed}`")
     return problems
@@ -249,7 +253,8 @@ def helm_problems(values: Mapping[str, Any]) -> list[str]:
     problems = []
     deployments = (values.get("dagster-user-deployments") or {}).get("deployments") or []
     ours = [
-        deployment for deployment in deployments
+        deployment
+        for deployment in deployments
         if DEFINITIONS_MODULE in (deployment.get("codeServerArgs") or deployment.get("dagsterApiGrpcArgs") or [])
     ]
     if len(ours) != 1:
@@ -265,10 +270,14 @@ def helm_problems(values: Mapping[str, Any]) -> list[str]:
     def warehouse_claim(where: str, holder: Mapping[str, Any]) -> str | None:
         claims = {
             volume["name"]: volume["persistentVolumeClaim"]["claimName"]
-            for volume in holder.get("volumes") or [] if "persistentVolumeClaim" in volume
+            for volume in holder.get("volumes") or []
+            if "persistentVolumeClaim" in volume
         }
-        mounted = [m["name"] for m in holder.get("volumeMounts") or []
-                   if duckdb_path and PurePosixPath(duckdb_path).is_relative_to(PurePosixPath(m["mountPath"]))]
+        mounted = [
+            m["name"]
+            for m in holder.get("volumeMounts") or []
+            if duckdb_path and PurePosixPath(duckdb_path).is_relative_to(PurePosixPath(m["mountPath"]))
+        ]
         if not mounted or mounted[0] not in claims:
             problems.append(f"{where}: no PersistentVolumeClaim mounted where NEXUDUS_DUCKDB_PATH points")
             return None
@@ -282,7 +291,7 @@ def helm_problems(values: Mapping[str, Any]) -> list[str]:
     if None not in claims and len(claims) > 1:
         problems.append(f"the user deployment and the run pods mount different claims: {sorted(claims)}")
     daemon = values.get("dagsterDaemon") or {}
-    queued = (((daemon.get("runCoordinator") or {}).get("config") or {}).get("queuedRunCoordinator") or {})
+    queued = ((daemon.get("runCoordinator") or {}).get("config") or {}).get("queuedRunCoordinator") or {}
     if queued.get("maxConcurrentRuns") != 1:
         problems.append("dagsterDaemon.runCoordinator: maxConcurrentRuns is not 1")
     if (daemon.get("runRetries") or {}).get("maxRetries", 0) != 0:
@@ -317,17 +326,25 @@ def retry_problems(defs: dg.Definitions | None = None) -> list[str]:
 def static_checks() -> list[tuple[str, Callable[[], list[str]]]]:
     compose = load_yaml(DEPLOY / "docker-compose.yaml")
     return [
-        ("deploy/docker-compose.yaml: services, the warehouse volume, env_file, DAGSTER_POSTGRES_*",
-         lambda: compose_problems(compose)),
+        (
+            "deploy/docker-compose.yaml: services, the warehouse volume, env_file, DAGSTER_POSTGRES_*",
+            lambda: compose_problems(compose),
+        ),
         ("deploy/.env.example: every NEXUDUS_* variable the package reads", env_example_problems),
         (".gitignore: deploy/.env stays out of git", gitignore_problems),
-        ("deploy/dagster.yaml: PostgreSQL storage, run queue, monitoring, retries, telemetry",
-         lambda: instance_problems(load_yaml(DEPLOY / "dagster.yaml"))),
+        (
+            "deploy/dagster.yaml: PostgreSQL storage, run queue, monitoring, retries, telemetry",
+            lambda: instance_problems(load_yaml(DEPLOY / "dagster.yaml")),
+        ),
         ("deploy/Dockerfile: the code server command, WORKDIR, DAGSTER_HOME", dockerfile_problems),
-        ("deploy/workspace.yaml: the code_server service over gRPC",
-         lambda: workspace_problems(load_yaml(DEPLOY / "workspace.yaml"), compose, dockerfile_command())),
-        ("deploy/helm/values.yaml: user deployment, warehouse claim, one run at a time, secrets",
-         lambda: helm_problems(load_yaml(DEPLOY / "helm" / "values.yaml"))),
+        (
+            "deploy/workspace.yaml: the code_server service over gRPC",
+            lambda: workspace_problems(load_yaml(DEPLOY / "workspace.yaml"), compose, dockerfile_command()),
+        ),
+        (
+            "deploy/helm/values.yaml: user deployment, warehouse claim, one run at a time, secrets",
+            lambda: helm_problems(load_yaml(DEPLOY / "helm" / "values.yaml")),
+        ),
         ("run retries: the sync jobs opt in, nexudus_command never", retry_problems),
     ]
 
@@ -342,8 +359,15 @@ def _port_open(port: int) -> bool:
 
 
 def _dagster(arguments: list[str], env: Mapping[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "dagster"), *arguments], env=dict(env), cwd=cwd,
-                          capture_output=True, text=True, timeout=CODE_SERVER_LOAD_SECONDS, check=False)
+    return subprocess.run(
+        [str(BIN / "dagster"), *arguments],
+        env=dict(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=CODE_SERVER_LOAD_SECONDS,
+        check=False,
+    )
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -365,8 +389,12 @@ def live_problems(notes: list[str]) -> list[str]:
         home.mkdir()
         shutil.copyfile(DEPLOY / "dagster.yaml", home / "dagster.yaml")
         database = postgres.fresh_database()
-        env = {**os.environ, **database, "DAGSTER_HOME": str(home),
-               "NEXUDUS_DUCKDB_PATH": str(work / "data" / "nexudus.duckdb")}
+        env = {
+            **os.environ,
+            **database,
+            "DAGSTER_HOME": str(home),
+            "NEXUDUS_DUCKDB_PATH": str(work / "data" / "nexudus.duckdb"),
+        }
 
         migrated = _dagster(["instance", "migrate"], env, work)
         if migrated.returncode != 0:
@@ -386,8 +414,14 @@ def live_problems(notes: list[str]) -> list[str]:
 
         log_path = work / "code_server.log"
         with log_path.open("wb") as log:
-            server = subprocess.Popen([str(BIN / command[0]), *command[1:]], env=env, cwd=work,
-                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            server = subprocess.Popen(
+                [str(BIN / command[0]), *command[1:]],
+                env=env,
+                cwd=work,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         try:
             deadline = time.monotonic() + CODE_SERVER_LOAD_SECONDS
             listed = None
@@ -412,8 +446,10 @@ def live_problems(notes: list[str]) -> list[str]:
 def main() -> int:
     failed = 0
     notes: list[str] = []
-    checks = [*static_checks(),
-              ("live: the code location over gRPC, with PostgreSQL storage", lambda: live_problems(notes))]
+    checks = [
+        *static_checks(),
+        ("live: the code location over gRPC, with PostgreSQL storage", lambda: live_problems(notes)),
+    ]
     for description, check in checks:
         problems = check()
         print(f"{'ok  ' if not problems else 'FAIL'} {description}")

@@ -17,7 +17,9 @@ def main() -> int:
     if os.environ.get("NEXUDUS_BASE_URL"):
         print(f"Using the Nexudus account at {os.environ['NEXUDUS_BASE_URL']} (no simulator).")
         return subprocess.call(DEV_COMMAND, cwd=PROJECT)
-    print(f"NEXUDUS_BASE_URL is not set: starting the simulator ({ACCOUNT_SUMMARY}) and pointing the code location at it.")
+    print(
+        f"NEXUDUS_BASE_URL is not set: starting the simulator ({ACCOUNT_SUMMARY}) and pointing the code location at it."
+    )
     with simulated_account() as env:
         print(f"Warehouse: {env['NEXUDUS_DUCKDB_PATH']}; Dagster instance: {env['DAGSTER_HOME']}.")
         try:

@@ -29,7 +29,9 @@ def simulated_warehouse() -> Path:
     """Simulated records go to the default warehouse only, never to a file NEXUDUS_DUCKDB_PATH names."""
     configured = os.environ.get("NEXUDUS_DUCKDB_PATH")
     if configured and Path(configured).resolve() != (PROJECT / DEFAULT_WAREHOUSE_PATH).resolve():
-        print(f"Note: NEXUDUS_DUCKDB_PATH ({configured}) is left alone; simulated data goes to {DEFAULT_WAREHOUSE_PATH}.")
+        print(
+            f"Note: NEXUDUS_DUCKDB_PATH ({configured}) is left alone; simulated data goes to {DEFAULT_WAREHOUSE_PATH}."
+        )
     return PROJECT / DEFAULT_WAREHOUSE_PATH
 
 

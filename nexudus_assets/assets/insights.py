@@ -16,8 +16,8 @@ import dagster as dg
 import duckdb
 from pydantic import Field, create_model
 
-from nexudus_assets.nexudus import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES, CancellationReason, Entity
 from nexudus_assets.assets.metadata import table_metadata
+from nexudus_assets.nexudus import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES, CancellationReason, Entity
 from nexudus_assets.resources import WarehouseResource
 from nexudus_assets.warehouse import ensure_schema, history_table, qualified, transaction
 
@@ -180,9 +180,17 @@ INSIGHTS: tuple[Insight, ...] = (
             ORDER BY renewal_date, id""",
         columns={
             "id": _ID[COWORKER_CONTRACTS],
-            **{name: _CONTRACT[name] for name in (
-                "coworker_id", "coworker_full_name", "coworker_email", "coworker_company_name", "tariff_id",
-                "tariff_name")},
+            **{
+                name: _CONTRACT[name]
+                for name in (
+                    "coworker_id",
+                    "coworker_full_name",
+                    "coworker_email",
+                    "coworker_company_name",
+                    "tariff_id",
+                    "tariff_name",
+                )
+            },
             "currency": "Currency code of the tariff.",
             "price": "Price per unit of the contract.",
             "quantity": "Units (seats) on the contract.",
@@ -209,8 +217,17 @@ INSIGHTS: tuple[Insight, ...] = (
             ORDER BY cancellation_date, id""",
         columns={
             "id": _ID[COWORKER_CONTRACTS],
-            **{name: _CONTRACT[name] for name in (
-                "coworker_id", "coworker_full_name", "coworker_email", "tariff_id", "tariff_name", "monthly_value")},
+            **{
+                name: _CONTRACT[name]
+                for name in (
+                    "coworker_id",
+                    "coworker_full_name",
+                    "coworker_email",
+                    "tariff_id",
+                    "tariff_name",
+                    "monthly_value",
+                )
+            },
             "cancellation_date": "When the cancellation takes effect: within `cancellation_window_days` after `as_of`.",
             "cancellation_reason": "The cancellation reason as Nexudus numbers it.",
             "cancellation_reason_name": "The cancellation reason by name; the number when Nexudus sent an unknown one.",
@@ -258,9 +275,19 @@ INSIGHTS: tuple[Insight, ...] = (
             ORDER BY expire_date, id""",
         columns={
             "id": _ID[COWORKER_TIME_PASSES],
-            **{name: _PASS[name] for name in (
-                "coworker_id", "coworker_full_name", "business_id", "time_pass_id", "time_pass_name", "total_uses",
-                "remaining_uses", "price")},
+            **{
+                name: _PASS[name]
+                for name in (
+                    "coworker_id",
+                    "coworker_full_name",
+                    "business_id",
+                    "time_pass_id",
+                    "time_pass_name",
+                    "total_uses",
+                    "remaining_uses",
+                    "price",
+                )
+            },
             "expire_date": "When the pass expires: within `expiry_window_days` after `as_of`.",
             "days_until_expiry": "Whole days from `as_of` to `expire_date`.",
         },
@@ -379,7 +406,8 @@ def sql_parameters(insight: Insight, values: Mapping[str, Any]) -> dict[str, Any
 def column_schema(columns: Mapping[str, str], types: Mapping[str, str]) -> dg.TableSchema:
     return dg.TableSchema(
         columns=[
-            dg.TableColumn(name=name, type=types[name], description=description) for name, description in columns.items()
+            dg.TableColumn(name=name, type=types[name], description=description)
+            for name, description in columns.items()
         ]
     )
 
@@ -436,14 +464,11 @@ def build_insights_asset(insights: Sequence[Insight], schemas: Mapping[str, dg.T
     """
     sources = insights[0].sources
     name = _group_name(sources)
-    config_type = create_model(
-        f"{name.title().replace('_', '')}Config",
-        __base__=dg.Config,
-        **{
-            insight.name: (insight.config, Field(default_factory=insight.config, description=insight.description))
-            for insight in insights
-        },
-    )
+    fields: dict[str, Any] = {
+        insight.name: (insight.config, Field(default_factory=insight.config, description=insight.description))
+        for insight in insights
+    }
+    config_type = create_model(f"{name.title().replace('_', '')}Config", __base__=dg.Config, **fields)
 
     @dg.multi_asset(
         name=name,
@@ -464,10 +489,12 @@ def build_insights_asset(insights: Sequence[Insight], schemas: Mapping[str, dg.T
         description=f"The insights over {', '.join(source.table for source in sources)}, one transaction each.",
     )
     def _insights(
-        context: dg.AssetExecutionContext, config: config_type, warehouse: WarehouseResource  # type: ignore[valid-type]
+        context: dg.AssetExecutionContext,
+        config: config_type,
+        warehouse: WarehouseResource,
     ) -> Iterator[dg.MaterializeResult]:
         selected = [insight for insight in insights if dg.AssetKey(insight.name) in context.selected_asset_keys]
-        results = []
+        results: list[dg.MaterializeResult] = []
         with warehouse.get_connection() as conn:
             for insight in selected:
                 values = getattr(config, insight.name)

@@ -5,6 +5,8 @@ from typing import Any
 import dagster as dg
 import duckdb
 
+from nexudus_assets.warehouse import one_row
+
 PREVIEW_ROWS = 10
 
 
@@ -12,7 +14,7 @@ def table_metadata(
     conn: duckdb.DuckDBPyConnection, table: str, *, where: str = "TRUE", schema: dg.TableSchema | None = None
 ) -> dict[str, Any]:
     """`schema` carries column descriptions where the caller has them; else DuckDB's types."""
-    rows = conn.execute(f"SELECT count(*) FROM {table} WHERE {where}").fetchone()[0]
+    (rows,) = one_row(conn, f"SELECT count(*) FROM {table} WHERE {where}")
     if schema is None:
         columns = conn.execute(f"DESCRIBE {table}").fetchall()
         schema = dg.TableSchema(columns=[dg.TableColumn(name=name, type=kind) for name, kind, *_ in columns])

@@ -96,7 +96,7 @@ def build_raw_asset(entity: Entity) -> dg.AssetsDefinition:
                 "pages": report.pages,
                 "duration_seconds": round(report.seconds, 3),
                 "high_water_mark": dg.MetadataValue.text(str(result.high_water_mark)),
-            }
+            },
         )
 
     return _raw

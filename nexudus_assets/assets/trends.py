@@ -6,11 +6,12 @@ backfillable. The history starts at the first sync; days before it have nothing 
 """
 
 import datetime as dt
+from typing import Any
 
 import dagster as dg
 import duckdb
 
-from nexudus_assets.assets.insights import INSIGHTS_SCHEMA, comment_columns, column_schema
+from nexudus_assets.assets.insights import INSIGHTS_SCHEMA, column_schema, comment_columns
 from nexudus_assets.assets.metadata import table_metadata
 from nexudus_assets.nexudus import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES
 from nexudus_assets.resources import WarehouseResource
@@ -68,7 +69,8 @@ METRICS_SQL = f"""
         WHERE {_AS_OF_END}
     ),
     token_versions AS (
-        SELECT _valid_from, lag(minutes_left) OVER (PARTITION BY id ORDER BY _valid_from) - minutes_left AS minutes_dropped
+        SELECT _valid_from,
+               lag(minutes_left) OVER (PARTITION BY id ORDER BY _valid_from) - minutes_left AS minutes_dropped
         FROM {history_table(ACCESS_TOKENS)}
         WHERE _valid_from < $day_end
     ),
@@ -76,17 +78,18 @@ METRICS_SQL = f"""
         SELECT currency,
                coalesce(sum(monthly_value) FILTER (WHERE running), 0) AS monthly_recurring_revenue,
                count(*) FILTER (WHERE running) AS active_contracts,
-               count(*) FILTER (WHERE {_on_the_day('start_date')}) AS new_contracts,
-               count(*) FILTER (WHERE {_on_the_day('cancellation_date')}) AS cancelled_contracts,
+               count(*) FILTER (WHERE {_on_the_day("start_date")}) AS new_contracts,
+               count(*) FILTER (WHERE {_on_the_day("cancellation_date")}) AS cancelled_contracts,
                0 AS passes_used, 0 AS minutes_consumed
         FROM contracts GROUP BY currency
         UNION ALL
-        SELECT time_pass_currency_code, 0, 0, 0, 0, count(*) FILTER (WHERE {_on_the_day('used_date')}), 0
+        SELECT time_pass_currency_code, 0, 0, 0, 0, count(*) FILTER (WHERE {_on_the_day("used_date")}), 0
         FROM {history_table(COWORKER_TIME_PASSES)}
         WHERE {_AS_OF_END}
         GROUP BY time_pass_currency_code
         UNION ALL
-        SELECT NULL, 0, 0, 0, 0, 0, coalesce(sum(minutes_dropped) FILTER (WHERE minutes_dropped > 0 AND _valid_from >= $day_start), 0)
+        SELECT NULL, 0, 0, 0, 0, 0,
+               coalesce(sum(minutes_dropped) FILTER (WHERE minutes_dropped > 0 AND _valid_from >= $day_start), 0)
         FROM token_versions
     )
     SELECT CAST($day_start AS DATE), currency, sum(monthly_recurring_revenue), sum(active_contracts),
@@ -96,7 +99,7 @@ METRICS_SQL = f"""
     ORDER BY currency NULLS LAST"""
 
 
-def write_day(conn: duckdb.DuckDBPyConnection, day: dt.date) -> list[tuple]:
+def write_day(conn: duckdb.DuckDBPyConnection, day: dt.date) -> list[tuple[Any, ...]]:
     """Replace the day's rows with its figures, in one transaction; returns them."""
     start = dt.datetime.combine(day, dt.time())
     parameters = {"day_start": start, "day_end": start + dt.timedelta(days=1)}
@@ -110,7 +113,7 @@ def write_day(conn: duckdb.DuckDBPyConnection, day: dt.date) -> list[tuple]:
     return conn.execute(f"SELECT * FROM {TABLE} WHERE day = ? ORDER BY currency NULLS LAST", [day]).fetchall()
 
 
-def figures_metadata(rows: list[tuple]) -> dict[str, dg.MetadataValue]:
+def figures_metadata(rows: list[tuple[Any, ...]]) -> dict[str, dg.MetadataValue]:
     """The day's figures as numbers the UI plots: revenue per currency, counts for the whole account."""
     names = list(COLUMNS)
     metadata: dict[str, dg.MetadataValue] = {}

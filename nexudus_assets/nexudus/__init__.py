@@ -8,6 +8,7 @@ from nexudus_assets.nexudus.errors import (
     NexudusError,
     NotFoundError,
     RecordValidationError,
+    RequestRefusedError,
     ResponseFormatError,
     ServerError,
     SignInRefusedError,
@@ -15,7 +16,6 @@ from nexudus_assets.nexudus.errors import (
     ThrottledError,
     TransportError,
     UncertainOutcomeError,
-    RequestRefusedError,
 )
 from nexudus_assets.nexudus.models import (
     AccessToken,
@@ -52,12 +52,13 @@ __all__ = [
     "NexudusError",
     "NexudusRecord",
     "NotFoundError",
-    "Page",
     "Pacer",
+    "Page",
     "PagingSummary",
     "RateLimits",
     "RecordPage",
     "RecordValidationError",
+    "RequestRefusedError",
     "RequestStats",
     "ResponseFormatError",
     "RetryPolicy",
@@ -67,7 +68,6 @@ __all__ = [
     "ThrottledError",
     "TransportError",
     "UncertainOutcomeError",
-    "RequestRefusedError",
     "Window",
     "parse_record",
 ]

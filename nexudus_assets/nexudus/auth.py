@@ -67,7 +67,8 @@ class SignInRefusals:
         if refused is not None:
             reason, status_code, request = refused
             raise SignInRefusedError(
-                f"{reason}; refused earlier in this process, so not sent again (repeated failures can lock the account)",
+                f"{reason}; refused earlier in this process, so not sent again"
+                " (repeated failures can lock the account)",
                 status_code=status_code,
                 request=request,
             )

@@ -27,11 +27,11 @@ from nexudus_assets.nexudus.errors import (
     NexudusError,
     NotFoundError,
     RecordValidationError,
+    RequestRefusedError,
     ResponseFormatError,
     ServerError,
     SignInRefusedError,
     StaleRecordError,
-    RequestRefusedError,
 )
 from nexudus_assets.nexudus.lease import AccountLease
 from nexudus_assets.nexudus.models import ActionResult, CommandDescription, FieldError, NexudusRecord, Page, valid_id
@@ -81,7 +81,9 @@ def parse_record(entity: Entity, raw: Any) -> NexudusRecord:
         return entity.model.model_validate(raw)
     except PydanticValidationError as exc:
         record_id = raw.get("Id") if isinstance(raw, dict) else None
-        problems = [(".".join(str(part) for part in error["loc"]) or "<record>", error["msg"]) for error in exc.errors()]
+        problems = [
+            (".".join(str(part) for part in error["loc"]) or "<record>", error["msg"]) for error in exc.errors()
+        ]
         raise RecordValidationError(entity.name, record_id, problems, raw=raw) from None
 
 
@@ -251,7 +253,9 @@ class NexudusClient:
             if len(found) < len(page.records):
                 log.warning(
                     "%s: a lookup of %d Ids answered %d records it was not asked for; they were ignored",
-                    entity.name, len(chunk), len(page.records) - len(found),
+                    entity.name,
+                    len(chunk),
+                    len(page.records) - len(found),
                 )
             summary.pages += 1
             summary.records += len(found)
@@ -309,9 +313,7 @@ class NexudusClient:
         """POST a new record (wire names). Not retried once it may have reached the server."""
         return self._action("POST", entity.path, json=dict(data), replay_safe=False)
 
-    def update(
-        self, entity: Entity, record: int | NexudusRecord, changes: Mapping[str, Any]
-    ) -> ActionResult:
+    def update(self, entity: Entity, record: int | NexudusRecord, changes: Mapping[str, Any]) -> ActionResult:
         """Change some fields and keep the rest.
 
         A PUT clears every property missing from its body, so this reads the record, merges
@@ -390,8 +392,15 @@ class NexudusClient:
         answer = self._send("POST", f"{self.base_url}/token", data=form, headers=headers, replay_safe=True)
         return answer.status, answer.body
 
-    def _call(self, method: str, path: str, *, params: Mapping[str, str] | None = None, json: Any = None,
-              replay_safe: bool | None = None) -> Any:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json: Any = None,
+        replay_safe: bool | None = None,
+    ) -> Any:
         """Send an authenticated request and return its JSON; error answers become exceptions.
 
         Credentials refused once are not sent again by any client of this process.
@@ -402,7 +411,11 @@ class NexudusClient:
         try:
             while True:
                 answer = self._send(
-                    method, f"{self.base_url}/{path}", params=params, json=json, replay_safe=safe,
+                    method,
+                    f"{self.base_url}/{path}",
+                    params=params,
+                    json=json,
+                    replay_safe=safe,
                     auth_headers=self._auth.headers,
                 )
                 if answer.status == 401 and not reauthenticated and self._auth.invalidate():
@@ -497,7 +510,9 @@ class NexudusClient:
                     )
                 content += piece
                 if len(content) > self.max_body_bytes:
-                    raise _UnusableAnswer(f"an answer larger than the {self.max_body_bytes} bytes allowed (max_body_bytes)")
+                    raise _UnusableAnswer(
+                        f"an answer larger than the {self.max_body_bytes} bytes allowed (max_body_bytes)"
+                    )
         return response, bytes(content)
 
 
@@ -551,7 +566,9 @@ def _load_json(body: bytes) -> Any:
     try:
         value = json.loads(body)
     except RecursionError:
-        raise _UnusableAnswer(f"an answer nested too deep to parse (at most {MAX_JSON_DEPTH} levels are accepted)") from None
+        raise _UnusableAnswer(
+            f"an answer nested too deep to parse (at most {MAX_JSON_DEPTH} levels are accepted)"
+        ) from None
     if _nested_deeper_than(value, MAX_JSON_DEPTH):
         raise _UnusableAnswer(f"an answer nested more than {MAX_JSON_DEPTH} levels deep")
     return value

@@ -15,13 +15,13 @@ from typing import Annotated, Any, ClassVar
 from uuid import UUID
 
 from pydantic import (
-    ValidatorFunctionWrapHandler,
-    WrapValidator,
     AliasChoices,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
     model_validator,
 )
 from pydantic.alias_generators import to_pascal
@@ -38,7 +38,7 @@ def _to_naive_utc(value: Any, handler: ValidatorFunctionWrapHandler) -> dt.datet
             moment = None  # pydantic says what is wrong with it
         if moment is not None and moment.tzinfo is None:
             return moment
-    parsed = handler(value)
+    parsed: dt.datetime | None = handler(value)
     if parsed is not None and parsed.tzinfo is not None:
         return parsed.astimezone(dt.UTC).replace(tzinfo=None)
     return parsed
@@ -222,9 +222,7 @@ class CoworkerContract(NexudusRecord):
     tariff_invoice_every: str | None = display("CoworkerContract", "TariffInvoiceEvery")
     tariff_invoice_every_weeks: str | None = display("CoworkerContract", "TariffInvoiceEveryWeeks")
     tariff_price: str | None = display("CoworkerContract", "TariffPrice")
-    tariff_currency_code: str | None = display(
-        "CoworkerContract", "TariffCurrency_Code", "TariffCurrencyCode"
-    )
+    tariff_currency_code: str | None = display("CoworkerContract", "TariffCurrency_Code", "TariffCurrencyCode")
     next_tariff_name: str | None = display("CoworkerContract", "NextTariffName")
 
     display_fields: ClassVar[tuple[str, ...]] = (
@@ -262,9 +260,7 @@ class CoworkerTimePass(NexudusRecord):
     used_date: DateTime = None
 
     time_pass_name: str | None = display("CoworkerTimePass", "TimePassName")
-    time_pass_currency_code: str | None = display(
-        "CoworkerTimePass", "TimePassCurrency_Code", "TimePassCurrencyCode"
-    )
+    time_pass_currency_code: str | None = display("CoworkerTimePass", "TimePassCurrency_Code", "TimePassCurrencyCode")
     coworker_full_name: str | None = display("CoworkerTimePass", "CoworkerFullName")
 
     display_fields: ClassVar[tuple[str, ...]] = (
@@ -279,9 +275,7 @@ class Page(NexudusModel):
 
     records: Annotated[list[dict[str, Any]], BeforeValidator(lambda value: [] if value is None else value)]
     current_page: int | None = Field(default=None, validation_alias=AliasChoices("CurrentPage", "PageNumber"))
-    current_page_size: int | None = Field(
-        default=None, validation_alias=AliasChoices("CurrentPageSize", "PageSize")
-    )
+    current_page_size: int | None = Field(default=None, validation_alias=AliasChoices("CurrentPageSize", "PageSize"))
     total_items: int | None = None
     total_pages: int | None = None
     has_next_page: bool | None = None

@@ -15,8 +15,8 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from nexudus_assets.nexudus.entities import ENTITIES, Entity
-from nexudus_assets.simulator.sign_in import TokenError
 from nexudus_assets.simulator.core import Simulator
+from nexudus_assets.simulator.sign_in import TokenError
 
 log = logging.getLogger(__name__)
 
@@ -218,9 +218,7 @@ def _not_allowed(method: str) -> Reply:
 
 
 def _no_route(request: Request) -> Reply:
-    return json_reply(
-        404, {"Message": f"No HTTP resource was found that matches the request URI '{request.path}'."}
-    )
+    return json_reply(404, {"Message": f"No HTTP resource was found that matches the request URI '{request.path}'."})
 
 
 def _admin(sim: Simulator, request: Request) -> Reply:

@@ -37,7 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--now", type=dt.datetime.fromisoformat, help="ISO time the data is generated around")
     parser.add_argument("--list-shape", choices=("legacy", "modern"), default="legacy")
     parser.add_argument(
-        "--dialect", choices=sorted(DIALECTS), default="reference",
+        "--dialect",
+        choices=sorted(DIALECTS),
+        default="reference",
         help="answer as another Nexudus-compatible server would (see simulator/dialect.py)",
     )
     parser.add_argument("--username", default=DEFAULT_USERNAME)
@@ -54,7 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--endless-pages", action="store_true", help="lists never end (fresh Ids on every page)")
     parser.add_argument("--trickle-body-seconds", type=float, default=0.0, help="send 200 bodies a byte at a time")
     parser.add_argument(
-        "--hostile-ids", type=_hostile_id_names, default=[],
+        "--hostile-ids",
+        type=_hostile_id_names,
+        default=[],
         help=f"comma-separated, serve list records with these Ids: {', '.join(HOSTILE_IDS)}",
     )
     parser.add_argument("--nesting-depth", type=int, default=0, help="nest a field of each list page this deep")

@@ -142,9 +142,7 @@ def _transfer_uses(run: CommandRun) -> str:
 CATALOGUE: dict[str, tuple[Command, ...]] = {
     "AccessToken": (
         Command("ACCESSTOKEN_ADD_MINUTES", "Add minutes", "any", (("Minutes", "Int32"),), 1, _add_minutes),
-        Command(
-            "ACCESSTOKEN_EXTEND_VALIDITY", "Extend validity", "one", (("Days", "Int32"),), 2, _extend_validity
-        ),
+        Command("ACCESSTOKEN_EXTEND_VALIDITY", "Extend validity", "one", (("Days", "Int32"),), 2, _extend_validity),
         Command("ACCESSTOKEN_MERGE", "Merge two access tokens", "two", (), 3, _merge_tokens),
     ),
     "CoworkerContract": (
@@ -153,9 +151,7 @@ CATALOGUE: dict[str, tuple[Command, ...]] = {
         Command("COWORKERCONTRACT_SWAP_DESKS", "Swap desks", "two", (), 3, _swap_desks),
     ),
     "CoworkerTimePass": (
-        Command(
-            "COWORKERTIMEPASS_EXTEND_EXPIRY", "Extend expiry", "any", (("Days", "Int32"),), 1, _extend_expiry
-        ),
+        Command("COWORKERTIMEPASS_EXTEND_EXPIRY", "Extend expiry", "any", (("Days", "Int32"),), 1, _extend_expiry),
         Command("COWORKERTIMEPASS_MARK_USED", "Mark as used", "one", (), 2, _mark_used),
         Command("COWORKERTIMEPASS_TRANSFER_USES", "Transfer remaining uses", "two", (), 3, _transfer_uses),
     ),
@@ -174,11 +170,7 @@ def execute(table: Table, body: Any, failing_ids: Collection[int], now: dt.datet
     if command is None:
         raise CommandError(f"Command '{body.get('Key')}' does not exist.")
     ids = body.get("Ids")
-    if (
-        not isinstance(ids, list)
-        or not ids
-        or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
-    ):
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
         raise CommandError("This command needs the Ids of the records to run on.")
     needed = {"one": 1, "two": 2}.get(command.cardinality)
     if needed is not None and len(ids) != needed:

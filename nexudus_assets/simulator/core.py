@@ -23,11 +23,11 @@ from nexudus_assets.nexudus.entities import (
     Entity,
 )
 from nexudus_assets.simulator import commands
-from nexudus_assets.simulator.sign_in import DEFAULT_PASSWORD, DEFAULT_USERNAME, Accounts
 from nexudus_assets.simulator.data import Generator, World, label, utc_stamp
 from nexudus_assets.simulator.dialect import Dialect
 from nexudus_assets.simulator.faults import HOSTILE_IDS, Faults
 from nexudus_assets.simulator.limits import Limits, RateLimiter
+from nexudus_assets.simulator.sign_in import DEFAULT_PASSWORD, DEFAULT_USERNAME, Accounts
 from nexudus_assets.simulator.store import Table, coerce
 
 ListShape = Literal["legacy", "modern"]
@@ -74,9 +74,7 @@ def validation_answer(errors: list[tuple[str, Any, str]]) -> Answer:
         "Message": f"{prop}: {message}",
         "Value": None,
         "WasSuccessful": False,
-        "Errors": [
-            {"AttemptedValue": value, "Message": msg, "PropertyName": name} for name, value, msg in errors
-        ],
+        "Errors": [{"AttemptedValue": value, "Message": msg, "PropertyName": name} for name, value, msg in errors],
     }
 
 
@@ -166,18 +164,14 @@ class Simulator:
                 ids.append(record_id)
             return ids
 
-    def update(
-        self, entity: Entity | str, ids: Iterable[int], changes: Mapping[str, Any] | None = None
-    ) -> None:
+    def update(self, entity: Entity | str, ids: Iterable[int], changes: Mapping[str, Any] | None = None) -> None:
         """Change records by wire name (None: a realistic random change). Bumps UpdatedOn."""
         with self._lock:
             table = self.table(entity)
             now = _utc_now()
             for record in self._existing(table, ids):
                 record.update(UpdatedOn=utc_stamp(now), UpdatedBy="System")
-                record.update(
-                    changes if changes is not None else self._mutator.change(table.entity, record, now)
-                )
+                record.update(changes if changes is not None else self._mutator.change(table.entity, record, now))
             table.changed()
 
     def delete(self, entity: Entity | str, ids: Iterable[int]) -> None:
@@ -210,9 +204,7 @@ class Simulator:
             table.add(record_id, dict(record), raw=True)
             return record_id
 
-    def mutate(
-        self, entity: Entity | str, update: int = 0, insert: int = 0, delete: int = 0
-    ) -> dict[str, list[int]]:
+    def mutate(self, entity: Entity | str, update: int = 0, insert: int = 0, delete: int = 0) -> dict[str, list[int]]:
         """A random realistic mix of changes, deterministic per seed. Returns the Ids touched."""
         with self._lock:
             table = self.table(entity)
@@ -307,21 +299,24 @@ class Simulator:
         pages = page + 1 if endless else math.ceil(claimed / size)
         first = start + 1 if claimed else 0
         shown_size = min(asked, MAX_PAGE_SIZE) if dialect.echo_requested_size else size
-        return (200, {
-            "Records": records,
-            "CurrentPageSize": shown_size,
-            "CurrentPage": page,
-            "CurrentOrderField": query.order_by,
-            "CurrentSortDirection": -1 if query.descending else 1,
-            "FirstItem": first,
-            "HasNextPage": page < pages,
-            "HasPreviousPage": page > 1,
-            "LastItem": min(start + size, claimed) if claimed else 0,
-            "PageNumber": page,
-            "PageSize": shown_size,
-            "TotalItems": claimed,
-            "TotalPages": pages,
-        }), page
+        return (
+            200,
+            {
+                "Records": records,
+                "CurrentPageSize": shown_size,
+                "CurrentPage": page,
+                "CurrentOrderField": query.order_by,
+                "CurrentSortDirection": -1 if query.descending else 1,
+                "FirstItem": first,
+                "HasNextPage": page < pages,
+                "HasPreviousPage": page > 1,
+                "LastItem": min(start + size, claimed) if claimed else 0,
+                "PageNumber": page,
+                "PageSize": shown_size,
+                "TotalItems": claimed,
+                "TotalPages": pages,
+            },
+        ), page
 
     def _endless_page(self, table: Table, keys: list[int], start: int, size: int) -> list[dict[str, Any]]:
         """Real records over and over, each under an Id never served before: no end in sight."""
@@ -443,16 +438,12 @@ class Simulator:
                 return NOT_FOUND
             values, errors = self._body_values(table, body, (*entity.put_fields, "SystemId"))
             cleared = {
-                wire: False if table.kinds[wire] == "bool" else None
-                for wire in entity.put_fields
-                if wire not in values
+                wire: False if table.kinds[wire] == "bool" else None for wire in entity.put_fields if wire not in values
             }
             values.update(cleared)
             required = [name for name in entity.create_required if name in entity.put_fields]
             errors += [
-                (name, values.get(name), "may not be null or empty")
-                for name in required
-                if _empty(values.get(name))
+                (name, values.get(name), "may not be null or empty") for name in required if _empty(values.get(name))
             ]
             if errors:
                 return validation_answer(errors)

@@ -166,14 +166,8 @@ class World:
             next_id += rng.randint(1, 4)
             first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
             company = rng.choice(COMPANIES) if rng.random() < 0.7 else None
-            domain = (
-                company.lower().replace(" & ", "").replace(" ", "") + ".example"
-                if company
-                else "mail.example"
-            )
-            local = (
-                unicodedata.normalize("NFKD", f"{first}.{last}".lower()).encode("ascii", "ignore").decode()
-            )
+            domain = company.lower().replace(" & ", "").replace(" ", "") + ".example" if company else "mail.example"
+            local = unicodedata.normalize("NFKD", f"{first}.{last}".lower()).encode("ascii", "ignore").decode()
             email = f"{local}@{domain}"
             if email in emails:
                 email = f"{local}{next_id % 1000}@{domain}"
@@ -201,9 +195,7 @@ class Generator:
             self._layouts[entity.name] = dict.fromkeys(object_layout(entity.model))
         return self._layouts[entity.name]
 
-    def records(
-        self, entity: Entity, count: int, first_id: int, now: dt.datetime
-    ) -> Iterator[dict[str, Any]]:
+    def records(self, entity: Entity, count: int, first_id: int, now: dt.datetime) -> Iterator[dict[str, Any]]:
         """`count` records with increasing Ids created over the two years before `now`."""
         start = now - HISTORY
         step = HISTORY.total_seconds() / max(count, 1)
@@ -259,9 +251,7 @@ class Generator:
         left = 0 if roll < 0.1 else self._between(1, 59) if roll < 0.35 else self._between(0, included)
         valid_from = valid_to = None
         if self._chance(0.85):
-            valid_from = midnight(now) + dt.timedelta(
-                self._between(-400, 30), 3600 * self._pick((0, 0, 8, 9))
-            )
+            valid_from = midnight(now) + dt.timedelta(self._between(-400, 30), 3600 * self._pick((0, 0, 8, 9)))
             valid_to = valid_from + dt.timedelta(self._pick((1, 1, 7, 30, 90, 365)))
         words = (self._pick(TOKEN_KINDS), self._pick(FIRST_NAMES), self._pick(LAST_NAMES))
         description = self._descriptions.get(words)
@@ -278,9 +268,7 @@ class Generator:
             "UserLimit": self._pick((1, 1, 2, 5, 10)) if self._chance(0.6) else None,
             "ValidFrom": local_stamp(valid_from),
             "ValidTo": local_stamp(valid_to),
-            "MacAddress": ":".join(f"{self._between(0, 255):02X}" for _ in range(6))
-            if self._chance(0.1)
-            else None,
+            "MacAddress": ":".join(f"{self._between(0, 255):02X}" for _ in range(6)) if self._chance(0.1) else None,
             "BookingGuid": self.guid() if self._chance(0.05) else None,
             "VisitorGuid": self.guid() if self._chance(0.05) else None,
         }

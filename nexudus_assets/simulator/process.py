@@ -44,7 +44,9 @@ def running_simulator(
             ready, _, _ = select.select([process.stdout], [], [], start_timeout)
             line = process.stdout.readline().strip() if ready else ""
             if not line.startswith(LISTENING_ON):
-                raise SimulatorStartError(f"the simulator did not start: {_why(process, ready, line, start_timeout)}")
+                raise SimulatorStartError(
+                    f"the simulator did not start: {_why(process, bool(ready), line, start_timeout)}"
+                )
             yield SimulatorProcess(line.removeprefix(LISTENING_ON).strip(), process)
         finally:
             process.terminate()

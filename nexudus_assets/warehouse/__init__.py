@@ -3,6 +3,7 @@
 Pure Python over DuckDB connections and files; no Dagster, no HTTP.
 """
 
+from nexudus_assets.warehouse.bookkeeping import SyncResult, read_high_water_mark
 from nexudus_assets.warehouse.connection import CATALOG, connect
 from nexudus_assets.warehouse.files import (
     DEFAULT_LOCK_TIMEOUT_SECONDS,
@@ -20,11 +21,11 @@ from nexudus_assets.warehouse.schema import (
     ensure_schema,
     history_columns,
     history_table,
+    one_row,
     qualified,
     table_columns,
     transaction,
 )
-from nexudus_assets.warehouse.bookkeeping import SyncResult, read_high_water_mark
 from nexudus_assets.warehouse.staging import RejectedRecord
 from nexudus_assets.warehouse.sync import DeletionGuardError, EntitySync
 
@@ -33,7 +34,6 @@ __all__ = [
     "DEFAULT_LOCK_TIMEOUT_SECONDS",
     "DEFAULT_WAREHOUSE_PATH",
     "LOCK_TIMEOUT_VARIABLE",
-    "connect",
     "SCHEMA",
     "Column",
     "DeletionGuardError",
@@ -45,9 +45,11 @@ __all__ = [
     "WarehouseFiles",
     "WarehouseNotSyncedError",
     "WarehouseUnreadableError",
+    "connect",
     "ensure_schema",
     "history_columns",
     "history_table",
+    "one_row",
     "qualified",
     "read_high_water_mark",
     "table_columns",

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 import duckdb
 
 from nexudus_assets.nexudus import CommandDescription, Entity
-from nexudus_assets.warehouse.schema import SCHEMA, ensure_schema, transaction
+from nexudus_assets.warehouse.schema import SCHEMA, ensure_schema, one_row, transaction
 
 CATALOGUE_TABLE = f"{SCHEMA}.commands"
 
@@ -19,10 +19,18 @@ def store_catalogue(
 ) -> None:
     """Replace the whole catalogue in one transaction."""
     rows = [
-        (entity.name, command.key, command.name, command.applies_only_to_one_entity,
-         command.applies_only_to_two_entities, command.applies_only_to_multiple_entities,
-         command.needs_entities_to_run, command.order,
-         json.dumps([{"Name": p.name, "Type": p.type} for p in command.requires_parameters]), now)
+        (
+            entity.name,
+            command.key,
+            command.name,
+            command.applies_only_to_one_entity,
+            command.applies_only_to_two_entities,
+            command.applies_only_to_multiple_entities,
+            command.needs_entities_to_run,
+            command.order,
+            json.dumps([{"Name": p.name, "Type": p.type} for p in command.requires_parameters]),
+            now,
+        )
         for entity, commands in catalogue.items()
         for command in commands
     ]
@@ -43,9 +51,11 @@ def store_catalogue(
 
 def read_catalogue(conn: duckdb.DuckDBPyConnection, entity: Entity) -> list[CommandDescription] | None:
     """The stored catalogue of one entity; None when it was never fetched."""
-    exists = conn.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = 'commands'", [SCHEMA]
-    ).fetchone()[0]
+    (exists,) = one_row(
+        conn,
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = 'commands'",
+        [SCHEMA],
+    )
     if not exists:
         return None
     rows = conn.execute(
@@ -56,8 +66,13 @@ def read_catalogue(conn: duckdb.DuckDBPyConnection, entity: Entity) -> list[Comm
     ).fetchall()
     return [
         CommandDescription(
-            key=key, name=name, applies_only_to_one_entity=one, applies_only_to_two_entities=two,
-            applies_only_to_multiple_entities=many, needs_entities_to_run=needs, order=order,
+            key=key,
+            name=name,
+            applies_only_to_one_entity=one,
+            applies_only_to_two_entities=two,
+            applies_only_to_multiple_entities=many,
+            needs_entities_to_run=needs,
+            order=order,
             requires_parameters=json.loads(parameters),
         )
         for key, name, one, two, many, needs, order, parameters in rows

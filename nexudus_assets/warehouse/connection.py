@@ -10,10 +10,12 @@ import duckdb
 CATALOG = "warehouse"
 #: DuckDB takes 80% of RAM by default; a sync needs little and spills to disk past the limit.
 #: Keeping insertion order would hold a large upsert in memory; rows are keyed by id anyway.
-DEFAULT_CONFIG = {"memory_limit": "128MB", "preserve_insertion_order": False}
+DEFAULT_CONFIG: dict[str, str | bool] = {"memory_limit": "128MB", "preserve_insertion_order": False}
 
 
-def connect(database: str, *, read_only: bool = False, config: Mapping[str, Any] | None = None) -> duckdb.DuckDBPyConnection:
+def connect(
+    database: str, *, read_only: bool = False, config: Mapping[str, Any] | None = None
+) -> duckdb.DuckDBPyConnection:
     """A connection to the warehouse file, attached as catalog `warehouse`.
 
     DuckDB names a file's catalog after the file, so `nexudus.duckdb` opened directly is

@@ -88,9 +88,7 @@ _DESCRIPTIONS = {
     "_synced_at": "When a sync wrote this version of the row (UTC).",
     "_deleted_at": "When a full sync found the record gone from Nexudus (UTC); NULL while it exists.",
     "_valid_from": "When a sync first saw this version of the record (UTC).",
-    "_valid_to": (
-        "When a sync saw a newer version, or found the record deleted (UTC); NULL for the current version."
-    ),
+    "_valid_to": ("When a sync saw a newer version, or found the record deleted (UTC); NULL for the current version."),
 }
 
 SYNCED_AT = Column("_synced_at", "TIMESTAMP", _DESCRIPTIONS["_synced_at"], nullable=False)
@@ -166,9 +164,7 @@ def history_columns(entity: Entity) -> list[Column]:
 
 
 def column_ddl(columns: Sequence[Column]) -> str:
-    return ", ".join(
-        f"{quote(c.name)} {c.duckdb_type}{'' if c.nullable else ' NOT NULL'}" for c in columns
-    )
+    return ", ".join(f"{quote(c.name)} {c.duckdb_type}{'' if c.nullable else ' NOT NULL'}" for c in columns)
 
 
 def one_row(conn: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | None = None) -> tuple[Any, ...]:

@@ -13,12 +13,12 @@ from nexudus_assets.nexudus import (
     NexudusClient,
     NexudusError,
     NotFoundError,
+    RequestRefusedError,
     ThrottledError,
     TransportError,
     UncertainOutcomeError,
-    RequestRefusedError,
 )
-from nexudus_assets.writeback.ledger import CooldownKey, CommandLedger, Outcome
+from nexudus_assets.writeback.ledger import CommandLedger, CooldownKey, Outcome
 from nexudus_assets.writeback.plan import check_rule, plan_calls
 from nexudus_assets.writeback.rules import CommandRule
 
@@ -87,13 +87,16 @@ def run_rule(
     key = cooldown_key(rule, entity)
     cooldown = dt.timedelta(hours=rule.cooldown_hours)
     report = CommandReport(rule=rule.name, command_key=command.key, dry_run=not live)
-    common = {"rule": rule.name, "run_id": run_id, "dry_run": not live}
+
+    def record(calls: Sequence[Sequence[int]], outcome: Outcome, message: str) -> None:
+        ledger.record(
+            key, calls, rule=rule.name, run_id=run_id, dry_run=not live, outcome=outcome, message=message, now=clock()
+        )
 
     requested = list(dict.fromkeys(record_ids))
     report.refused = sorted(i for i in requested if i not in insight_ids)
     if report.refused:
-        ledger.record(key, [report.refused], **common, outcome="refused",
-                      message=f"not in {rule.asset} at its latest materialization", now=clock())
+        record([report.refused], "refused", f"not in {rule.asset} at its latest materialization")
 
     # A snapshot to plan the calls with; the claim of each call decides.
     blocked = ledger.blocked_ids(key, cooldown=cooldown, max_attempts=rule.max_attempts, now=clock())
@@ -102,18 +105,22 @@ def run_rule(
     calls = plan_calls(command, [i for i in wanted if i not in blocked], rule.batch_size)
     report.left_over = calls.left_over
     if calls.left_over:
-        ledger.record(key, [calls.left_over], **common, outcome="skipped",
-                      message=f"{command.key} takes records in pairs; no partner left", now=clock())
+        record([calls.left_over], "skipped", f"{command.key} takes records in pairs; no partner left")
     if not live:
-        ledger.record(key, calls.batches, **common, outcome="dry_run",
-                      message=f"dry run: would send {command.key} with {parameters}", now=clock())
+        record(calls.batches, "dry_run", f"dry run: would send {command.key} with {parameters}")
         report.calls = len(calls.batches)
         return report
 
     for batch in calls.batches:
         claim = ledger.claim(
-            key, batch, rule=rule.name, run_id=run_id, cooldown=cooldown, max_attempts=rule.max_attempts,
-            min_records=_min_records(command), now=clock(),
+            key,
+            batch,
+            rule=rule.name,
+            run_id=run_id,
+            cooldown=cooldown,
+            max_attempts=rule.max_attempts,
+            min_records=_min_records(command),
+            now=clock(),
         )
         report.blocked.extend(claim.blocked)
         report.left_over.extend(claim.skipped)

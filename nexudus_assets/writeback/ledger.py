@@ -142,8 +142,8 @@ def _stamp(moment: dt.datetime) -> str:
     return moment.isoformat(sep=" ", timespec="microseconds")
 
 
-def _moment(text: str | None) -> dt.datetime | None:
-    return dt.datetime.fromisoformat(text) if text is not None else None
+def _moment(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text)
 
 
 class CommandLedger:
@@ -166,9 +166,10 @@ class CommandLedger:
             with closing(sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)) as conn:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    fresh = conn.execute("PRAGMA application_id").fetchone()[0] == 0 and not conn.execute(
-                        "SELECT count(*) FROM sqlite_master"
-                    ).fetchone()[0]
+                    fresh = (
+                        conn.execute("PRAGMA application_id").fetchone()[0] == 0
+                        and not conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+                    )
                     if fresh:
                         for statement in _SCHEMA:
                             conn.execute(statement)
@@ -237,9 +238,7 @@ class CommandLedger:
         ).fetchall()
         return {record_id for (record_id,) in rows}
 
-    def blocked_ids(
-        self, key: CooldownKey, *, cooldown: dt.timedelta, max_attempts: int, now: dt.datetime
-    ) -> set[int]:
+    def blocked_ids(self, key: CooldownKey, *, cooldown: dt.timedelta, max_attempts: int, now: dt.datetime) -> set[int]:
         """Records to leave alone now: actioned within the cooldown, or out of attempts. A snapshot, not a claim."""
         with self._connection() as conn:
             return self._blocked(conn, key, cooldown=cooldown, max_attempts=max_attempts, now=now, ids=None)
@@ -262,8 +261,20 @@ class CommandLedger:
         conn.executemany(
             f"INSERT INTO {TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (call_id, rule, key.entity, record_id, key.command_key, key.parameters, int(dry_run), outcome,
-                 message, run_id, _stamp(now), finished)
+                (
+                    call_id,
+                    rule,
+                    key.entity,
+                    record_id,
+                    key.command_key,
+                    key.parameters,
+                    int(dry_run),
+                    outcome,
+                    message,
+                    run_id,
+                    _stamp(now),
+                    finished,
+                )
                 for record_id in ids
             ],
         )
@@ -288,16 +299,33 @@ class CommandLedger:
         with self._write() as conn:
             blocked = self._blocked(conn, key, cooldown=cooldown, max_attempts=max_attempts, now=now, ids=ids)
             eligible = [record_id for record_id in ids if record_id not in blocked]
-            common = {"rule": rule, "run_id": run_id, "dry_run": False, "now": now}
             if len(eligible) >= min_records:
                 call_id = str(uuid.uuid4())
-                self._insert(conn, key, call_id=call_id, ids=eligible, outcome="pending", message="sending", **common)
+                self._insert(
+                    conn,
+                    key,
+                    call_id=call_id,
+                    ids=eligible,
+                    rule=rule,
+                    run_id=run_id,
+                    dry_run=False,
+                    outcome="pending",
+                    message="sending",
+                    now=now,
+                )
                 return Claim(call_id, eligible, sorted(blocked), [])
             if eligible:
                 self._insert(
-                    conn, key, call_id=str(uuid.uuid4()), ids=eligible, outcome="skipped",
+                    conn,
+                    key,
+                    call_id=str(uuid.uuid4()),
+                    ids=eligible,
+                    rule=rule,
+                    run_id=run_id,
+                    dry_run=False,
+                    outcome="skipped",
                     message=f"{key.command_key} needs {min_records} records; the others were actioned meanwhile",
-                    **common,
+                    now=now,
                 )
             return Claim(None, [], sorted(blocked), eligible)
 
@@ -319,14 +347,25 @@ class CommandLedger:
         call_ids = [str(uuid.uuid4()) for _ in calls]
         with self._write() as conn:
             for call_id, ids in zip(call_ids, calls, strict=True):
-                self._insert(conn, key, call_id=call_id, ids=ids, rule=rule, run_id=run_id, dry_run=dry_run,
-                             outcome=outcome, message=message, now=now)
+                self._insert(
+                    conn,
+                    key,
+                    call_id=call_id,
+                    ids=ids,
+                    rule=rule,
+                    run_id=run_id,
+                    dry_run=dry_run,
+                    outcome=outcome,
+                    message=message,
+                    now=now,
+                )
         return call_ids
 
     def finish(self, call_id: str, outcome: Outcome, message: str, now: dt.datetime) -> None:
         with self._write() as conn:
             conn.execute(
-                f"UPDATE {TABLE} SET outcome = ?, message = ?, finished_at = ? WHERE call_id = ? AND outcome = 'pending'",
+                f"UPDATE {TABLE} SET outcome = ?, message = ?, finished_at = ?"
+                " WHERE call_id = ? AND outcome = 'pending'",
                 [outcome, message, _stamp(now), call_id],
             )
 
@@ -335,10 +374,34 @@ class CommandLedger:
         with self._connection() as conn:
             found = conn.execute(f"SELECT * FROM {TABLE} ORDER BY created_at, call_id, record_id").fetchall()
         return [
-            LedgerRow(call_id, rule, entity, record_id, command_key, parameters, bool(dry_run), outcome, message,
-                      run_id, _moment(created_at), _moment(finished_at))  # type: ignore[arg-type]
-            for (call_id, rule, entity, record_id, command_key, parameters, dry_run, outcome, message, run_id,
-                 created_at, finished_at) in found
+            LedgerRow(
+                call_id,
+                rule,
+                entity,
+                record_id,
+                command_key,
+                parameters,
+                bool(dry_run),
+                outcome,
+                message,
+                run_id,
+                _moment(created_at),
+                _moment(finished_at) if finished_at is not None else None,
+            )
+            for (
+                call_id,
+                rule,
+                entity,
+                record_id,
+                command_key,
+                parameters,
+                dry_run,
+                outcome,
+                message,
+                run_id,
+                created_at,
+                finished_at,
+            ) in found
         ]
 
 

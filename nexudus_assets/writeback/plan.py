@@ -93,13 +93,17 @@ def _type_key(name: str) -> str:
     return key.removeprefix("system.")
 
 
-def check_rule(rule: CommandRule, catalogue: Sequence[CommandDescription]) -> tuple[CommandDescription, list[dict[str, Any]]]:
+def check_rule(
+    rule: CommandRule, catalogue: Sequence[CommandDescription]
+) -> tuple[CommandDescription, list[dict[str, Any]]]:
     """The command and its `Parameters` payload, or RuleError saying what does not fit."""
     by_key = {command.key: command for command in catalogue}
     command = by_key.get(rule.command)
     if command is None:
-        known = ", ".join(sorted(by_key)) or "none"
-        raise RuleError(f"rule {rule.name!r}: command {rule.command!r} is not in the catalogue (available: {known})")
+        available = ", ".join(sorted(by_key)) or "none"
+        raise RuleError(
+            f"rule {rule.name!r}: command {rule.command!r} is not in the catalogue (available: {available})"
+        )
     if not command.needs_entities_to_run:
         raise RuleError(f"rule {rule.name!r}: command {rule.command!r} runs without records; rules act on records")
     required = {parameter.name: parameter for parameter in command.requires_parameters}
@@ -119,11 +123,11 @@ def check_rule(rule: CommandRule, catalogue: Sequence[CommandDescription]) -> tu
                 f"rule {rule.name!r}: parameter {name!r} has type {parameter.type!r}, which cannot be checked; "
                 "nothing is sent unchecked"
             )
-        accepts, takes = known
+        accepts, value_range = known
         if not accepts(value):
             raise RuleError(
                 f"rule {rule.name!r}: parameter {name!r} must be a {parameter.type}"
-                f"{f' ({takes})' if takes else ''}, not {type(value).__name__} {value!r}"
+                f"{f' ({value_range})' if value_range else ''}, not {type(value).__name__} {value!r}"
             )
         payload.append({"Name": name, "Type": parameter.type, "Value": value})
     return command, payload

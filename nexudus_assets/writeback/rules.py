@@ -116,8 +116,8 @@ def load_rules(path: Path, actionable_assets: Collection[str]) -> tuple[CommandR
     try:
         document = yaml.load(text, Loader=UniqueKeyLoader)
     except DuplicateKeyError as exc:
-        rule = _rule_at_line(text, exc.line)
-        where = f"command rule {rule!r} in {path}" if rule else f"command rules file {path}"
+        rule_name = _rule_at_line(text, exc.line)
+        where = f"command rule {rule_name!r} in {path}" if rule_name else f"command rules file {path}"
         raise RuleError(f"{where}: {exc}; remove one") from None
     except yaml.YAMLError as exc:
         raise RuleError(f"command rules file {path}: not valid YAML ({exc})") from None
