@@ -1,4 +1,4 @@
-"""The reliability suite (issue 5): injected faults, killed runs, bad input and secrets.
+"""The reliability suite: injected faults, killed runs, bad input and secrets.
 
 Everything here is real: the simulator is an HTTP server on 127.0.0.1, the project's own Dagster jobs
 run (in this process, or as `dagster job execute` subprocesses) against DuckDB files in tmp_path, and
@@ -45,7 +45,8 @@ from nexudus_assets_tests.utils import Project, Running, check_outcomes
 REPO = Path(__file__).resolve().parents[1]
 #: Columns the warehouse adds to every record; the rest must equal what the API holds.
 WAREHOUSE_COLUMNS = ("_synced_at", "_deleted_at")
-#: The faults of issue 5. Retry-After 0 keeps the 409s fast; the slow variant uses 1.
+#: 5xx, throttling, dropped connections and latency jitter at once. Retry-After 0 keeps the 409s
+#: fast; the slow variant uses 1.
 FAULTS = {
     "error_rate": 0.08,
     "throttle_rate": 0.08,
