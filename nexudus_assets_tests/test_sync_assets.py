@@ -18,7 +18,7 @@ from nexudus_assets.resources import (
 )
 from nexudus_assets.warehouse import WarehouseFiles, history_table, qualified
 from nexudus_assets.writeback.rules import CommandRule
-from nexudus_assets_tests.utils import BOOKKEEPING, Project, check_outcomes, held_open, metadata
+from nexudus_assets_tests.utils import Project, check_outcomes, held_open, live_rows, metadata
 
 
 @pytest.fixture
@@ -336,13 +336,7 @@ def test_an_analyst_holding_the_warehouse_read_write_neither_fails_nor_delays_tw
         assert analyst.query(f"SELECT count(*) FROM {qualified(ACCESS_TOKENS)}") == [(first_count,)]
     with duckdb.connect(project.database, read_only=True) as fresh:
         for entity in ENTITIES:
-            cursor = fresh.execute(f"SELECT * FROM {qualified(entity)} WHERE _deleted_at IS NULL")
-            names = [d[0] for d in cursor.description]
-            skip = BOOKKEEPING | set(entity.model.display_fields)
-            found = {
-                row[0]: {n: v for n, v in zip(names, row, strict=True) if n not in skip} for row in cursor.fetchall()
-            }
-            assert found == project.upstream_rows(entity), entity.name
+            assert live_rows(fresh, entity) == project.upstream_rows(entity), entity.name
 
 
 def step_failures(result) -> list[str]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import duckdb
 
 from nexudus_assets.definitions import build_defs
 from nexudus_assets.nexudus import Entity, NexudusClient, RateLimits, RetryPolicy
@@ -43,6 +44,14 @@ class Running:
         }
         settings.update(overrides)
         return NexudusClient(self.base_url, **settings)
+
+
+def live_rows(conn: duckdb.DuckDBPyConnection, entity: Entity) -> dict[int, dict[str, Any]]:
+    """The entity's live rows by id, as `upstream_rows` gives them: no bookkeeping, no display fields."""
+    cursor = conn.execute(f"SELECT * FROM {qualified(entity)} WHERE _deleted_at IS NULL")
+    names = [d[0] for d in cursor.description]
+    skip = BOOKKEEPING | set(entity.model.display_fields)
+    return {row[0]: {n: v for n, v in zip(names, row, strict=True) if n not in skip} for row in cursor.fetchall()}
 
 
 def persistent_instance(directory: Path | str) -> dg.DagsterInstance:
@@ -110,12 +119,7 @@ class Project:
 
     def live_rows(self, entity: Entity) -> dict[int, dict[str, Any]]:
         with self.warehouse.read_only_connection() as conn:
-            cursor = conn.execute(f"SELECT * FROM {qualified(entity)} WHERE _deleted_at IS NULL")
-            names = [d[0] for d in cursor.description]
-            skip = BOOKKEEPING | set(entity.model.display_fields)
-            return {
-                row[0]: {n: v for n, v in zip(names, row, strict=True) if n not in skip} for row in cursor.fetchall()
-            }
+            return live_rows(conn, entity)
 
     def upstream_rows(self, entity: Entity) -> dict[int, dict[str, Any]]:
         models = [entity.model.model_validate(raw) for raw in self.sim.records(entity)]

@@ -388,14 +388,19 @@ def insight_by_name(name: str) -> Insight:
     raise KeyError(name)
 
 
-def resolve_as_of(context: dg.AssetExecutionContext, config: InsightConfig) -> dt.datetime:
-    """`as_of` from config, else the run's start, so every insight of a run shares one instant."""
-    if config.as_of:
-        moment = dt.datetime.fromisoformat(config.as_of)
-        return moment.astimezone(dt.UTC).replace(tzinfo=None) if moment.tzinfo else moment
+def run_started(context: dg.AssetExecutionContext) -> dt.datetime:
+    """When the run started (UTC): the default `as_of`, so every insight of a run shares one instant."""
     record = context.instance.get_run_record_by_id(context.run.run_id)
     started = record.start_time if record and record.start_time else time.time()
     return dt.datetime.fromtimestamp(started, dt.UTC).replace(tzinfo=None)
+
+
+def resolve_as_of(config: InsightConfig, default: dt.datetime) -> dt.datetime:
+    """`as_of` from config (UTC), else `default`."""
+    if config.as_of:
+        moment = dt.datetime.fromisoformat(config.as_of)
+        return moment.astimezone(dt.UTC).replace(tzinfo=None) if moment.tzinfo else moment
+    return default
 
 
 def sql_parameters(insight: Insight, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -495,10 +500,11 @@ def build_insights_asset(insights: Sequence[Insight], schemas: Mapping[str, dg.T
     ) -> Iterator[dg.MaterializeResult]:
         selected = [insight for insight in insights if dg.AssetKey(insight.name) in context.selected_asset_keys]
         results: list[dg.MaterializeResult] = []
+        started = run_started(context)
         with warehouse.get_connection() as conn:
             for insight in selected:
                 values = getattr(config, insight.name)
-                as_of = resolve_as_of(context, values)
+                as_of = resolve_as_of(values, started)
                 used = sql_parameters(insight, {**values.model_dump(exclude={"as_of"}), "as_of": as_of})
                 with transaction(conn):
                     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {INSIGHTS_SCHEMA}")
