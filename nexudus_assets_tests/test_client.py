@@ -3,8 +3,10 @@
 import datetime as dt
 import logging
 import math
+import ssl
 import time
 
+import httpx
 import pytest
 
 from nexudus_assets.nexudus import (
@@ -25,6 +27,7 @@ from nexudus_assets.nexudus import (
     UncertainOutcomeError,
     Window,
 )
+from nexudus_assets.nexudus.client import _verified_tls
 from nexudus_assets.simulator import DEFAULT_PASSWORD
 from nexudus_assets.simulator import limits as server_limits
 
@@ -389,3 +392,15 @@ def test_pacing_is_never_early_at_the_server_whatever_the_network_delay(start_si
         records = [record for page in client.iter_pages(ACCESS_TOKENS) for record in page.records]
     assert len(records) == 400 and client.stats.requests >= 40
     assert running.sim.stats["by_status"].get(409, 0) == 0, running.sim.stats["by_status"]
+
+
+# -- TLS -------------------------------------------------------------------------------------
+
+
+def test_clients_share_one_tls_context_as_strict_as_httpx_default():
+    shared = _verified_tls()
+    assert _verified_tls() is shared
+    default = httpx.create_ssl_context()
+    assert (shared.verify_mode, shared.check_hostname) == (ssl.CERT_REQUIRED, True)
+    assert (shared.options, shared.minimum_version) == (default.options, default.minimum_version)
+    assert shared.cert_store_stats() == default.cert_store_stats()

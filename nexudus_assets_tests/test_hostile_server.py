@@ -27,6 +27,7 @@ from nexudus_assets.nexudus import (
     UncertainOutcomeError,
 )
 from nexudus_assets.nexudus.auth import REFUSED_SIGN_INS
+from nexudus_assets.nexudus.client import MAX_JSON_DEPTH, _load_json, _UnusableAnswer
 from nexudus_assets.resources import AlertWebhookResource, NexudusApiResource, Pacing, WarehouseResource
 from nexudus_assets.simulator import DEFAULT_USERNAME
 from nexudus_assets.simulator.faults import HOSTILE_IDS
@@ -104,7 +105,7 @@ def test_every_page_after_hostile_ids_is_still_read(running):
     assert [error.record_id for page in pages for error in page.rejected] == [None, None]
 
 
-@pytest.mark.parametrize("depth", [100, 100_000])
+@pytest.mark.parametrize("depth", [300, 100_000])
 def test_deeply_nested_json_is_a_clear_error_naming_the_request(running, depth):
     running.sim.faults.nesting_depth = depth
     with running.client(retry=ONE_RETRY) as client, pytest.raises(ResponseFormatError) as refused:
@@ -112,6 +113,41 @@ def test_deeply_nested_json_is_a_clear_error_naming_the_request(running, depth):
     assert f"GET {TOKENS_PATH}" in str(refused.value) and "nested" in str(refused.value)
     # A retry would only get the same poison.
     assert len(requests_to(running.sim, TOKENS_PATH)) == 1
+
+
+def test_nesting_up_to_the_limit_is_read(running):
+    # The field sits three levels down: envelope, `Records`, record.
+    running.sim.faults.nesting_depth = MAX_JSON_DEPTH - 3
+    with running.client(retry=ONE_RETRY) as client:
+        records = list(client.iter_records(ACCESS_TOKENS))
+    assert len(records) == len(running.sim.records(ACCESS_TOKENS))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "\ufeff" + json.dumps({"Records": [{"Id": 1}]}),
+        json.dumps({"Records": [{"Id": 1, "Description": "half an emoji \ud83d"}]}),
+    ],
+    ids=["byte-order mark", "lone surrogate"],
+)
+def test_json_the_fast_parser_refuses_is_still_read(body):
+    assert _load_json(body.encode()) == json.loads(body.removeprefix("\ufeff"))
+
+
+@pytest.mark.parametrize("nested", ["[1]", '{"a": 1}'])
+def test_the_nesting_limit_holds_on_either_parser(nested):
+    deepest = "[" * (MAX_JSON_DEPTH - 1) + nested + "]" * (MAX_JSON_DEPTH - 1)
+    too_deep = "[" + deepest + "]"
+    for prefix in ("", "\ufeff"):
+        assert _load_json((prefix + deepest).encode())
+        with pytest.raises(_UnusableAnswer, match=f"nested more than {MAX_JSON_DEPTH} levels"):
+            _load_json((prefix + too_deep).encode())
+
+
+def test_malformed_json_is_refused_as_before():
+    with pytest.raises(ValueError, match="Expecting ':' delimiter"):
+        _load_json(b'{"Records": [{"Id": 1}, {"Id"')
 
 
 def test_an_answer_larger_than_allowed_is_refused_unread(running):
@@ -168,7 +204,7 @@ def test_a_trickled_answer_to_a_write_is_uncertain_and_not_repeated(start_simula
 
 @pytest.mark.parametrize(
     "fault",
-    [{"endless_pages": True}, {"nesting_depth": 100}, {"trickle_body_seconds": 0.2}],
+    [{"endless_pages": True}, {"nesting_depth": 300}, {"trickle_body_seconds": 0.2}],
     ids=["endless pages", "deep json", "trickled body"],
 )
 def test_a_sync_that_fails_leaves_the_previous_warehouse_as_it_was(running, tmp_path, fault):

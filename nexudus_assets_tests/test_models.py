@@ -145,6 +145,19 @@ def test_a_null_records_list_is_an_empty_page():
     assert Page.model_validate({"Records": None, "TotalItems": 0}).records == []
 
 
+def test_a_record_that_is_no_object_is_rejected_alone():
+    records: list[object] = [{"Id": 1}, "Id 2", None, 3, [{"Id": 4}], {"Id": 5}]
+    page = Page.model_validate({"Records": records})
+    assert page.records == records
+    assert [parse_record(ACCESS_TOKENS, raw).id for raw in (records[0], records[-1])] == [1, 5]
+    for raw in records[1:-1]:
+        with pytest.raises(RecordValidationError) as bad:
+            parse_record(ACCESS_TOKENS, raw)
+        assert bad.value.record_id is None and bad.value.raw == raw
+        assert [name for name, _ in bad.value.problems] == ["<record>"]
+        assert str(bad.value).startswith("AccessToken without Id: field '<record>': Input should be a valid dictionary")
+
+
 @pytest.mark.parametrize("hostile", [True, False, 1.5, 7.0, "12", {"a": 1}, [7], 2**70, 2**31, 0, -3])
 def test_an_id_is_a_json_integer_within_the_documented_int_range(hostile):
     with pytest.raises(RecordValidationError) as bad:

@@ -15,33 +15,40 @@ from typing import Annotated, Any, ClassVar
 from uuid import UUID
 
 from pydantic import (
+    AfterValidator,
     AliasChoices,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidatorFunctionWrapHandler,
-    WrapValidator,
+    GetCoreSchemaHandler,
     model_validator,
 )
 from pydantic.alias_generators import to_pascal
+from pydantic_core import CoreSchema, core_schema
+
+# CreatedOn/UpdatedOn come as UTC with `Z`; business dates come bare (the location's local
+# time). Offsets are converted to UTC; bare values are kept as they are. Two plain validators
+# around pydantic's own parsing cost less than one that wraps it.
 
 
-def _to_naive_utc(value: Any, handler: ValidatorFunctionWrapHandler) -> dt.datetime | None:
-    # CreatedOn/UpdatedOn come as UTC with `Z`; business dates come bare (the location's
-    # local time). Offsets are converted to UTC; bare values are kept as they are.
+def _utc_stamp(value: Any) -> Any:
+    # The common case, read in one step: every record carries several such stamps. What this
+    # cannot read goes on to pydantic, which says what is wrong with it.
     if isinstance(value, str) and value.endswith("Z"):
-        # The common case, read in one step: every record carries several such stamps.
         try:
             moment = dt.datetime.fromisoformat(value[:-1])
         except ValueError:
-            moment = None  # pydantic says what is wrong with it
-        if moment is not None and moment.tzinfo is None:
+            return value
+        if moment.tzinfo is None:
             return moment
-    parsed: dt.datetime | None = handler(value)
-    if parsed is not None and parsed.tzinfo is not None:
-        return parsed.astimezone(dt.UTC).replace(tzinfo=None)
-    return parsed
+    return value
+
+
+def _to_naive_utc(moment: dt.datetime) -> dt.datetime:
+    if moment.tzinfo is not None:
+        return moment.astimezone(dt.UTC).replace(tzinfo=None)
+    return moment
 
 
 #: The reference types Ids as `int`, which in the .NET the API is written in is a signed
@@ -60,6 +67,8 @@ def valid_id(value: Any) -> int | None:
 
 
 def _relation_id(value: Any) -> Any:
+    if type(value) is int and 1 <= value <= MAX_ID:
+        return value  # the common case, as `valid_id` would take it, without the call
     # Some answers embed the related record instead of its Id.
     if isinstance(value, dict) and "Id" in value:
         value = value["Id"]
@@ -68,9 +77,21 @@ def _relation_id(value: Any) -> Any:
     raise ValueError(f"a related record's Id must be a whole number from 1 to {MAX_ID}")
 
 
-DateTime = Annotated[dt.datetime | None, WrapValidator(_to_naive_utc)]
+class _NullFirst:
+    """Takes null as null before the validators listed ahead of it run.
+
+    Most records leave some of these fields empty. Unlike `Annotated[...] | None` it keeps the
+    field's annotation a plain `X | None`, which the warehouse and the simulator read the
+    column types from.
+    """
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.nullable_schema(handler(source))
+
+
+DateTime = Annotated[dt.datetime | None, BeforeValidator(_utc_stamp), AfterValidator(_to_naive_utc), _NullFirst()]
 #: Validated before pydantic's own (lax) int parsing, which would turn `true` into 1.
-RelationId = Annotated[int | None, BeforeValidator(_relation_id)]
+RelationId = Annotated[int | None, BeforeValidator(_relation_id), _NullFirst()]
 
 
 class CancellationReason(IntEnum):
@@ -271,9 +292,13 @@ class CoworkerTimePass(NexudusRecord):
 
 
 class Page(NexudusModel):
-    """The list envelope. Records stay raw so that one bad record cannot sink a page."""
+    """The list envelope. Records stay raw so that one bad record cannot sink a page.
 
-    records: Annotated[list[dict[str, Any]], BeforeValidator(lambda value: [] if value is None else value)]
+    Each is taken as it came, whatever its JSON type: record validation refuses what is not
+    an object, as that one record's error.
+    """
+
+    records: Annotated[list[Any], BeforeValidator(lambda value: [] if value is None else value)]
     current_page: int | None = Field(default=None, validation_alias=AliasChoices("CurrentPage", "PageNumber"))
     current_page_size: int | None = Field(default=None, validation_alias=AliasChoices("CurrentPageSize", "PageSize"))
     total_items: int | None = None
