@@ -8,6 +8,7 @@ import duckdb
 from pydantic import Field
 
 from nexudus_assets.assets import insights, raw, trends
+from nexudus_assets.assets.command_catalogue import command_catalogue
 from nexudus_assets.checks import FRESHNESS_CHECK_KEYS
 from nexudus_assets.nexudus import ENTITIES
 from nexudus_assets.resources import CommandLedgerResource, NexudusApiResource, WarehouseResource
@@ -17,7 +18,12 @@ from nexudus_assets.writeback.ledger import LedgerError, open_ledger
 from nexudus_assets.writeback.rules import CommandRule, RuleError
 
 #: `synced_recently` always passes right after a sync: it runs on its own schedule instead.
-SYNC_SELECTION = dg.AssetSelection.groups(raw.GROUP, insights.GROUP) - dg.AssetSelection.checks(*FRESHNESS_CHECK_KEYS)
+FULL_SYNC_SELECTION = dg.AssetSelection.groups(raw.GROUP, insights.GROUP) - dg.AssetSelection.checks(
+    *FRESHNESS_CHECK_KEYS
+)
+#: The command catalogue changes with Nexudus releases, not by the hour, and commands are checked
+#: against the live one before they run: the nightly full refresh keeps the stored copy current.
+SYNC_SELECTION = FULL_SYNC_SELECTION - dg.AssetSelection.assets(command_catalogue)
 #: A deployment with run retries on (deploy/dagster.yaml) retries these jobs once: they only read
 #: Nexudus and rewrite the warehouse. The command job has no such tag: its commands cannot be undone.
 RETRY_ONCE = {"dagster/max_retries": "1"}
@@ -33,8 +39,10 @@ nexudus_sync = dg.define_asset_job(
 nexudus_full_refresh = dg.define_asset_job(
     name="nexudus_full_refresh",
     tags=RETRY_ONCE,
-    selection=SYNC_SELECTION,
-    description="Reads every record, marks the ones deleted upstream, then rebuilds the insights.",
+    selection=FULL_SYNC_SELECTION,
+    description=(
+        "Reads every record and the command catalogue, marks the records deleted upstream, then rebuilds the insights."
+    ),
     config={"ops": {entity.table: {"config": {"full_refresh": True}} for entity in ENTITIES}},
     executor_def=dg.in_process_executor,
 )

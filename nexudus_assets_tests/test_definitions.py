@@ -105,3 +105,12 @@ def test_jobs_and_schedules():
     sensors = {sensor.name: sensor for sensor in defs.sensors}
     assert set(sensors) == {"nexudus_alerts", "nexudus_rule_top_up_low_minutes", "nexudus_rule_extend_expiring_passes"}
     assert all(sensor.default_status == dg.DefaultSensorStatus.RUNNING for sensor in sensors.values())
+
+
+def test_the_command_catalogue_is_refreshed_nightly_not_hourly():
+    def assets_of(job: str) -> set[str]:
+        return {key.to_user_string() for key in defs.resolve_job_def(job).asset_layer.selected_asset_keys}
+
+    hourly, nightly = assets_of("nexudus_sync"), assets_of("nexudus_full_refresh")
+    assert hourly == RAW | set(LINEAGE)
+    assert nightly == hourly | {"nexudus_commands"}

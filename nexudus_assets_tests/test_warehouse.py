@@ -36,9 +36,9 @@ from nexudus_assets.warehouse import (
     history_table,
     qualified,
     read_high_water_mark,
-    staging,
     table_columns,
 )
+from nexudus_assets.warehouse.staging import ARROW_MIN_ROWS
 from nexudus_assets_tests.utils import held_open
 
 T0 = dt.datetime(2024, 3, 1, 9, 0)
@@ -396,17 +396,19 @@ def test_rejected_records_are_quarantined_verbatim(conn: duckdb.DuckDBPyConnecti
     assert rows(conn, f"SELECT rejected FROM {SCHEMA}._sync_log WHERE run_id = 'second'") == [(2,)]
 
 
-def test_values_a_column_cannot_hold_are_quarantined_not_fatal(conn: duckdb.DuckDBPyConnection) -> None:
+@pytest.mark.parametrize("others", [0, ARROW_MIN_ROWS], ids=["as parameters", "as arrow"])
+def test_values_a_column_cannot_hold_are_quarantined_not_fatal(conn: duckdb.DuckDBPyConnection, others: int) -> None:
     contracts = [
         CoworkerContract(id=1, price=Decimal("10.00"), updated_on=at(1)),
         CoworkerContract(id=2, price=Decimal("1e20"), updated_on=at(2)),  # beyond DECIMAL(18,4)
+        *(CoworkerContract(id=i, price=Decimal(i), updated_on=at(3)) for i in range(3, others + 3)),
     ]
     entity_sync = EntitySync(COWORKER_CONTRACTS, run_id="run", mode="incremental", now=NOW)
     entity_sync.begin(conn)
     entity_sync.stage(conn, contracts, [])
     result = entity_sync.publish(conn)
 
-    assert (result.inserted, result.rejected, result.fetched) == (1, 1, 2)
+    assert (result.inserted, result.rejected, result.fetched) == (1 + others, 1, 2 + others)
     ((record_id, reason, raw_json),) = rows(conn, f"SELECT record_id, reason, raw_json FROM {SCHEMA}._rejected_records")
     assert record_id == 2
     assert reason.startswith("cannot be stored")
@@ -477,18 +479,36 @@ def test_calls_out_of_order_are_refused(conn: duckdb.DuckDBPyConnection) -> None
         incremental.missing_ids(conn)
 
 
-def test_stage_batches_are_bulk_inserted(conn: duckdb.DuckDBPyConnection, monkeypatch: pytest.MonkeyPatch) -> None:
-    inserts: list[int] = []
-    real_insert = staging.insert_batch
-
-    def counting_insert(conn: duckdb.DuckDBPyConnection, batch: Any, sql: str, params: Any = None) -> None:
-        inserts.append(batch.num_rows)
-        real_insert(conn, batch, sql, params)
-
-    monkeypatch.setattr(staging, "insert_batch", counting_insert)
-    sync(conn, [token(i, i % 24) for i in range(1, 5001)])
-
-    assert inserts == [5000]
+def test_small_and_large_batches_are_stored_alike(tmp_path: Path) -> None:
+    # Batches below ARROW_MIN_ROWS go to DuckDB as query parameters, larger ones as Arrow.
+    tokens = [token(i, i % 24, description=None if i % 7 else f"token {i}") for i in range(1, 2 * ARROW_MIN_ROWS + 1)]
+    tokens[5] = AccessToken.model_validate(
+        {"Id": 6, "UpdatedOn": "2024-03-01T09:00:00Z", "UniqueId": str(UUID(int=6)), "Colour": {"Red": [1, 2]}}
+    )
+    contracts = [
+        CoworkerContract(id=i, price=Decimal(i) / 3, cancellation_reason=i % 3 or None, updated_on=at(i % 60))
+        for i in range(1, 2 * ARROW_MIN_ROWS + 1)
+    ]
+    stored = []
+    for batch_rows in (ARROW_MIN_ROWS - 1, 2 * ARROW_MIN_ROWS):
+        conn = connect(str(tmp_path / f"{batch_rows}.duckdb"))
+        try:
+            for entity, records in ((ACCESS_TOKENS, tokens), (COWORKER_CONTRACTS, contracts)):
+                entity_sync = EntitySync(entity, run_id="run", mode="incremental", now=NOW)
+                entity_sync.begin(conn)
+                for start in range(0, len(records), batch_rows):
+                    entity_sync.stage(conn, records[start : start + batch_rows])
+                entity_sync.publish(conn)
+            stored.append(
+                [
+                    rows(conn, f"SELECT * FROM {qualified(entity)} ORDER BY id")
+                    for entity in (ACCESS_TOKENS, COWORKER_CONTRACTS)
+                ]
+            )
+        finally:
+            conn.close()
+    assert stored[0] == stored[1]
+    assert json.loads(stored[0][0][5][-3]) == {"Colour": {"Red": [1, 2]}}
 
 
 def test_a_large_publish_fits_a_small_memory_limit(db_path: Path) -> None:

@@ -516,7 +516,7 @@ def test_a_failed_command_is_recorded_and_retried_on_later_ticks_up_to_the_limit
 )
 def test_an_invalid_rule_sends_nothing_and_explains(make_project, broken, message):
     project = make_project(rules=[broken], live=True)
-    project.run()  # also stores the command catalogue the sensor checks against
+    project.run("nexudus_full_refresh")  # also stores the command catalogue the sensor checks against
     data = tick(project, "nexudus_rule_broken")
     assert data.run_requests == [] and message in data.skip_message
     failed = run_command(

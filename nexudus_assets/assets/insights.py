@@ -435,7 +435,7 @@ def insight_schemas(insights: Sequence[Insight]) -> dict[str, dg.TableSchema]:
     """
     schemas = {}
     with duckdb.connect() as empty:
-        ensure_schema(empty)
+        ensure_schema(empty, describe_columns=False)
         for insight in insights:
             defaults = {name: field.default for name, field in insight.config.model_fields.items()}
             parameters = sql_parameters(insight, {**defaults, "as_of": dt.datetime(2000, 1, 1)})

@@ -1,6 +1,7 @@
 """One raw asset per Nexudus entity: the API's records, typed, in `raw.<table>` and `raw.<table>_history`."""
 
 import datetime as dt
+from contextlib import nullcontext
 
 import dagster as dg
 from pydantic import Field
@@ -60,24 +61,25 @@ def build_raw_asset(entity: Entity) -> dg.AssetsDefinition:
         nexudus_api: NexudusApiResource,
         warehouse: WarehouseResource,
     ) -> dg.MaterializeResult:
-        with nexudus_api.get_client() as client:
+        # One write session: the checks read what the sync just committed, and the file is
+        # published once they have, before the materialization is reported.
+        with nexudus_api.get_client() as client, warehouse.get_connection() as conn:
             report = load_entity(
                 client,
-                warehouse.get_connection,
+                lambda: nullcontext(conn),
                 entity,
                 run_id=context.run.run_id,
                 full_refresh=config.full_refresh,
                 overlap=dt.timedelta(minutes=config.overlap_minutes),
                 max_delete_fraction=config.max_delete_fraction,
             )
+            metadata = table_metadata(conn, table, where="_deleted_at IS NULL", schema=schema)
+            check_results = evaluate_raw_checks(conn, entity)
         result = report.result
         context.log.info(
             f"{entity.name}: {report.mode} sync read {result.fetched} records in {report.requests} requests "
             f"({result.inserted} new, {result.updated} updated, {result.deleted} deleted, {result.rejected} rejected)"
         )
-        with warehouse.working_read_connection() as conn:
-            metadata = table_metadata(conn, table, where="_deleted_at IS NULL", schema=schema)
-            check_results = evaluate_raw_checks(conn, entity)
         return dg.MaterializeResult(
             check_results=check_results,
             metadata={

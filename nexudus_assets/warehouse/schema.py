@@ -18,7 +18,6 @@ from typing import Any, Union, get_args, get_origin
 from uuid import UUID
 
 import duckdb
-import pyarrow as pa
 from pydantic_core import to_jsonable_python
 
 from nexudus_assets.nexudus.entities import ENTITIES, Entity
@@ -49,12 +48,11 @@ class Column:
 
 @dataclass(frozen=True)
 class Kind:
-    """How one Python field type is stored: DuckDB column type, Arrow staging type, conversion."""
+    """How one Python field type is stored: its DuckDB column type, and the conversion on the way."""
 
     duckdb_type: str
-    arrow_type: pa.DataType
-    #: Applied to non-null values before Arrow sees them; None when Arrow takes them as they are.
-    to_arrow: Callable[[Any], Any] | None = None
+    #: Applied to non-null values before a batch goes to DuckDB; None when they go as they are.
+    convert: Callable[[Any], Any] | None = None
 
 
 def to_json(value: Any) -> str:
@@ -65,17 +63,17 @@ def to_json(value: Any) -> str:
 _DECIMAL_STEP = Decimal("0.0001")
 
 _KINDS: dict[type, Kind] = {
-    bool: Kind("BOOLEAN", pa.bool_()),
-    int: Kind("BIGINT", pa.int64()),
-    # Arrow refuses to drop digits, so values finer than the column's scale are rounded here.
-    Decimal: Kind("DECIMAL(18,4)", pa.decimal128(18, 4), lambda value: value.quantize(_DECIMAL_STEP)),
-    dt.datetime: Kind("TIMESTAMP", pa.timestamp("us")),
-    # Arrow has no UUID type DuckDB reads natively; the text is cast on insert.
-    UUID: Kind("UUID", pa.string(), str),
-    str: Kind("VARCHAR", pa.string()),
+    bool: Kind("BOOLEAN"),
+    int: Kind("BIGINT"),
+    # Rounded here, to the column's scale and as Python rounds: Arrow refuses to drop digits.
+    Decimal: Kind("DECIMAL(18,4)", lambda value: value.quantize(_DECIMAL_STEP)),
+    dt.datetime: Kind("TIMESTAMP"),
+    # As text: Arrow has no UUID type DuckDB reads natively.
+    UUID: Kind("UUID", str),
+    str: Kind("VARCHAR"),
 }
-_INT_ENUM = Kind("INTEGER", pa.int32(), int)
-_EXTRA = Kind("JSON", pa.string(), to_json)
+_INT_ENUM = Kind("INTEGER", int)
+_EXTRA = Kind("JSON", to_json)
 
 _DESCRIPTIONS = {
     "id": "Nexudus record Id; the primary key.",
@@ -220,13 +218,14 @@ _BOOKKEEPING_DDL = (
 )
 
 
-def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
+def ensure_schema(conn: duckdb.DuckDBPyConnection, *, describe_columns: bool = True) -> None:
     """Create the schema and its tables if missing and add columns models gained; one transaction.
 
     A warehouse written by an earlier version is upgraded in the same transaction: its tables move
     from schema `nexudus` to `raw`, and each history table starts with one version per row.
     Raises TypeError when an existing column's type no longer matches its model field: only
-    additive migrations are automatic.
+    additive migrations are automatic. `describe_columns=False` leaves out the column comments,
+    for a scratch database nobody reads.
     """
     with transaction(conn):
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
@@ -234,8 +233,8 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection) -> None:
         for ddl in _BOOKKEEPING_DDL:
             conn.execute(ddl)
         for entity in ENTITIES:
-            _ensure_table(conn, qualified(entity), table_columns(entity), primary_key="id")
-            if _ensure_table(conn, history_table(entity), history_columns(entity)):
+            _ensure_table(conn, qualified(entity), table_columns(entity), "id", describe_columns)
+            if _ensure_table(conn, history_table(entity), history_columns(entity), None, describe_columns):
                 _backfill_history(conn, entity)
 
 
@@ -295,7 +294,11 @@ def _backfill_history(conn: duckdb.DuckDBPyConnection, entity: Entity) -> None:
 
 
 def _ensure_table(
-    conn: duckdb.DuckDBPyConnection, table: str, columns: Sequence[Column], primary_key: str | None = None
+    conn: duckdb.DuckDBPyConnection,
+    table: str,
+    columns: Sequence[Column],
+    primary_key: str | None,
+    describe_columns: bool,
 ) -> bool:
     """Create the table or add the columns it lacks, and describe every column; True when created."""
     schema, name = table.split(".")
@@ -322,7 +325,7 @@ def _ensure_table(
             )
         # Kept in the database too, so that any DuckDB client sees what a column means. Written
         # only when it differs, so that an up-to-date schema costs no catalog write.
-        if comment != column.description:
+        if describe_columns and comment != column.description:
             text = column.description.replace("'", "''")
             conn.execute(f"COMMENT ON COLUMN {table}.{quote(column.name)} IS '{text}'")
     return created
