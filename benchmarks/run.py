@@ -373,14 +373,19 @@ def measure_incremental(bench: Bench, sim: Simulator) -> None:
         total = {"access_tokens": bench.sizes.tokens, "coworker_contracts": bench.sizes.contracts,
                  "coworker_time_passes": bench.sizes.passes}[table]
         changed[table] = len(sim.mutate(table, update=max(1, total // 100))["updated"])
-    progress(f"3   incremental sync after changing 1% ({changed}), same warehouse")
-    home = bench.fresh("m3-incremental")[1]
-    sim.reset_stats()
-    seconds = run_job(sim, "m3-incremental", database=bench.synced_50k, home=home, pacing=False,
-                      timeout=600).seconds
+    walls = []
+    for attempt in range(1, bench.repeat + 1):
+        tag = f" (round {attempt} of {bench.repeat})" if bench.repeat > 1 else ""
+        progress(f"3   incremental sync after changing 1% ({changed}), a copy of the synced warehouse{tag}")
+        # Each round starts from the same synced state and reads the same changes.
+        database, home = bench.fresh("m3-incremental")
+        shutil.copy(bench.synced_50k, database)
+        sim.reset_stats()
+        walls.append(run_job(sim, "m3-incremental", database=database, home=home, pacing=False, timeout=600).seconds)
+    seconds = statistics.median(walls)
     stats = sim.stats()
     made = list_requests(stats)
-    with warehouse(bench.synced_50k) as conn:
+    with warehouse(database) as conn:
         logged = dict(conn.execute(
             "SELECT entity, requests FROM raw._sync_log QUALIFY row_number() OVER "
             "(PARTITION BY entity ORDER BY finished_at DESC) = 1").fetchall())
@@ -389,7 +394,7 @@ def measure_incremental(bench: Bench, sim: Simulator) -> None:
             "(PARTITION BY entity ORDER BY finished_at DESC) = 1").fetchall())
     bench.details["3"] = {"changed": changed, "list_requests": made, "sync_log_requests": logged,
                           "fetched": fetched, "all_requests": stats["requests"], "by_path": stats["by_path"],
-                          "wall_s": seconds}
+                          "wall_s": seconds, "walls_s": walls}
     m = "3 incremental, 1% changed"
     for table, _, _ in ENTITIES:
         minimum = math.ceil(changed[table] / PAGE_SIZE) + 1
@@ -402,7 +407,7 @@ def measure_incremental(bench: Bench, sim: Simulator) -> None:
     bare = bare_job_seconds(bench)
     bare_events = bench.details["bare_events"]
     bench.add(Row(m, "other requests in the run", others, "", note="the command catalogue, GET <entity>/commands"),
-              Row(m, "wall (CLI job)", seconds, "s"),
+              Row(m, "wall (CLI job)", seconds, "s", note=f"median of {len(walls)}" if len(walls) > 1 else ""),
               Row(m, "bare three-asset job, same way (median of 3)", bare, "s"),
               Row(m, "ours / bare job", seconds / bare, "", "<= 2", "pass" if seconds / bare <= 2 else "miss"),
               Row(m, "events the run wrote to the instance", events["events"], "",
@@ -443,6 +448,10 @@ def measure_paced(bench: Bench) -> None:
             "pass" if seconds <= limit else "miss"),
         Row(m, "API steps / rate floor", step_groups(steps)["api"][1] / rate_floor, "",
             note=f"the steps that call the API: {step_groups(steps)['api'][1]:.1f} s"),
+        # Booking each request when its answer is in is what keeps it never early at the server,
+        # so a request costs at least 100 ms + margin + the delay on the way in + the server's time.
+        Row(m, "API steps per request", step_groups(steps)["api"][1] / stats["requests"] * 1000, "ms",
+            note="floor: 100 ms + 10 ms margin + 0-150 ms delay (75 on average) + the server's time"),
     )
 
 
