@@ -81,6 +81,13 @@ def test_dates_with_z_offset_or_bare(value, expected):
     assert parse_record(ACCESS_TOKENS, {"Id": 1, "ValidTo": value}).valid_to == expected
 
 
+@pytest.mark.parametrize("value", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:00:00-02:00"])
+def test_a_date_out_of_range_in_utc_rejects_its_record_naming_the_field(value):
+    with pytest.raises(RecordValidationError) as bad:
+        parse_record(ACCESS_TOKENS, {"Id": 7, "ValidTo": value})
+    assert bad.value.record_id == 7 and "ValidTo" in str(bad.value) and "out of range" in str(bad.value)
+
+
 def test_empty_strings_are_null_and_unknown_fields_are_kept():
     token = parse_record(ACCESS_TOKENS, {"Id": 1, "Description": "", "MinutesLeft": "", "Shiny": {"new": 1}})
     assert token.description is None and token.minutes_left is None

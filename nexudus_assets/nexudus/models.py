@@ -46,9 +46,14 @@ def _utc_stamp(value: Any) -> Any:
 
 
 def _to_naive_utc(moment: dt.datetime) -> dt.datetime:
-    if moment.tzinfo is not None:
+    if moment.tzinfo is None:
+        return moment
+    try:
         return moment.astimezone(dt.UTC).replace(tzinfo=None)
-    return moment
+    except OverflowError:
+        # 0001-01-01T00:00:00+01:00 is a year before the first one datetime holds: a bad value
+        # of this record, not an error of the sync.
+        raise ValueError("a date that is out of range once converted to UTC") from None
 
 
 #: The reference types Ids as `int`, which in the .NET the API is written in is a signed
