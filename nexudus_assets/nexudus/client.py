@@ -54,6 +54,7 @@ DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 #: nesting pydantic_core's parser stops at: far beyond any record's shape, and far short of
 #: exhausting the stack.
 MAX_JSON_DEPTH = 200
+_TOO_DEEP = f"an answer nested more than {MAX_JSON_DEPTH} levels deep"
 
 #: Requests that change something: they also count against the write limits.
 WRITE_METHODS = frozenset({"POST", "PUT", "DELETE"})
@@ -583,15 +584,15 @@ def _load_json(body: bytes) -> Any:
         return from_json(body, cache_strings="keys")
     except ValueError as exc:
         if str(exc).startswith("recursion limit exceeded"):
-            raise _UnusableAnswer(f"an answer nested more than {MAX_JSON_DEPTH} levels deep") from None
+            raise _UnusableAnswer(_TOO_DEEP) from None
     # The standard parser also reads what the fast one refuses although JSON allows it, such as
     # a byte-order mark, UTF-16 or an escaped lone surrogate; a malformed body fails here too.
     try:
         value = json.loads(body)
     except RecursionError:
-        raise _UnusableAnswer(f"an answer nested more than {MAX_JSON_DEPTH} levels deep") from None
+        raise _UnusableAnswer(_TOO_DEEP) from None
     if _nested_deeper_than(value, MAX_JSON_DEPTH):
-        raise _UnusableAnswer(f"an answer nested more than {MAX_JSON_DEPTH} levels deep")
+        raise _UnusableAnswer(_TOO_DEEP)
     return value
 
 
