@@ -7,14 +7,24 @@ paces takes an exclusive `flock` on a file named after the account for as long a
 open. The kernel drops that lock when the process dies, however it dies: a killed run never
 leaves the account claimed, unlike a slot in a Dagster concurrency pool, which stays taken
 until something marks the dead run as finished.
+
+The lock files live in a directory private to the user running the process (0700, owned by
+them): `nexudus-assets-leases-<uid>` in the temp directory. Its name is predictable, and the lock
+file's name follows from the account's public base URL and e-mail, so another local user could
+prepare either in advance: a directory they own, or a symlink in place of the lock file pointing
+at a file of ours that truncating would destroy. So the directory is checked before use (not a
+link, owned by us, closed to group and others) and refused, naming it, otherwise; the lock file is
+opened with `O_NOFOLLOW` and never truncated through a link or a second name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import logging
 import os
+import stat
 import tempfile
 import threading
 import time
@@ -27,11 +37,18 @@ from nexudus_assets.nexudus.pacing import account_key
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DIRECTORY = Path(tempfile.gettempdir()) / "nexudus-assets-leases"
+
+def default_directory() -> Path:
+    """The lease directory of the user running this process."""
+    return Path(tempfile.gettempdir()) / f"nexudus-assets-leases-{os.geteuid()}"
 
 
 class LeaseTimeoutError(NexudusError):
     """Another process kept the account for longer than this one was willing to wait."""
+
+
+class LeaseDirectoryError(NexudusError):
+    """The lease directory or a lock file in it could be used by another local user; nothing was written."""
 
 
 @dataclass
@@ -53,14 +70,14 @@ class AccountLease:
         base_url: str,
         username: str,
         *,
-        directory: Path = DEFAULT_DIRECTORY,
+        directory: Path | None = None,
         timeout: float = 3600.0,
         poll: float = 0.2,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         # Hashed: the file name must not reveal which user the account is.
         digest = hashlib.sha256("\n".join(account_key(base_url, username)).encode()).hexdigest()[:24]
-        self.path = directory / f"{digest}.lock"
+        self.path = (directory or default_directory()) / f"{digest}.lock"
         self.timeout = timeout
         self._poll = poll
         self._clock = clock
@@ -96,8 +113,8 @@ class AccountLease:
                 os.close(held.fd)  # closing the descriptor drops the flock
 
     def _lock_file(self) -> float:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        _ensure_private_directory(self.path.parent)
+        fd = _open_lock_file(self.path)
         started = self._clock()
         announced = False
         try:
@@ -124,6 +141,47 @@ class AccountLease:
         os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
         _held[self.path] = _Held(fd=fd, holders=1)
         return self._clock() - started
+
+
+def _ensure_private_directory(directory: Path) -> None:
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):  # whatever is there is checked next
+        directory.mkdir(mode=0o700)
+    found = os.lstat(directory)
+    problem = None
+    if stat.S_ISLNK(found.st_mode):
+        problem = "is a symbolic link"
+    elif not stat.S_ISDIR(found.st_mode):
+        problem = "is not a directory"
+    elif found.st_uid != os.geteuid():
+        problem = f"belongs to uid {found.st_uid}, not to this process's user (uid {os.geteuid()})"
+    elif found.st_mode & 0o077:
+        problem = f"is open to other users (mode {stat.S_IMODE(found.st_mode):04o}, not 0700)"
+    if problem is not None:
+        raise LeaseDirectoryError(
+            f"the account lease directory {directory} {problem}, so another local user could take over its"
+            " lock files; nothing was written. Remove it (or make it a 0700 directory of this user) and start"
+            " again."
+        )
+
+
+def _open_lock_file(path: Path) -> int:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        raise LeaseDirectoryError(
+            f"the account lease file {path} cannot be opened safely ({error.strerror}); a symbolic link there is"
+            " never followed. Remove it and start again."
+        ) from None
+    found = os.fstat(fd)
+    # A second name (a hard link) would let truncating the lock file destroy another file.
+    if not stat.S_ISREG(found.st_mode) or found.st_nlink != 1 or found.st_uid != os.geteuid():
+        os.close(fd)
+        raise LeaseDirectoryError(
+            f"the account lease file {path} is not a plain file of this user with one name; nothing was"
+            " written. Remove it and start again."
+        )
+    return fd
 
 
 def _read_owner(fd: int) -> str:
