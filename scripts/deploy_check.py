@@ -47,6 +47,8 @@ JOBS = {"nexudus_sync", "nexudus_full_refresh", "nexudus_freshness", COMMAND_JOB
 MAX_RETRIES_TAG = "dagster/max_retries"
 BIN = Path(sys.executable).parent
 CODE_SERVER_LOAD_SECONDS = 180
+#: Where the images mount the warehouse volume (NEXUDUS_DUCKDB_PATH's directory in compose).
+WAREHOUSE_DIRECTORY = "/opt/dagster/data"
 
 _QUOTED_VARIABLE = re.compile(r"""["'](NEXUDUS_[A-Z0-9_]*[A-Z0-9])["']""")
 _ENV_LINE = re.compile(r"^\s*(?P<comment>#\s*)?(?P<name>[A-Z][A-Z0-9_]*)=")
@@ -246,7 +248,29 @@ def dockerfile_problems(path: Path = DEPLOY / "Dockerfile") -> list[str]:
     ):
         if needed not in text:
             problems.append(f"missing `{needed}`")
-    return problems
+    return problems + dockerfile_user_problems(text)
+
+
+def dockerfile_user_problems(text: str, volume_directory: str = WAREHOUSE_DIRECTORY) -> list[str]:
+    """The processes run as a user other than root, who owns the directory the warehouse volume mounts.
+
+    A fresh named volume takes the owner of the image's directory it is mounted over, so the
+    directory is created and chowned in the image before the USER line.
+    """
+    lines = [line.strip() for line in text.splitlines()]
+    users = [index for index, line in enumerate(lines) if line.startswith("USER ")]
+    if not users:
+        return ["no USER line: the processes would run as root"]
+    user = lines[users[-1]].removeprefix("USER ").strip().split(":")[0]
+    if user in ("root", "0"):
+        return [f"USER {user}: the processes would run as root"]
+    before_user = "\n".join(lines[: users[-1]])
+    chowned = re.search(
+        rf"chown\s+(-R\s+)?{re.escape(user)}(:\S+)?\s+[^\n]*{re.escape(volume_directory)}(\s|$)", before_user
+    )
+    if chowned is None or f"mkdir -p {volume_directory}" not in before_user:
+        return [f"{volume_directory} (the warehouse volume) is not created and chowned to {user} before USER {user}"]
+    return []
 
 
 def helm_problems(values: Mapping[str, Any]) -> list[str]:
@@ -336,7 +360,10 @@ def static_checks() -> list[tuple[str, Callable[[], list[str]]]]:
             "deploy/dagster.yaml: PostgreSQL storage, run queue, monitoring, retries, telemetry",
             lambda: instance_problems(load_yaml(DEPLOY / "dagster.yaml")),
         ),
-        ("deploy/Dockerfile: the code server command, WORKDIR, DAGSTER_HOME", dockerfile_problems),
+        (
+            "deploy/Dockerfile: the code server command, WORKDIR, DAGSTER_HOME, an unprivileged USER",
+            dockerfile_problems,
+        ),
         (
             "deploy/workspace.yaml: the code_server service over gRPC",
             lambda: workspace_problems(load_yaml(DEPLOY / "workspace.yaml"), compose, dockerfile_command()),

@@ -10,15 +10,30 @@ data when it opens the path again.
 
 Write sessions take an exclusive lock on a third file (`.<stem>.lock`) for their whole length, so
 two never interleave, and a working file is never copied while another process writes it.
+
+DuckDB replays a log found beside a file when it opens it (`<file>.wal`, and `.wal.checkpoint`,
+`.wal.recovery` while a checkpoint is under way). Someone who writes in the published file and is
+killed leaves one, written for the old file; beside the new file DuckDB refuses to open it at all.
+So a publish first removes the published file's logs, then renames the new file in: nobody can
+open the new file under that name with the old log still there. A reader that still cannot open
+the published file (a log written in the short moment between the two) reads the working file.
+
+The files hold members' names and access codes: what a run creates (the working file, its log,
+its spills, a first published file, the lock) is private to the user running it (0600), whatever
+the umask. A publish gives the new file the mode (and, where allowed, the group) of the file it
+replaces, so an operator's `chmod 640` and `chgrp analysts` survive every sync.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
 import shutil
+import stat
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -41,6 +56,13 @@ _HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.+?) \(PID (?P<pi
 _BUSY_MARKERS = ("Could not set lock on file", "Conflicting lock", "WAL does not match database file")
 _FIRST_POLL_SECONDS = 0.05
 _LONGEST_POLL_SECONDS = 1.0
+#: Beside a database file, what DuckDB reads when it opens it.
+_LOG_SUFFIXES = (".wal", ".wal.checkpoint", ".wal.recovery")
+_PRIVATE = 0o600
+#: Files DuckDB creates follow the umask; sessions of all threads share one restricted umask.
+_umask_lock = threading.Lock()
+_umask_holders = 0
+_umask_before = 0
 
 
 class WarehouseError(RuntimeError):
@@ -134,24 +156,28 @@ class WarehouseFiles:
         candidates = [path for path in (self.published, self.working) if path.exists()]
         if not candidates:
             raise self._not_synced()
-        holders = []
+        holders, unreadable = [], []
         for path in candidates:
             try:
                 conn = self._open(path, read_only=True)
             except duckdb.Error as error:
-                if not _is_busy(error):
-                    raise self._unreadable(path, error) from None
-                holders.append(f"{path} is held by {_holder_of(error)}")
+                # Whatever keeps the published file from opening, the working file may still open.
+                if _is_busy(error):
+                    holders.append(f"{path} is held by {_holder_of(error)}")
+                else:
+                    unreadable.append(self._unreadable(path, error))
                 continue
             try:
                 yield conn
             finally:
                 conn.close()
             return
+        if not holders:
+            raise unreadable[0]
         raise WarehouseBusyError(
-            f"The warehouse cannot be read now: {'; '.join(holders)}. A run publishes a fresh copy when it"
-            " finishes a step; try again then. Open the published file read-only (`duckdb -readonly`) to"
-            " never stand in the way."
+            f"The warehouse cannot be read now: {'; '.join(holders + [str(e) for e in unreadable])}. A run"
+            " publishes a fresh copy when it finishes a step; try again then. Open the published file read-only"
+            " (`duckdb -readonly`) to never stand in the way."
         )
 
     def _not_synced(self) -> WarehouseNotSyncedError:
@@ -161,6 +187,10 @@ class WarehouseFiles:
 
     def _open(self, path: Path, *, read_only: bool) -> duckdb.DuckDBPyConnection:
         return connect(str(path), read_only=read_only, config=self.config)
+
+    def logs_of(self, path: Path) -> list[Path]:
+        """The files beside `path` DuckDB would replay into it on opening."""
+        return [path.with_name(path.name + suffix) for suffix in _LOG_SUFFIXES]
 
     def _open_working(self, deadline: float, *, read_only: bool, seeded: bool) -> duckdb.DuckDBPyConnection:
         pause = _FIRST_POLL_SECONDS
@@ -199,7 +229,8 @@ class WarehouseFiles:
     def _session(self, deadline: float) -> Iterator[bool]:
         """Holds the session lock; yields whether the working file was just seeded from the published one."""
         self.published.parent.mkdir(parents=True, exist_ok=True)
-        with self.lock.open("a+") as lock_file:
+        lock_fd = os.open(self.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _PRIVATE)
+        with _private_files(), os.fdopen(lock_fd, "a+") as lock_file:
             self._acquire(lock_file, deadline)
             try:
                 lock_file.seek(0)
@@ -228,8 +259,6 @@ class WarehouseFiles:
         """A published file without a working file (an upgrade, a restored backup) is where runs go on from."""
         if self.working.exists() or not self.published.exists():
             return False
-        # A log left by a working file deleted by hand belongs to that file, not to this copy.
-        Path(f"{self.working}.wal").unlink(missing_ok=True)
         self._copy_into_place(self.published, self.working)
         return True
 
@@ -237,17 +266,22 @@ class WarehouseFiles:
         self._copy_into_place(self.working, self.published)
 
     def _copy_into_place(self, source: Path, target: Path) -> None:
-        """Copy, fsync, rename: whoever opens `target` finds the old file or the whole new one."""
+        """Copy, fsync, drop `target`'s logs, rename: whoever opens `target` finds the old file or the whole new one."""
         prefix = f".{target.name.lstrip('.')}."
         # Left by a copy killed midway; the session lock is ours, so no copy is under way.
         for leftover in target.parent.glob(f"{prefix}*.partial"):
             leftover.unlink(missing_ok=True)
         partial = target.with_name(f"{prefix}{uuid.uuid4().hex}.partial")
         try:
-            with source.open("rb") as reader, partial.open("wb") as writer:
+            with source.open("rb") as reader, _create_like(partial, target) as writer:
                 shutil.copyfileobj(reader, writer, length=1 << 20)
                 writer.flush()
                 os.fsync(writer.fileno())
+            # Logs beside `target` were written for the file being replaced (an analyst's write
+            # killed midway, a working file deleted by hand); replayed into the new one, they
+            # would stop DuckDB from opening it.
+            for log in self.logs_of(target):
+                log.unlink(missing_ok=True)
             os.replace(partial, target)
         except BaseException:
             partial.unlink(missing_ok=True)
@@ -257,3 +291,44 @@ class WarehouseFiles:
             os.fsync(directory)
         finally:
             os.close(directory)
+
+
+def _create_like(path: Path, replaced: Path) -> IO[bytes]:
+    """A new file at `path`, private, or with the mode and group of `replaced` when there is one."""
+    writer = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _PRIVATE), "wb")
+    try:
+        before = os.stat(replaced)
+    except FileNotFoundError:
+        return writer
+    try:
+        os.fchmod(writer.fileno(), stat.S_IMODE(before.st_mode))
+        if before.st_gid != os.fstat(writer.fileno()).st_gid:
+            # Allowed to the file's owner in that group, or to root; otherwise the group is the user's.
+            with contextlib.suppress(PermissionError):
+                os.fchown(writer.fileno(), -1, before.st_gid)
+    except BaseException:
+        writer.close()
+        raise
+    return writer
+
+
+@contextmanager
+def _private_files() -> Iterator[None]:
+    """While any session of this process is open, what it creates is readable by its user only.
+
+    The umask is the process's, so the first session in restricts it and the last one out puts back
+    what was there. DuckDB creates the files itself and offers no mode of its own.
+    """
+    global _umask_holders, _umask_before
+    with _umask_lock:
+        if _umask_holders == 0:
+            _umask_before = os.umask(0o077)
+            os.umask(_umask_before | 0o077)
+        _umask_holders += 1
+    try:
+        yield
+    finally:
+        with _umask_lock:
+            _umask_holders -= 1
+            if _umask_holders == 0:
+                os.umask(_umask_before)

@@ -34,11 +34,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sqlite3
 import sys
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -162,6 +163,10 @@ class CommandLedger:
         """Creates an empty ledger at `path`, or opens the one already there."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Private from the start: SQLite would create it 0644, and gives its journals the file's mode.
+        # An existing ledger keeps the mode its operator gave it.
+        with suppress(FileExistsError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
         try:
             with closing(sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)) as conn:
                 conn.execute("BEGIN IMMEDIATE")
