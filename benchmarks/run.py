@@ -6,6 +6,7 @@ this run. Prints one table at the end and writes the same figures to benchmarks/
     python benchmarks/run.py              # the real sizes (about 6 minutes on 2 cores)
     python benchmarks/run.py --quick      # 10x smaller, to check the harness
     python benchmarks/run.py --only 1,3   # some measurements
+    python benchmarks/run.py --only 7     # the hourly run at 1.2M records against 10k
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 
 import duckdb
 import httpx
+from nexudus_assets.warehouse import WarehouseFiles
 from processes import ENTITIES, PASSWORD, USERNAME, BenchmarkError, Measured, Simulator, run_measured
 
 HERE = Path(__file__).resolve().parent
@@ -57,14 +59,19 @@ class Sizes:
     big_tokens: int
     #: Hourly runs in the instance of measurement 6: a year.
     year_runs: int
+    #: (tokens, contracts, passes) of measurement 7's large and small accounts.
+    scaling_big: tuple[int, int, int]
+    scaling_small: tuple[int, int, int]
 
     @property
     def records(self) -> int:
         return self.tokens + self.contracts + self.passes
 
 
-FULL = Sizes(tokens=30_000, contracts=10_000, passes=10_000, big_tokens=1_000_000, year_runs=8_760)
-QUICK = Sizes(tokens=3_000, contracts=1_000, passes=1_000, big_tokens=100_000, year_runs=500)
+FULL = Sizes(tokens=30_000, contracts=10_000, passes=10_000, big_tokens=1_000_000, year_runs=8_760,
+             scaling_big=(1_000_000, 100_000, 100_000), scaling_small=(8_000, 1_000, 1_000))
+QUICK = Sizes(tokens=3_000, contracts=1_000, passes=1_000, big_tokens=100_000, year_runs=500,
+              scaling_big=(100_000, 10_000, 10_000), scaling_small=(800, 100, 100))
 
 
 @dataclass
@@ -535,6 +542,63 @@ def measure_year_of_runs(bench: Bench) -> None:
                             f"python benchmarks/year_of_runs.py <new DAGSTER_HOME> {runs}")
 
 
+def copy_warehouse(source: Path, target: Path) -> None:
+    """The published file and the working file beside it, as an hourly run finds them."""
+    for path, copy in ((source, target), (WarehouseFiles(source).working, WarehouseFiles(target).working)):
+        shutil.copy(path, copy)
+
+
+def measure_scaling(bench: Bench, limit: float = 1.3) -> None:
+    """Measurement 7: the hourly run's cost against the size of the account, 1% changed in both.
+
+    A warehouse of 1.2M records (1M tokens, 100k contracts, 100k passes) against one of 10k, each
+    synced once (not measured), then 1% of every entity changed upstream, then the hourly job from
+    a copy of the synced file, the two sizes alternating round by round.
+    """
+    sizes = {"big": bench.sizes.scaling_big, "small": bench.sizes.scaling_small}
+    with simulator("7-big", *sizes["big"]) as big_sim, simulator("7-small", *sizes["small"]) as small_sim:
+        sims = {"big": big_sim, "small": small_sim}
+        synced: dict[str, Path] = {}
+        changed: dict[str, dict[str, int]] = {}
+        for name, sim in sims.items():
+            progress(f"7   full sync of the {name} account first (not measured)")
+            database, home = bench.fresh(f"m7-{name}-setup")
+            run_job(sim, f"m7-{name}-setup", database=database, home=home, pacing=False, timeout=3600)
+            synced[name] = database
+            changed[name] = {
+                table: len(sim.mutate(table, update=max(1, total // 100))["updated"])
+                for (table, _, _), total in zip(ENTITIES, sizes[name], strict=True)
+            }
+        walls: dict[str, list[float]] = {"big": [], "small": []}
+        steps: dict[str, dict[str, float]] = {}
+        in_run: dict[str, list[float]] = {"big": [], "small": []}
+        for attempt in range(1, bench.repeat + 1):
+            for name, sim in sims.items():
+                progress(f"7   hourly run, {name} account, 1% changed (round {attempt} of {bench.repeat})")
+                database, home = bench.fresh(f"m7-{name}")
+                copy_warehouse(synced[name], database)
+                measured = run_job(sim, f"m7-{name}", database=database, home=home, pacing=False, timeout=1200)
+                walls[name].append(measured.seconds)
+                seconds, steps[name] = run_timings(home)
+                in_run[name].append(seconds)
+        file_mb = {name: synced[name].stat().st_size / (1 << 20) for name in sims}
+    bench.details["7"] = {"sizes": sizes, "changed": changed, "walls_s": walls, "in_run_s": in_run,
+                          "steps_s": steps, "file_mb": file_mb}
+    m = "7 hourly run, 1.2M vs 10k records"
+    median = {name: statistics.median(values) for name, values in walls.items()}
+    for name in sims:
+        slowest = sorted(steps[name].items(), key=lambda item: -item[1])[:4]
+        bench.add(Row(m, f"{name}: wall (CLI job)", median[name], "s",
+                      note=f"{sum(sizes[name]):,} records, {file_mb[name]:.0f} MB file, inside the run "
+                           f"{statistics.median(in_run[name]):.1f} s; slowest steps "
+                           + ", ".join(f"{key} {value:.2f} s" for key, value in slowest)))
+    bench.add(ratio_row(m, "1.2M / 10k", [b / s for b, s in zip(walls["big"], walls["small"], strict=True)], limit))
+    bench.note_command("7", "python benchmarks/run.py --only 7   # a full sync of each account, POST "
+                            '/_simulator/mutate {"entity": <table>, "update": <1%>} per entity, then per round:')
+    for name, sim in sims.items():
+        bench.note_command("7", f"({name}) " + job_line(sim, pacing=False).replace("<new file>", "<a copy of the synced file>"))
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -551,7 +615,7 @@ def print_table(rows: list[Row]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="10x smaller data, to check the harness")
-    parser.add_argument("--only", default="1,2,3,4,5,6", help="comma-separated measurement numbers")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7", help="comma-separated measurement numbers")
     parser.add_argument("--repeat", type=int, help="rounds of measurement 1, median reported (default 3; 1 with --quick)")
     args = parser.parse_args(argv)
     only = {int(part) for part in args.only.split(",") if part.strip()}
@@ -565,6 +629,7 @@ def main(argv: list[str] | None = None) -> int:
             ({2}, "2", lambda: measure_paced(bench)),
             ({4, 5}, "4/5", lambda: measure_million(bench, memory=4 in only, insights=5 in only)),
             ({6}, "6", lambda: measure_year_of_runs(bench)),
+            ({7}, "7", lambda: measure_scaling(bench)),
         ]
         for numbers, label, step in steps:
             if not numbers & only:
