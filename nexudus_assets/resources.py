@@ -90,6 +90,10 @@ class NexudusApiResource(dg.ConfigurableResource):
     _session: BearerAuth | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        if self.totp:
+            # NEXUDUS_TOTP is resolved only now, in the run: checked here, it fails naming itself
+            # before any step signs in.
+            Credentials(self.username, SecretStr(self.password), SecretStr(self.totp)).totp_code()
         if self.auth == "bearer":
             credentials = Credentials(
                 self.username, SecretStr(self.password), SecretStr(self.totp) if self.totp else None
