@@ -4,6 +4,7 @@ Their values come from `nexudus_assets.settings`, which reads the environment.
 """
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -130,22 +131,39 @@ class CommandLedgerResource(dg.ConfigurableResource):
         return Path(self.path) if self.path else default_ledger_path(warehouse_database)
 
 
+#: Seconds one alert may take to deliver, answer included: a webhook that trickles its answer
+#: would otherwise hold the sensor's tick for as long as it likes.
+ALERT_DEADLINE_SECONDS = 10.0
+
+
 class AlertWebhookResource(dg.ConfigurableResource):
-    """Where alerts go: a Slack-style incoming webhook (`{"text": ...}`), or only the log."""
+    """Where alerts go: an incoming webhook taking `{"text": ...}` (Slack, Mattermost, Teams-style
+    receivers), or only the log."""
 
     url: str | None = Field(default=None, description="NEXUDUS_ALERT_WEBHOOK_URL; a secret, never logged.")
 
     def send(self, text: str, log: logging.Logger) -> None:
-        """Logs the alert and posts it; raises when the webhook does not take it."""
+        """Logs the alert and posts it; raises RuntimeError unless the webhook answers 2xx in time.
+
+        A redirect is not followed (it would carry the alert somewhere nobody configured) and
+        counts as undelivered, as does any answer after `ALERT_DEADLINE_SECONDS`.
+        """
         log.warning("alert: %s", text)
         if not self.url:
             return
+        deadline = time.monotonic() + ALERT_DEADLINE_SECONDS
         try:
-            response = httpx.post(self.url, json={"text": text}, timeout=10)
+            with (
+                httpx.Client(timeout=ALERT_DEADLINE_SECONDS, follow_redirects=False) as http,
+                http.stream("POST", self.url, json={"text": text}) as response,
+            ):
+                for _ in response.iter_bytes():
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"the alert webhook did not answer within {ALERT_DEADLINE_SECONDS:g}s")
         except httpx.HTTPError as exc:  # its message may carry the URL, which holds the secret
             raise RuntimeError(f"the alert webhook could not be reached ({type(exc).__name__})") from None
-        if response.is_error:
-            raise RuntimeError(f"the alert webhook answered HTTP {response.status_code}")
+        if not response.is_success:
+            raise RuntimeError(f"the alert webhook answered HTTP {response.status_code}, not 2xx")
 
 
 class WarehouseResource(DuckDBResource):
