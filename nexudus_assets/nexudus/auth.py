@@ -16,7 +16,7 @@ from typing import Any, Literal, Protocol
 import pyotp
 from pydantic import SecretStr
 
-from nexudus_assets.nexudus.entities import ENTITIES, Entity
+from nexudus_assets.nexudus.entities import ENTITIES, entity_of
 from nexudus_assets.nexudus.errors import AuthenticationError, SignInRefusedError
 
 AuthScheme = Literal["basic", "bearer"]
@@ -150,15 +150,6 @@ def required_role(method: str, path: str) -> str | None:
     else:
         action = "Edit"
     return f"{entity.name}-{action}"
-
-
-def entity_of(path: str) -> Entity | None:
-    """The entity whose endpoint `path` (relative to the API base) is under, or None."""
-    bare = path.strip("/").lower()
-    for entity in ENTITIES:
-        if bare == entity.path or bare.startswith(entity.path + "/"):
-            return entity
-    return None
 
 
 #: One memo per process, shared by every client.

@@ -29,10 +29,9 @@ from nexudus_assets.nexudus.auth import (
     BasicAuth,
     BearerAuth,
     Credentials,
-    entity_of,
     required_role,
 )
-from nexudus_assets.nexudus.entities import Entity
+from nexudus_assets.nexudus.entities import Entity, entity_of
 from nexudus_assets.nexudus.errors import (
     APIError,
     AuthenticationError,

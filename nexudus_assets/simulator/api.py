@@ -14,8 +14,7 @@ from email.message import Message
 from typing import Any
 from urllib.parse import parse_qsl
 
-from nexudus_assets.nexudus.auth import entity_of
-from nexudus_assets.nexudus.entities import ENTITIES, Entity
+from nexudus_assets.nexudus.entities import ENTITIES, Entity, entity_of
 from nexudus_assets.simulator.core import Simulator
 from nexudus_assets.simulator.sign_in import TokenError
 

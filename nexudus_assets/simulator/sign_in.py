@@ -10,11 +10,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from nexudus_assets.nexudus.auth import Totp
+import pyotp
 
 #: The administrator a simulator signs in unless told otherwise.
 DEFAULT_USERNAME = "admin@example.com"
 DEFAULT_PASSWORD = "simulator-password"
+
+
+class _Totp(pyotp.TOTP):
+    """Accepts the 80-bit secrets real authenticator apps hold, which pyotp refuses by default."""
+
+    min_secret_length_bits = 80
 
 
 class TokenError(Exception):
@@ -46,7 +52,7 @@ class Accounts:
     ) -> None:
         self.username = username
         self._password = password
-        self._totp = Totp(totp_secret) if totp_secret else None
+        self._totp = _Totp(totp_secret) if totp_secret else None
         #: As live accounts do: a sign-in voids the access and refresh tokens issued before to its client_id.
         self.one_token_per_client_id = one_token_per_client_id
         self.access_token_ttl = access_token_ttl
