@@ -108,19 +108,17 @@ def build_alert_sensor(
             if not evaluation.passed:
                 failing = failing | {name}
                 yield Alert(
-                    f":warning: Nexudus check failed: {name} ({evaluation.severity.value}) in run {run_id[:8]}. "
+                    f"Nexudus check failed: {name} ({evaluation.severity.value}) in run {run_id[:8]}. "
                     f"{_summary(evaluation.metadata)}",
                     failing,
                 )
             elif name in failing:
                 failing = failing - {name}
-                yield Alert(
-                    f":white_check_mark: Nexudus check recovered: {name} passes again (run {run_id[:8]}).", failing
-                )
+                yield Alert(f"Nexudus check recovered: {name} passes again (run {run_id[:8]}).", failing)
         entry = run_end.event_log_entry
         if entry.dagster_event_type == dg.DagsterEventType.RUN_FAILURE and entry.job_name in watched_jobs:
             reason = (entry.dagster_event.message or "").splitlines()[0] if entry.dagster_event else ""
-            yield Alert(f":x: Nexudus run failed: {entry.job_name} (run {run_id[:8]}). {reason}", failing)
+            yield Alert(f"Nexudus run failed: {entry.job_name} (run {run_id[:8]}). {reason}", failing)
 
     @dg.sensor(
         name="nexudus_alerts",

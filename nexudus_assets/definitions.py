@@ -29,6 +29,8 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             password=settings.password,
             auth=settings.auth,
             totp=settings.totp,
+            client_id=settings.client_id,
+            throttle_patience=settings.throttle_patience,
             page_size=settings.page_size,
             request_deadline=settings.request_deadline,
             max_body_bytes=settings.max_body_bytes,

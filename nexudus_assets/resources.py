@@ -4,6 +4,7 @@ Their values come from `nexudus_assets.settings`, which reads the environment.
 """
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,12 +13,13 @@ import dagster as dg
 import duckdb
 import httpx
 from dagster_duckdb import DuckDBResource
-from pydantic import Field
+from pydantic import Field, PrivateAttr, SecretStr
 
-from nexudus_assets.nexudus import DEFAULT_BASE_URL, NexudusClient, RateLimits, Window
-from nexudus_assets.nexudus.auth import AuthScheme
+from nexudus_assets.nexudus import DEFAULT_BASE_URL, NexudusClient, RateLimits, RetryPolicy, Window
+from nexudus_assets.nexudus.auth import AuthScheme, BearerAuth, Credentials
 from nexudus_assets.nexudus.client import DEFAULT_MAX_BODY_BYTES, DEFAULT_REQUEST_DEADLINE, MAX_PAGE_SIZE
 from nexudus_assets.nexudus.paging import DEFAULT_MAX_PAGES
+from nexudus_assets.nexudus.retry import DEFAULT_THROTTLE_PATIENCE
 from nexudus_assets.warehouse import (
     DEFAULT_LOCK_TIMEOUT_SECONDS,
     LOCK_TIMEOUT_VARIABLE,
@@ -59,13 +61,18 @@ class Pacing(dg.Config):
 
 
 class NexudusApiResource(dg.ConfigurableResource):
-    """One Nexudus account. Every client it hands out shares the account's request budget."""
+    """One Nexudus account. Every client it hands out shares the account's request budget and,
+    with bearer auth, the run's one sign-in: the resource is set up once per run, and Nexudus
+    keeps one token per `client_id`, so steps signing in on their own would void each other's."""
 
     base_url: str = Field(default=DEFAULT_BASE_URL, description="API base, e.g. https://spaces.nexudus.com/api")
     username: str = Field(description="The Nexudus user (email) the API calls run as.")
     password: str = Field(description="That user's password. Set it with an EnvVar; it is never logged.")
     auth: AuthScheme = Field(default="basic", description="'basic', or 'bearer' for the token endpoint.")
     totp: str | None = Field(default=None, description="TOTP secret (or a current code) for two-factor accounts.")
+    client_id: str | None = Field(
+        default=None, description="NEXUDUS_CLIENT_ID: the bearer `client_id`; by default the username."
+    )
     page_size: int = Field(default=MAX_PAGE_SIZE, description="Records per list request (at most 1000).")
     request_deadline: float = Field(
         default=DEFAULT_REQUEST_DEADLINE, description="Seconds one request may take, answer included."
@@ -73,9 +80,26 @@ class NexudusApiResource(dg.ConfigurableResource):
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, description="The largest answer accepted, in bytes.")
     max_pages: int = Field(default=DEFAULT_MAX_PAGES, description="The most pages one walk through a list reads.")
     pacing: Pacing = Field(default_factory=Pacing, description="The published limits every request is paced to.")
+    throttle_patience: float = Field(
+        default=DEFAULT_THROTTLE_PATIENCE,
+        description="NEXUDUS_THROTTLE_PATIENCE: seconds one request keeps waiting while the server throttles.",
+    )
     commands_live: bool = Field(
         default=False, description="Send commands to Nexudus (NEXUDUS_COMMANDS_LIVE=true); otherwise dry runs."
     )
+
+    _session: BearerAuth | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        if self.totp:
+            # NEXUDUS_TOTP is resolved only now, in the run: checked here, it fails naming itself
+            # before any step signs in.
+            Credentials(self.username, SecretStr(self.password), SecretStr(self.totp)).totp_code()
+        if self.auth == "bearer":
+            credentials = Credentials(
+                self.username, SecretStr(self.password), SecretStr(self.totp) if self.totp else None
+            )
+            self._session = BearerAuth(credentials, client_id=self.client_id)
 
     def get_client(self) -> NexudusClient:
         return NexudusClient(
@@ -84,11 +108,14 @@ class NexudusApiResource(dg.ConfigurableResource):
             self.password,
             auth=self.auth,
             totp=self.totp,
+            client_id=self.client_id,
             page_size=self.page_size,
             request_deadline=self.request_deadline,
             max_body_bytes=self.max_body_bytes,
             max_pages=self.max_pages,
             limits=self.pacing.rate_limits(),
+            retry=RetryPolicy(throttle_patience=self.throttle_patience),
+            session=self._session,
         )
 
 
@@ -104,22 +131,39 @@ class CommandLedgerResource(dg.ConfigurableResource):
         return Path(self.path) if self.path else default_ledger_path(warehouse_database)
 
 
+#: Seconds one alert may take to deliver, answer included: a webhook that trickles its answer
+#: would otherwise hold the sensor's tick for as long as it likes.
+ALERT_DEADLINE_SECONDS = 10.0
+
+
 class AlertWebhookResource(dg.ConfigurableResource):
-    """Where alerts go: a Slack-style incoming webhook (`{"text": ...}`), or only the log."""
+    """Where alerts go: an incoming webhook taking `{"text": ...}` (Slack, Mattermost, Teams-style
+    receivers), or only the log."""
 
     url: str | None = Field(default=None, description="NEXUDUS_ALERT_WEBHOOK_URL; a secret, never logged.")
 
     def send(self, text: str, log: logging.Logger) -> None:
-        """Logs the alert and posts it; raises when the webhook does not take it."""
+        """Logs the alert and posts it; raises RuntimeError unless the webhook answers 2xx in time.
+
+        A redirect is not followed (it would carry the alert somewhere nobody configured) and
+        counts as undelivered, as does any answer after `ALERT_DEADLINE_SECONDS`.
+        """
         log.warning("alert: %s", text)
         if not self.url:
             return
+        deadline = time.monotonic() + ALERT_DEADLINE_SECONDS
         try:
-            response = httpx.post(self.url, json={"text": text}, timeout=10)
+            with (
+                httpx.Client(timeout=ALERT_DEADLINE_SECONDS, follow_redirects=False) as http,
+                http.stream("POST", self.url, json={"text": text}) as response,
+            ):
+                for _ in response.iter_bytes():
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"the alert webhook did not answer within {ALERT_DEADLINE_SECONDS:g}s")
         except httpx.HTTPError as exc:  # its message may carry the URL, which holds the secret
             raise RuntimeError(f"the alert webhook could not be reached ({type(exc).__name__})") from None
-        if response.is_error:
-            raise RuntimeError(f"the alert webhook answered HTTP {response.status_code}")
+        if not response.is_success:
+            raise RuntimeError(f"the alert webhook answered HTTP {response.status_code}, not 2xx")
 
 
 class WarehouseResource(DuckDBResource):

@@ -8,7 +8,9 @@ list every variable with its default.
 """
 
 import datetime as dt
+import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +22,15 @@ from nexudus_assets.nexudus import DEFAULT_BASE_URL
 from nexudus_assets.nexudus.auth import AuthScheme
 from nexudus_assets.nexudus.client import DEFAULT_MAX_BODY_BYTES, DEFAULT_REQUEST_DEADLINE, MAX_PAGE_SIZE
 from nexudus_assets.nexudus.paging import DEFAULT_MAX_PAGES
+from nexudus_assets.nexudus.retry import DEFAULT_THROTTLE_PATIENCE
 from nexudus_assets.resources import Pacing
 from nexudus_assets.warehouse import DEFAULT_LOCK_TIMEOUT_SECONDS, DEFAULT_WAREHOUSE_PATH, LOCK_TIMEOUT_VARIABLE
 from nexudus_assets.writeback.rules import EXAMPLE_RULES
 
-#: NEXUDUS_PACING values that switch pacing off; any other value leaves it on.
-PACING_OFF = frozenset({"off", "false", "0", "no"})
+#: The words a switch takes (any case); anything else is refused, so a typo never flips it silently.
+SWITCH_WORDS = {"true": True, "false": False}
+#: NEXUDUS_PACING is documented as on/off; true/false mean the same.
+PACING_WORDS = {**SWITCH_WORDS, "on": True, "off": False}
 
 Number = TypeVar("Number", int, float)
 
@@ -49,6 +54,9 @@ class Settings:
     auth: AuthScheme = "basic"
     #: Set only when NEXUDUS_TOTP is.
     totp: dg.EnvVar | None = None
+    #: None: the username, as Nexudus does.
+    client_id: str | None = None
+    throttle_patience: float = DEFAULT_THROTTLE_PATIENCE
     page_size: int = MAX_PAGE_SIZE
     request_deadline: float = DEFAULT_REQUEST_DEADLINE
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -83,9 +91,11 @@ class Settings:
         read = _Reader(environ)
         defaults = cls()
         return cls(
-            base_url=read.text("NEXUDUS_BASE_URL", defaults.base_url),
+            base_url=read.api_url("NEXUDUS_BASE_URL", defaults.base_url),
             auth=read.auth("NEXUDUS_AUTH", defaults.auth),
             totp=read.secret("NEXUDUS_TOTP"),
+            client_id=read.optional_word("NEXUDUS_CLIENT_ID"),
+            throttle_patience=read.number("NEXUDUS_THROTTLE_PATIENCE", defaults.throttle_patience, float, above=0),
             page_size=read.number("NEXUDUS_PAGE_SIZE", defaults.page_size, int, low=1, high=MAX_PAGE_SIZE),
             request_deadline=read.number("NEXUDUS_REQUEST_DEADLINE", defaults.request_deadline, float, above=0),
             max_body_bytes=read.number("NEXUDUS_MAX_BODY_BYTES", defaults.max_body_bytes, int, low=1),
@@ -96,9 +106,9 @@ class Settings:
                 LOCK_TIMEOUT_VARIABLE, defaults.warehouse_lock_timeout_seconds, int, low=0
             ),
             ledger_path=read.optional("NEXUDUS_LEDGER_PATH"),
-            commands_live=read.flag("NEXUDUS_COMMANDS_LIVE"),
+            commands_live=read.switch("NEXUDUS_COMMANDS_LIVE", defaults.commands_live, SWITCH_WORDS),
             command_rules=Path(read.optional("NEXUDUS_COMMAND_RULES") or defaults.command_rules),
-            alert_webhook_url=read.secret("NEXUDUS_ALERT_WEBHOOK_URL"),
+            alert_webhook_url=read.webhook_url("NEXUDUS_ALERT_WEBHOOK_URL"),
             # 0, like unset, keeps each sensor's own interval.
             sensor_interval_seconds=read.number("NEXUDUS_SENSOR_INTERVAL_SECONDS", 0, int, low=0, empty=0) or None,
             sync_cron=read.text("NEXUDUS_SYNC_CRON", defaults.sync_cron),
@@ -116,13 +126,47 @@ class _Reader:
     def optional(self, name: str) -> str | None:
         return self._environ.get(name) or None
 
-    def flag(self, name: str) -> bool:
-        """Only `true` (any case) switches it on."""
-        return self._environ.get(name, "").strip().lower() == "true"
+    def optional_word(self, name: str) -> str | None:
+        value = self.optional(name)
+        if value is not None and _WHITESPACE.search(value):
+            raise SettingsError(f"{name} must not contain whitespace (a stray space or newline?)")
+        return value
+
+    def switch(self, name: str, default: bool, words: Mapping[str, bool]) -> bool:
+        """One of `words` (any case); unset or empty: `default`. Whitespace around it is refused,
+        as everywhere: a value with a stray newline is a value nobody meant."""
+        value = self._environ.get(name, "")
+        if not value:
+            return default
+        if value.lower() not in words:
+            raise SettingsError(f"{name} must be {' or '.join(words)}, not {value!r}")
+        return words[value.lower()]
 
     def secret(self, name: str) -> dg.EnvVar | None:
         """The variable itself, for Dagster to resolve in the run; None when unset or empty."""
         return dg.EnvVar(name) if self._environ.get(name) else None
+
+    def api_url(self, name: str, default: str) -> str:
+        """`https://`, or `http://` to this machine only (a simulator): Basic credentials never travel in clear."""
+        value = self.text(name, default)
+        scheme, host = _url_parts(name, value)
+        if scheme == "https" or (scheme == "http" and _is_loopback(host)):
+            return value
+        raise SettingsError(
+            f"{name} must start with https:// (http:// only to a loopback address such as 127.0.0.1), not {value!r}"
+        )
+
+    def webhook_url(self, name: str) -> dg.EnvVar | None:
+        """Checked here, though it stays an EnvVar: its value is a secret, so the error never repeats it."""
+        value = self._environ.get(name)
+        if value:
+            try:
+                scheme, _ = _url_parts(name, value)
+            except SettingsError:
+                raise SettingsError(f"{name} must be an http(s) URL without whitespace") from None
+            if scheme not in ("http", "https"):
+                raise SettingsError(f"{name} must be an http(s) URL without whitespace")
+        return self.secret(name)
 
     def text(self, name: str, default: str) -> str:
         value = self._environ.get(name)
@@ -183,7 +227,7 @@ class _Reader:
         return value
 
     def pacing(self, default: Pacing) -> Pacing:
-        if self._environ.get("NEXUDUS_PACING", "on").lower() in PACING_OFF:
+        if not self.switch("NEXUDUS_PACING", default.enabled, PACING_WORDS):
             return Pacing(enabled=False)
         return Pacing(
             min_interval_ms=self.number("NEXUDUS_MIN_INTERVAL_MS", default.min_interval_ms, float, low=0),
@@ -196,3 +240,26 @@ class _Reader:
             max_writes_per_day=self.number("NEXUDUS_MAX_WRITES_PER_DAY", default.max_writes_per_day, int, low=1),
             margin_ms=self.number("NEXUDUS_PACING_MARGIN_MS", default.margin_ms, float, low=0),
         )
+
+
+_WHITESPACE = re.compile(r"\s")
+_URL = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<host>\[[^\]]*\]|[^/:?#@]+)(?::\d+)?(?:[/?#]\S*)?", re.I)
+
+
+def _url_parts(name: str, value: str) -> tuple[str, str]:
+    """(scheme, host) of an absolute URL; SettingsError naming `name` for whitespace or no URL at all."""
+    if _WHITESPACE.search(value):
+        raise SettingsError(f"{name} must not contain whitespace (a stray space or newline?): {value!r}")
+    found = _URL.fullmatch(value)
+    if found is None:
+        raise SettingsError(f"{name} must be an absolute URL such as https://spaces.nexudus.com/api, not {value!r}")
+    return found["scheme"].lower(), found["host"].strip("[]").lower()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,10 +1,16 @@
 """The alert sensor on persistent instances (run-sharded SQLite and PostgreSQL), jobs run for real."""
 
+import logging
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import dagster as dg
 import pytest
 
 from nexudus_assets.nexudus import ACCESS_TOKENS
-from nexudus_assets.resources import AlertWebhookResource
+from nexudus_assets.resources import ALERT_DEADLINE_SECONDS, AlertWebhookResource
 from nexudus_assets_tests.utils import DaemonKilled, Project, Webhook
 
 CHECK = "access_tokens.minutes_left_within_included"
@@ -139,3 +145,83 @@ def test_a_daemon_killed_mid_tick_repeats_no_alert_it_had_sent(make_project, web
     texts = webhook.texts()
     assert len(texts) == 2, texts
     assert all(any(check in text for text in texts) for check in ("valid_window_ordered", CHECK))
+
+
+class Misbehaving:
+    """A webhook on 127.0.0.1 that redirects every post, or answers 200 and then trickles its body."""
+
+    def __init__(self, *, redirect_to: str | None = None, trickle_seconds: float = 0.0) -> None:
+        self.posts = 0
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.posts += 1
+                if redirect_to is not None:
+                    self.send_response(302)
+                    self.send_header("Location", redirect_to)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", "100")
+                self.end_headers()
+                try:
+                    for _ in range(100):
+                        self.wfile.write(b"o")
+                        self.wfile.flush()
+                        time.sleep(trickle_seconds)
+                except OSError:
+                    pass  # the client gave up, as it should
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/secret-token"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_redirect_is_not_followed_and_counts_as_undelivered(webhook):
+    redirecting = Misbehaving(redirect_to=webhook.url)
+    try:
+        with pytest.raises(RuntimeError, match="HTTP 302, not 2xx") as undelivered:
+            AlertWebhookResource(url=redirecting.url).send("Nexudus run failed", logging.getLogger("test"))
+    finally:
+        redirecting.close()
+    assert redirecting.posts == 1 and webhook.posts == []
+    assert "secret-token" not in str(undelivered.value)
+
+
+def test_a_trickling_webhook_is_cut_off_at_the_deadline():
+    trickling = Misbehaving(trickle_seconds=0.5)
+    started = time.monotonic()
+    try:
+        with pytest.raises(RuntimeError, match="within 10s"):
+            AlertWebhookResource(url=trickling.url).send("Nexudus run failed", logging.getLogger("test"))
+    finally:
+        trickling.close()
+    # The body would take 50 s to arrive; the send gives up at its deadline, one piece late at most.
+    assert time.monotonic() - started < ALERT_DEADLINE_SECONDS + 5
+
+
+def test_alert_texts_are_plain_without_slack_emoji_codes(make_project, webhook):
+    project = make_project(webhook=webhook.url)
+    sensor = Sensor(project)
+    sensor.tick()
+    token = break_token(project, MinutesIncluded=60, MinutesLeft=90)
+    project.run()
+    project.sim.put_raw(
+        ACCESS_TOKENS, {**token, "Id": 7, "MinutesIncluded": 60, "MinutesLeft": 30, "UpdatedOn": "2099-01-01T00:00:00Z"}
+    )
+    project.run()
+    sensor.tick()
+    texts = webhook.texts()
+    assert len(texts) == 2 and texts[0].startswith("Nexudus check failed") and "recovered" in texts[1]
+    assert not any(re.search(r":[a-z_]+:", text) for text in texts)

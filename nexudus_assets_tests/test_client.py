@@ -8,6 +8,7 @@ import time
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from nexudus_assets.nexudus import (
     ACCESS_TOKENS,
@@ -27,8 +28,9 @@ from nexudus_assets.nexudus import (
     UncertainOutcomeError,
     Window,
 )
+from nexudus_assets.nexudus.auth import FALLBACK_TOKEN_LIFETIME, BearerAuth, Credentials, token_lifetime
 from nexudus_assets.nexudus.client import _verified_tls
-from nexudus_assets.simulator import DEFAULT_PASSWORD
+from nexudus_assets.simulator import DEFAULT_PASSWORD, DEFAULT_USERNAME
 from nexudus_assets.simulator import limits as server_limits
 
 
@@ -242,16 +244,48 @@ def test_basic_auth_with_a_wrong_password_is_an_authentication_error(running):
     assert "wrong" not in str(refused.value)
 
 
+class SteppedClock:
+    """Wall-clock time plus whatever a test adds: a token's lifetime passes without waiting it out."""
+
+    def __init__(self) -> None:
+        self.ahead = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.ahead
+
+
 def test_bearer_signs_in_once_and_refreshes_before_expiry(start_simulator):
-    running = start_simulator(seed=6, tokens=3, access_token_ttl=2)
-    with running.client(auth="bearer") as client:
+    running = start_simulator(seed=6, tokens=3, access_token_ttl=120)
+    clock = SteppedClock()
+    session = BearerAuth(Credentials(DEFAULT_USERNAME, SecretStr(DEFAULT_PASSWORD)), clock=clock)
+    with running.client(session=session) as client:
         list(client.iter_records(ACCESS_TOKENS))
         list(client.iter_records(ACCESS_TOKENS))
-        time.sleep(2.0)
+        clock.ahead = 110.0  # inside the last tenth of the token's life: time to refresh
         list(client.iter_records(ACCESS_TOKENS))
     statuses = [entry[3] for entry in running.sim.request_log]
-    assert len(api_requests(running.sim, "/token", "POST")) == 2
+    token_requests = api_requests(running.sim, "/token", "POST")
+    assert len(token_requests) == 2
     assert 401 not in statuses
+    assert (session.password_grants, client.stats.password_grants) == (1, 1)
+
+
+@pytest.mark.parametrize("expires_in", [None, "soon", -5, 0, 30])
+def test_an_unusable_token_lifetime_falls_back_to_an_hour_with_a_warning(expires_in, caplog):
+    answer = {"access_token": "a", "refresh_token": "r", "expires_in": expires_in}
+    session = BearerAuth(Credentials("someone@example.com", SecretStr("pw")), clock=lambda: 0.0)
+    posts = []
+
+    def post(form, headers):
+        posts.append(form["grant_type"])
+        return 200, answer
+
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            session.headers(post)
+    assert posts == ["password"]  # not a sign-in before every call
+    assert "expires_in" in caplog.text
+    assert token_lifetime(expires_in) == FALLBACK_TOKEN_LIFETIME
 
 
 def test_bearer_signs_in_again_once_after_a_401(start_simulator):

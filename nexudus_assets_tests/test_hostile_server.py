@@ -19,7 +19,9 @@ import pytest
 from nexudus_assets.definitions import build_defs
 from nexudus_assets.nexudus import (
     ACCESS_TOKENS,
+    ENTITIES,
     NexudusClient,
+    PermissionDeniedError,
     ResponseFormatError,
     RetryPolicy,
     SignInRefusedError,
@@ -237,14 +239,20 @@ def test_a_sync_that_fails_leaves_the_previous_warehouse_as_it_was(running, tmp_
 def test_a_refused_sign_in_is_attempted_once_per_process_however_many_clients_ask(running, auth):
     # A password no other test uses: the memo lives as long as the process.
     wrong = f"wrong-{uuid.uuid4()}"
+    if auth == "basic":
+        # A 401 alone may be a missing role: Basic credentials count as refused once every
+        # entity's endpoint has refused them.
+        for entity in ENTITIES[:-1]:
+            with running.client(password=wrong) as client, pytest.raises(PermissionDeniedError):
+                client.list_page(entity)
     refusals = []
     for _ in range(3):
         with running.client(auth=auth, password=wrong) as client, pytest.raises(SignInRefusedError) as refused:
-            client.list_page(ACCESS_TOKENS)
+            client.list_page(ENTITIES[-1])
         refusals.append(refused.value)
 
     sign_ins = requests_to(running.sim, "/api/token", "POST") if auth == "bearer" else running.sim.request_log
-    assert [entry[3] for entry in sign_ins] == [400 if auth == "bearer" else 401]
+    assert [entry[3] for entry in sign_ins] == ([400] if auth == "bearer" else [401] * len(ENTITIES))
     assert len({(error.status_code, error.request) for error in refusals}) == 1
     assert all(refusals[0].reason in str(later) for later in refusals[1:])
     assert "not sent again" in str(refusals[-1])
@@ -273,4 +281,5 @@ def test_one_dagster_run_with_a_wrong_password_signs_in_once(running, tmp_path, 
     assert not result.success
     failures = [event for event in result.all_events if event.event_type == dg.DagsterEventType.STEP_FAILURE]
     assert len(failures) >= 3, "every API step fails"
-    assert [entry[3] for entry in running.sim.request_log] == [401]
+    # Each entity's endpoint asked once: after the last refusal the credentials are not sent again.
+    assert [entry[3] for entry in running.sim.request_log] == [401] * len(ENTITIES)

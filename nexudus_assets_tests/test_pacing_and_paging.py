@@ -43,9 +43,28 @@ def test_the_pacer_spaces_requests_and_honours_every_window():
 def test_a_retry_after_pause_holds_every_caller():
     clock = FakeClock()
     pacer = Pacer(RateLimits.unlimited(), clock=clock, sleep=clock.sleep)
-    pacer.pause_until(5.0)
+    pacer.throttled(5.0)
     with pacer.slot(write=False) as waited:
         assert waited == pytest.approx(5.0)
+    with pacer.slot(write=False) as waited:
+        assert waited == 0  # without limits, nothing slows the requests after the pause
+
+
+def test_after_throttling_the_pacer_slows_every_request_for_a_while():
+    clock = FakeClock()
+    limits = RateLimits(all_methods=(Window(1, 0.1),), writes=(), margin=0, throttled_interval=1.0, slowdown_seconds=60)
+    pacer = Pacer(limits, clock=clock, sleep=clock.sleep)
+    pacer.throttled(2.0)
+    sent = []
+    for _ in range(70):
+        with pacer.slot(write=False):
+            sent.append(clock.now)
+    assert sent[0] == pytest.approx(2.0)
+    gaps = [b - a for a, b in itertools.pairwise(sent)]
+    slowed = [gap for gap, at in zip(gaps, sent[1:], strict=True) if at <= 62.0]
+    assert slowed and all(gap == pytest.approx(1.0) for gap in slowed)
+    # Once the slowdown is over, the published interval alone spaces them again.
+    assert gaps[-1] == pytest.approx(0.1)
 
 
 def test_the_next_request_is_spaced_from_the_previous_answer_not_from_its_sending():

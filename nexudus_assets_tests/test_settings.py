@@ -8,6 +8,7 @@ import pytest
 
 from nexudus_assets.definitions import build_resources, load_defs
 from nexudus_assets.nexudus import ACCESS_TOKENS, RateLimits, ResponseFormatError, Window
+from nexudus_assets.nexudus.auth import TotpSecretError
 from nexudus_assets.resources import Pacing
 from nexudus_assets.settings import Settings, SettingsError
 from nexudus_assets.simulator import DEFAULT_PASSWORD, DEFAULT_USERNAME
@@ -30,6 +31,7 @@ DOCUMENTED_DEFAULTS = {
     "NEXUDUS_MAX_WRITES_PER_MINUTE": "60",
     "NEXUDUS_MAX_WRITES_PER_DAY": "5000",
     "NEXUDUS_PACING_MARGIN_MS": "10",
+    "NEXUDUS_THROTTLE_PATIENCE": "900",
     "NEXUDUS_DUCKDB_PATH": "data/warehouse.duckdb",
     "NEXUDUS_WAREHOUSE_LOCK_TIMEOUT": "120",
     "NEXUDUS_COMMANDS_LIVE": "false",
@@ -67,12 +69,65 @@ def test_every_variable_is_read_in_the_settings_module_only():
         ("NEXUDUS_METRICS_START_DATE", "2026-13-01", "YYYY-MM-DD"),
         ("NEXUDUS_SYNC_CRON", " ", "empty"),
         ("NEXUDUS_SENSOR_INTERVAL_SECONDS", "-5", "at least 0"),
+        ("NEXUDUS_BASE_URL", "spaces.nexudus.com/api", "absolute URL"),
+        ("NEXUDUS_BASE_URL", "ftp://spaces.nexudus.com/api", "https://"),
+        ("NEXUDUS_BASE_URL", "http://spaces.nexudus.com/api", "loopback"),
+        ("NEXUDUS_BASE_URL", "http://10.0.0.5:8765/api", "loopback"),
+        ("NEXUDUS_BASE_URL", "https://spaces.nexudus.com/api\n", "whitespace"),
+        ("NEXUDUS_BASE_URL", " https://spaces.nexudus.com/api", "whitespace"),
+        ("NEXUDUS_BASE_URL", "https://spaces.nexudus .com/api", "whitespace"),
+        ("NEXUDUS_COMMANDS_LIVE", "1", "true or false"),
+        ("NEXUDUS_COMMANDS_LIVE", "yes", "true or false"),
+        ("NEXUDUS_COMMANDS_LIVE", "on", "true or false"),
+        ("NEXUDUS_COMMANDS_LIVE", "true ", "true or false"),
+        ("NEXUDUS_PACING", "off ", "on or off"),
+        ("NEXUDUS_PACING", "0", "on or off"),
+        ("NEXUDUS_THROTTLE_PATIENCE", "0", "above 0"),
+        ("NEXUDUS_THROTTLE_PATIENCE", "forever", "a number"),
+        ("NEXUDUS_CLIENT_ID", "nexudus assets", "whitespace"),
     ],
 )
 def test_a_value_that_cannot_be_used_is_refused_naming_the_variable(name, value, problem):
     with pytest.raises(SettingsError) as refused:
         Settings.from_env({name: value})
     assert name in str(refused.value) and problem in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "accepted"),
+    [
+        ("https://spaces.nexudus.com/api", True),
+        ("HTTPS://spaces.nexudus.com/api", True),
+        ("http://127.0.0.1:8765/api", True),
+        ("http://127.8.9.10/api", True),
+        ("http://[::1]:8765/api", True),
+        ("http://localhost:8765/api", True),
+        ("http://127.0.0.1.example.com/api", False),
+        ("http://[::2]/api", False),
+    ],
+)
+def test_the_base_url_is_https_or_plain_http_to_this_machine_only(url, accepted):
+    if accepted:
+        assert Settings.from_env({"NEXUDUS_BASE_URL": url}).base_url == url
+    else:
+        with pytest.raises(SettingsError, match="NEXUDUS_BASE_URL"):
+            Settings.from_env({"NEXUDUS_BASE_URL": url})
+
+
+@pytest.mark.parametrize(("value", "live"), [("true", True), ("TRUE", True), ("False", False), ("", False)])
+def test_switches_take_true_or_false_in_any_case(value, live):
+    assert Settings.from_env({"NEXUDUS_COMMANDS_LIVE": value}).commands_live is live
+    pacing = Settings.from_env({"NEXUDUS_PACING": value or "on"}).pacing
+    assert pacing.enabled is (live or not value)
+
+
+@pytest.mark.parametrize(
+    "url", ["https://hooks.example.com/a b", "https://hooks.example.com/x\n", "ftp://h/x", "hooks"]
+)
+def test_a_bad_webhook_url_is_refused_at_load_without_repeating_it(url):
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"NEXUDUS_ALERT_WEBHOOK_URL": url})
+    assert "NEXUDUS_ALERT_WEBHOOK_URL" in str(refused.value) and url.strip() not in str(refused.value)
 
 
 def test_optional_settings_read_empty_as_none():
@@ -155,3 +210,31 @@ def test_the_client_gets_the_request_bounds_from_the_settings(running, monkeypat
         assert (client.request_deadline, client.max_pages) == (9.0, 4)
         with pytest.raises(ResponseFormatError, match="max_body_bytes"):
             client.list_page(ACCESS_TOKENS)
+
+
+@pytest.mark.parametrize(
+    "secret",
+    ["JBSWY3DPEHPK3PXP", "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP", "jbsw y3dp ehpk 3pxp"],
+    ids=["80-bit", "160-bit", "grouped-lowercase"],
+)
+def test_totp_secrets_of_80_and_160_bits_sign_in(start_simulator, secret):
+    running = start_simulator(seed=6, tokens=2, totp_secret=secret.replace(" ", "").upper())
+    with running.client(auth="bearer", totp=secret) as client:
+        assert len(list(client.iter_records(ACCESS_TOKENS))) == 2
+
+
+@pytest.mark.parametrize("secret", ["JBSWY3DP", "not-base32!", "12345"])
+def test_an_unusable_totp_secret_fails_the_run_naming_the_variable(running, tmp_path, monkeypatch, secret):
+    monkeypatch.setenv("NEXUDUS_TOTP", secret)
+    monkeypatch.setenv("NEXUDUS_USERNAME", DEFAULT_USERNAME)
+    monkeypatch.setenv("NEXUDUS_PASSWORD", DEFAULT_PASSWORD)
+    settings = Settings.from_env(
+        {"NEXUDUS_BASE_URL": running.base_url, "NEXUDUS_AUTH": "bearer", "NEXUDUS_TOTP": secret}
+    )
+    resource = build_resources(settings)["nexudus_api"]
+    with pytest.raises(dg.DagsterResourceFunctionError) as refused, dg.build_resources({"nexudus_api": resource}):
+        pass
+    cause = refused.value.__cause__
+    assert isinstance(cause, TotpSecretError) and "NEXUDUS_TOTP" in str(cause)
+    assert secret not in str(cause)
+    assert running.sim.request_log == []

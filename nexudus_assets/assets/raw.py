@@ -95,6 +95,8 @@ def build_raw_asset(entity: Entity) -> dg.AssetsDefinition:
                 "rows_total": result.live_rows,
                 "requests": report.requests,
                 "throttled_responses": report.throttled,
+                "throttle_wait_seconds": round(report.throttle_wait_seconds, 3),
+                "password_grants": report.password_grants,
                 "pages": report.pages,
                 "duration_seconds": round(report.seconds, 3),
                 "high_water_mark": dg.MetadataValue.text(str(result.high_water_mark)),

@@ -22,13 +22,22 @@ from pydantic import SecretStr
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import from_json
 
-from nexudus_assets.nexudus.auth import REFUSED_SIGN_INS, Auth, AuthScheme, BasicAuth, BearerAuth, Credentials
-from nexudus_assets.nexudus.entities import Entity
+from nexudus_assets.nexudus.auth import (
+    REFUSED_SIGN_INS,
+    Auth,
+    AuthScheme,
+    BasicAuth,
+    BearerAuth,
+    Credentials,
+    required_role,
+)
+from nexudus_assets.nexudus.entities import Entity, entity_of
 from nexudus_assets.nexudus.errors import (
     APIError,
     AuthenticationError,
     NexudusError,
     NotFoundError,
+    PermissionDeniedError,
     RecordValidationError,
     RequestRefusedError,
     ResponseFormatError,
@@ -60,6 +69,9 @@ _TOO_DEEP = f"an answer nested more than {MAX_JSON_DEPTH} levels deep"
 WRITE_METHODS = frozenset({"POST", "PUT", "DELETE"})
 #: Failures that happen before a request leaves: retrying them can never apply it twice.
 NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+#: The text of the generic failure Nexudus answers as a 500 and also as a 400: a passing fault
+#: of the server, not a refusal of the data.
+GENERIC_FAILURE_TEXT = "there was a problem while running this action"
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +79,12 @@ log = logging.getLogger(__name__)
 @dataclass
 class RequestStats:
     requests: int = 0
+    #: Throttling answers (409/429), and the seconds waited on them.
     throttled: int = 0
+    throttle_wait_seconds: float = 0.0
     retries: int = 0
+    #: Password grants this client sent to the token endpoint (refreshes not counted).
+    password_grants: int = 0
 
 
 @dataclass
@@ -152,9 +168,13 @@ class NexudusClient:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_pages: int = DEFAULT_MAX_PAGES,
         pacer: Pacer | None = None,
+        session: BearerAuth | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         """`timeout` bounds each network read; `request_deadline` a whole request, answer included.
+
+        `session`: a bearer session to share with other clients (see `BearerAuth`); it replaces
+        `auth`, the credentials and `client_id`, which made it.
 
         `max_pages` bounds one walk through a list whatever the server claims; a list that
         announces its `TotalItems` is held to those far sooner.
@@ -190,10 +210,12 @@ class NexudusClient:
             totp=SecretStr(totp) if isinstance(totp, str) and totp else (totp or None),
         )
         self._auth: Auth
-        if auth == "basic":
+        if session is not None:
+            self._auth, credentials = session, session.credentials
+        elif auth == "basic":
             self._auth = BasicAuth(credentials)
         elif auth == "bearer":
-            self._auth = BearerAuth(credentials, self._post_token, client_id=client_id)
+            self._auth = BearerAuth(credentials, client_id=client_id)
         else:
             raise ValueError(f"NEXUDUS_AUTH must be 'basic' or 'bearer', not {auth!r}")
         self._account = REFUSED_SIGN_INS.account(self.base_url, credentials)
@@ -405,8 +427,13 @@ class NexudusClient:
         return result
 
     def _post_token(self, form: Mapping[str, str], headers: Mapping[str, str]) -> tuple[int, Any]:
+        if form.get("grant_type") == "password":
+            self.stats.password_grants += 1
         answer = self._send("POST", f"{self.base_url}/token", data=form, headers=headers, replay_safe=True)
         return answer.status, answer.body
+
+    def _auth_headers(self) -> dict[str, str]:
+        return self._auth.headers(self._post_token)
 
     def _call(
         self,
@@ -419,11 +446,14 @@ class NexudusClient:
     ) -> Any:
         """Send an authenticated request and return its JSON; error answers become exceptions.
 
-        Credentials refused once are not sent again by any client of this process.
+        Credentials refused once are not sent again by any client of this process. A 401 or
+        403 that is not a refused sign-in (see `SignInRefusals`) fails this request alone,
+        naming the role the endpoint needs.
         """
         safe = method in {"GET", "PUT", "DELETE"} if replay_safe is None else replay_safe
         REFUSED_SIGN_INS.raise_if_refused(self._account)
         reauthenticated = False
+        described = f"{method} /{path}"
         try:
             while True:
                 answer = self._send(
@@ -432,21 +462,45 @@ class NexudusClient:
                     params=params,
                     json=json,
                     replay_safe=safe,
-                    auth_headers=self._auth.headers,
+                    auth_headers=self._auth_headers,
                 )
                 if answer.status == 401 and not reauthenticated and self._auth.invalidate():
                     reauthenticated = True
                     continue
+                if answer.status in (401, 403):
+                    raise self._refusal(answer, method, path)
+                REFUSED_SIGN_INS.accepted(self._account)
                 if 200 <= answer.status < 300:
                     return answer.body
                 if answer.status == 404 and method == "DELETE" and answer.retried:
                     # An earlier attempt got no answer: it deleted the record.
                     return {"WasSuccessful": True, "Message": "The record was deleted (first answer lost)."}
-                # Basic auth signs in with every request, so its 401/403 is a refused sign-in.
-                raise _error_for(answer, f"{method} /{path}", sign_in=isinstance(self._auth, BasicAuth))
+                raise _error_for(answer, described)
         except SignInRefusedError as refused:
             REFUSED_SIGN_INS.remember(self._account, refused)
             raise
+
+    def _refusal(self, answer: _Answer, method: str, path: str) -> AuthenticationError:
+        """A 401/403: a missing role for this endpoint, or (Basic, refused everywhere) wrong credentials."""
+        described = f"{method} /{path}"
+        message = _message(answer.content) or answer.response.reason_phrase or "refused"
+        entity = entity_of(path)
+        basic = isinstance(self._auth, BasicAuth)
+        if basic and REFUSED_SIGN_INS.denied_everywhere(self._account, entity.path if entity else None):
+            return SignInRefusedError(
+                f"{message}: every endpoint refused the credentials (check NEXUDUS_USERNAME/NEXUDUS_PASSWORD)",
+                status_code=answer.status,
+                request=described,
+            )
+        role = required_role(method, path) or "a role for this endpoint"
+        what = f"{entity.name} records" if entity else "this endpoint"
+        hint = "; if every endpoint refuses, check NEXUDUS_USERNAME/NEXUDUS_PASSWORD" if basic else ""
+        return PermissionDeniedError(
+            f"{message}: the Nexudus user may not access {what}; it needs the role {role}{hint}",
+            role=role,
+            status_code=answer.status,
+            request=described,
+        )
 
     def _send(
         self,
@@ -469,7 +523,10 @@ class NexudusClient:
                 )
                 if response.status_code in THROTTLING_STATUSES:
                     self.stats.throttled += 1
-                    self._pacer.pause_until(time.monotonic() + attempts.throttling_wait(response))
+                    wait = attempts.throttling_wait(response, content)
+                    self.stats.throttle_wait_seconds += wait
+                    # The pacer holds every client of the account, this one included, for the wait.
+                    self._pacer.throttled(wait)
                     continue
                 return _accepted(response, content, attempts)
             except httpx.TransportError as exc:
@@ -557,12 +614,13 @@ def _accepted(response: httpx.Response, content: bytes, attempts: Attempts) -> _
     """
     status = response.status_code
     retried = attempts.failures > 0
-    if status >= 500:
+    if status >= 500 or (status == 400 and _is_generic_failure(content)):
         if not attempts.replay_safe:
             raise ServerError(
                 f"{_message(content) or 'server error'}; it may have been applied, so it was not retried",
                 status_code=status,
                 request=attempts.described,
+                may_have_been_applied=True,
             )
         raise RetryableFailure(ServerError, f"HTTP {status}")
     if status >= 300:
@@ -643,16 +701,14 @@ def _message(body: bytes) -> str | None:
     return None
 
 
-def _error_for(answer: _Answer, described: str, *, sign_in: bool) -> APIError:
+def _is_generic_failure(content: bytes) -> bool:
+    message = _message(content)
+    return isinstance(message, str) and GENERIC_FAILURE_TEXT in message.lower()
+
+
+def _error_for(answer: _Answer, described: str) -> APIError:
     status = answer.status
     message = _message(answer.content) or answer.response.reason_phrase or "error"
-    if status in (401, 403):
-        refusal = SignInRefusedError if sign_in else AuthenticationError
-        return refusal(
-            f"{message} (check NEXUDUS_USERNAME/NEXUDUS_PASSWORD and the user's roles)",
-            status_code=status,
-            request=described,
-        )
     if status == 404:
         return NotFoundError(message, status_code=status, request=described)
     if status == 400:

@@ -119,3 +119,12 @@ COWORKER_TIME_PASSES = Entity(
 )
 
 ENTITIES: tuple[Entity, ...] = (ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES)
+
+
+def entity_of(path: str) -> Entity | None:
+    """The entity whose endpoint `path` (relative to the API base) is, or is under; None for others."""
+    bare = path.strip("/").lower()
+    for entity in ENTITIES:
+        if bare == entity.path or bare.startswith(entity.path + "/"):
+            return entity
+    return None

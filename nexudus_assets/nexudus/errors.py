@@ -9,15 +9,27 @@ from nexudus_assets.nexudus.models import FieldError, valid_id
 
 
 class NexudusError(Exception):
-    """Base class of everything the client raises."""
+    """Base class of everything the client raises.
+
+    Callers decide by two properties rather than by exception type: `retryable` (trying the
+    same request later may succeed: nothing about it was wrong) and `may_have_been_applied`
+    (a write the server may have carried out although no usable answer said so).
+    """
+
+    retryable: bool = False
+    may_have_been_applied: bool = False
 
 
 class TransportError(NexudusError):
     """The request did not complete (connection refused, dropped, timed out) after retries."""
 
+    retryable = True
+
 
 class UncertainOutcomeError(TransportError):
-    """A write may have reached the server but no answer came back, so it was not retried."""
+    """A write may have reached the server but no usable answer came back, so it was not retried."""
+
+    may_have_been_applied = True
 
 
 class ResponseFormatError(NexudusError):
@@ -25,11 +37,20 @@ class ResponseFormatError(NexudusError):
 
 
 class APIError(NexudusError):
-    def __init__(self, message: str, *, status_code: int | None = None, request: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        request: str = "",
+        may_have_been_applied: bool | None = None,
+    ) -> None:
         #: The server's reason alone, without the request and status around it.
         self.reason = message
         self.status_code = status_code
         self.request = request
+        if may_have_been_applied is not None:
+            self.may_have_been_applied = may_have_been_applied
         prefix = f"{request}: " if request else ""
         suffix = f" (HTTP {status_code})" if status_code is not None else ""
         super().__init__(f"{prefix}{message}{suffix}")
@@ -43,16 +64,31 @@ class SignInRefusedError(AuthenticationError):
     """The credentials themselves were refused. No client in this process sends them again."""
 
 
+class PermissionDeniedError(AuthenticationError):
+    """The sign-in stands, but this endpoint refused it (401/403): the user lacks `role` for it."""
+
+    def __init__(self, message: str, *, role: str, status_code: int | None = None, request: str = "") -> None:
+        self.role = role
+        super().__init__(message, status_code=status_code, request=request)
+
+
 class NotFoundError(APIError):
     pass
 
 
 class ThrottledError(APIError):
-    """Still throttled (409/429) after waiting out `Retry-After` as often as allowed."""
+    """Still throttled (409/429) when the time allowed for waiting (`throttle_patience`) ran out."""
+
+    retryable = True
 
 
 class ServerError(APIError):
-    """5xx after retries."""
+    """5xx, or the generic error text Nexudus also sends as a 400, after retries.
+
+    On a write it is raised at once, with `may_have_been_applied` set: it is never sent twice.
+    """
+
+    retryable = True
 
 
 class RequestRefusedError(APIError):

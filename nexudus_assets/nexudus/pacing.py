@@ -31,10 +31,16 @@ class RateLimits:
     writes: tuple[Window, ...] = (Window(60, 60), Window(5_000, 86_400))
     #: Added to every window, for a server whose clock runs slightly faster than ours.
     margin: float = 0.01
+    #: After a throttling answer the account's budget is spent (every client of the account
+    #: draws on it), so for `slowdown_seconds` after the wait no two requests of the process
+    #: leave closer than `throttled_interval` apart: half the published per-minute rate.
+    throttled_interval: float = 1.0
+    slowdown_seconds: float = 60.0
 
     @classmethod
     def unlimited(cls) -> RateLimits:
-        return cls(all_methods=(), writes=())
+        """No pacing, for a server without limits: only the wait a throttling answer asks for holds requests."""
+        return cls(all_methods=(), writes=(), throttled_interval=0.0, slowdown_seconds=0.0)
 
 
 #: Differences below this are rounding noise in the clock arithmetic, not time.
@@ -79,6 +85,8 @@ class Pacer:
         self._all = [_SlidingLog(w) for w in limits.all_methods]
         self._writes = [_SlidingLog(w) for w in limits.writes]
         self._paused_until = 0.0
+        self._slowed_until = 0.0
+        self._last_answer = -float("inf")
 
     @contextmanager
     def slot(self, *, write: bool) -> Iterator[float]:
@@ -92,7 +100,8 @@ class Pacer:
             waited = 0.0
             while True:
                 now = self._clock()
-                delay = max([self._paused_until - now] + [log.wait(now, self.limits.margin) for log in logs])
+                slowed = self._last_answer + self.limits.throttled_interval - now if now < self._slowed_until else 0.0
+                delay = max([self._paused_until - now, slowed] + [log.wait(now, self.limits.margin) for log in logs])
                 if delay <= 0:
                     break
                 self._sleep(delay)
@@ -101,13 +110,17 @@ class Pacer:
                 yield waited
             finally:
                 answered = self._clock()
+                self._last_answer = answered
                 for log in logs:
                     log.sent.append(answered)
 
-    def pause_until(self, moment: float) -> None:
-        """The server said `Retry-After`: nobody sharing this budget sends before `moment`."""
-        # Not under the lock: the caller holds its turn, and a late pause only lengthens the next wait.
-        self._paused_until = max(self._paused_until, moment)
+    def throttled(self, wait: float) -> None:
+        """The server said to wait `wait` seconds: nobody sharing this budget sends before then,
+        and the process stays slowed for a while after."""
+        # Not under the turn lock, which a waiting caller holds: a late pause only lengthens the next wait.
+        now = self._clock()
+        self._paused_until = max(self._paused_until, now + wait)
+        self._slowed_until = max(self._slowed_until, now + wait + self.limits.slowdown_seconds)
 
 
 _shared: dict[tuple[str, str, RateLimits], Pacer] = {}

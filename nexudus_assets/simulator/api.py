@@ -14,7 +14,7 @@ from email.message import Message
 from typing import Any
 from urllib.parse import parse_qsl
 
-from nexudus_assets.nexudus.entities import ENTITIES, Entity
+from nexudus_assets.nexudus.entities import ENTITIES, Entity, entity_of
 from nexudus_assets.simulator.core import Simulator
 from nexudus_assets.simulator.sign_in import TokenError
 
@@ -25,6 +25,8 @@ WRITES = frozenset({"POST", "PUT", "DELETE"})
 THROTTLED_TEXT = b"You must wait before accessing this url again."
 DENIED = {"Message": "Authorization has been denied for this request."}
 SERVER_ERROR = {"Message": "An error has occurred."}
+#: The generic failure live accounts answer in bursts, as a 500 and sometimes as a 400.
+GENERIC_FAILURE = {"Message": "Ooops! There was a problem while running this action. Please try again later."}
 MAINTENANCE_PAGE = (
     b"<!DOCTYPE html>\n<html><head><title>Down for maintenance</title></head>"
     b"<body><h1>We'll be back shortly</h1><p>Nexudus is undergoing scheduled maintenance.</p></body></html>\n"
@@ -62,8 +64,11 @@ def json_reply(status: int, payload: Any) -> Reply:
     return Reply(status, json.dumps(payload, separators=(",", ":")).encode())
 
 
-def throttled(sim: Simulator, retry_after: int) -> Reply:
-    status = sim.dialect.throttle_status
+def throttled(sim: Simulator, retry_after: int, status: int | None = None) -> Reply:
+    status = status or sim.dialect.throttle_status
+    if sim.faults.throttle_wait_in_body:
+        text = THROTTLED_TEXT + f" Wait {retry_after} seconds".encode()
+        return Reply(status, text, "text/plain; charset=utf-8")
     return Reply(status, THROTTLED_TEXT, "text/plain; charset=utf-8", {"Retry-After": str(retry_after)})
 
 
@@ -104,7 +109,7 @@ def _answer(sim: Simulator, request: Request) -> Reply:
         reply = _token(sim, request)
     else:
         user = sim.accounts.authenticate(request.headers.get("Authorization"))
-        if user is None:
+        if user is None or _denied(sim, request):
             return json_reply(401, DENIED)
         wait = sim.limiter.admit(user, request.method in WRITES) if sim.enforce_limits else None
         reply = throttled(sim, wait) if wait is not None else _route(sim, request, user)
@@ -113,12 +118,24 @@ def _answer(sim: Simulator, request: Request) -> Reply:
     return reply
 
 
+def _denied(sim: Simulator, request: Request) -> bool:
+    """Whether the signed-in user lacks the roles of the entity `request` is for."""
+    if not sim.faults.denied_entities:
+        return False
+    entity = entity_of(request.path[len("/api/") :])
+    return entity is not None and entity.name in sim.faults.denied_entities
+
+
 def _fault(sim: Simulator) -> Reply | bool:
     """A fault answer, or whether the real answer is to be cut short."""
     faults = sim.faults
     delay = faults.delay_seconds()
     if delay:
         time.sleep(delay)
+    if faults.in_throttle_stretch():
+        return throttled(sim, max(0, faults.retry_after), faults.throttle_stretch_status)
+    if faults.take_error_burst():
+        return json_reply(faults.error_burst_status, GENERIC_FAILURE)
     if faults.roll(faults.drop_rate):
         return Reply(0, drop=True)
     if faults.roll(faults.error_rate):

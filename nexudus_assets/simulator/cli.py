@@ -62,7 +62,32 @@ def _parser() -> argparse.ArgumentParser:
         help=f"comma-separated, serve list records with these Ids: {', '.join(HOSTILE_IDS)}",
     )
     parser.add_argument("--nesting-depth", type=int, default=0, help="nest a field of each list page this deep")
+    _add_live_account_switches(parser)
     return parser
+
+
+def _add_live_account_switches(parser: argparse.ArgumentParser) -> None:
+    """Behaviour seen in live accounts: long throttling, bursts of the generic error, missing roles, one token."""
+    parser.add_argument(
+        "--throttle-stretch-seconds", type=float, default=0.0, help="throttle every request for this long"
+    )
+    parser.add_argument("--throttle-stretch-status", type=int, choices=(409, 429), default=409)
+    parser.add_argument(
+        "--throttle-wait-in-body", action="store_true", help="no Retry-After: the wait only in the body"
+    )
+    parser.add_argument("--error-burst", type=int, default=0, help="the next N requests answer the generic error")
+    parser.add_argument("--error-burst-status", type=int, choices=(400, 500), default=500)
+    parser.add_argument(
+        "--denied-entities",
+        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        default=[],
+        help="comma-separated entity names (CoworkerTimePass) whose endpoints answer 401",
+    )
+    parser.add_argument(
+        "--one-token-per-client-id",
+        action="store_true",
+        help="a sign-in voids the tokens issued before to its client_id, as live accounts do",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -79,6 +104,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         trickle_body_seconds=args.trickle_body_seconds,
         hostile_ids=tuple(args.hostile_ids),
         nesting_depth=args.nesting_depth,
+        throttle_stretch_seconds=args.throttle_stretch_seconds,
+        throttle_stretch_status=args.throttle_stretch_status,
+        throttle_wait_in_body=args.throttle_wait_in_body,
+        error_burst=args.error_burst,
+        error_burst_status=args.error_burst_status,
+        denied_entities=tuple(args.denied_entities),
         seed=args.seed,
     )
     simulator = Simulator(
@@ -91,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         username=args.username,
         password=args.password,
         totp_secret=args.totp_secret,
+        one_token_per_client_id=args.one_token_per_client_id,
         enforce_limits=args.enforce_limits,
         faults=faults,
         dialect=DIALECTS[args.dialect],

@@ -96,6 +96,7 @@ class Simulator:
         totp_secret: str | None = None,
         access_token_ttl: float = 7 * 24 * 3600,
         refresh_token_ttl: float = 15 * 24 * 3600,
+        one_token_per_client_id: bool = False,
         enforce_limits: bool = False,
         faults: Faults | None = None,
         limits: Limits | None = None,
@@ -106,7 +107,9 @@ class Simulator:
         self.now = _naive_utc(now)
         self.list_shape: ListShape = list_shape
         self.dialect = dialect or Dialect()
-        self.accounts = Accounts(username, password, totp_secret, access_token_ttl, refresh_token_ttl)
+        self.accounts = Accounts(
+            username, password, totp_secret, access_token_ttl, refresh_token_ttl, one_token_per_client_id
+        )
         self.enforce_limits = enforce_limits
         self.limiter = RateLimiter(limits or Limits())
         self.faults = faults if faults is not None else Faults(seed=seed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -32,6 +33,20 @@ class Faults:
     #: 409 with `Retry-After: retry_after`.
     throttle_rate: float = 0.0
     retry_after: int = 1
+    #: Above 0: every request throttled for this many seconds from the first one after it is set,
+    #: as a live account's shared budget does while it recovers.
+    throttle_stretch_seconds: float = 0.0
+    #: The status of the stretch's answers: 409 as documented, or 429 as live accounts also send.
+    throttle_stretch_status: int = 409
+    #: Throttled answers (stretch or rate) carry no `Retry-After`: the wait is only in the body,
+    #: `You must wait before accessing this url again. Wait <retry_after> seconds`.
+    throttle_wait_in_body: bool = False
+    #: The next this many requests answer the generic failure (`Ooops! There was a problem ...`).
+    error_burst: int = 0
+    #: The burst's status: 500, or 400 as live accounts sometimes send the same text.
+    error_burst_status: int = 500
+    #: Entity names (`CoworkerTimePass`) whose endpoints answer 401: a user missing their roles.
+    denied_entities: tuple[str, ...] = ()
     #: The request is read, then the connection is closed without an answer.
     drop_rate: float = 0.0
     #: 200 whose JSON body is cut short.
@@ -58,8 +73,28 @@ class Faults:
 
     def __post_init__(self) -> None:
         self.hostile_ids = _hostile_ids(self.hostile_ids)
+        self.denied_entities = tuple(self.denied_entities)
         self._rng = random.Random(self.seed)
         self._lock = threading.Lock()
+        self._stretch_started: float | None = None
+
+    def in_throttle_stretch(self) -> bool:
+        """Whether this request falls in the throttling stretch; the first one asking starts it."""
+        if self.throttle_stretch_seconds <= 0:
+            return False
+        now = time.monotonic()
+        with self._lock:
+            if self._stretch_started is None:
+                self._stretch_started = now
+            return now - self._stretch_started < self.throttle_stretch_seconds
+
+    def take_error_burst(self) -> bool:
+        """Whether this request is one of the burst's, counting it."""
+        with self._lock:
+            if self.error_burst <= 0:
+                return False
+            self.error_burst -= 1
+            return True
 
     def roll(self, rate: float) -> bool:
         if rate <= 0:
@@ -89,6 +124,14 @@ class Faults:
                 self.failing_command_ids = {int(i) for i in value}
             elif name == "hostile_ids":
                 self.hostile_ids = _hostile_ids(value)
+            elif name == "denied_entities":
+                if isinstance(value, str):
+                    raise ValueError("denied_entities is a list of entity names, not one string")
+                self.denied_entities = tuple(str(entity) for entity in value)
+            elif name == "throttle_stretch_seconds":
+                with self._lock:
+                    self.throttle_stretch_seconds = float(value)
+                    self._stretch_started = None
             else:
                 setattr(self, name, type(getattr(self, name))(value))
 
@@ -96,6 +139,7 @@ class Faults:
         settings = {f.name: getattr(self, f.name) for f in fields(self)}
         settings["failing_command_ids"] = sorted(self.failing_command_ids)
         settings["hostile_ids"] = list(self.hostile_ids)
+        settings["denied_entities"] = list(self.denied_entities)
         return settings
 
 

@@ -17,6 +17,12 @@ DEFAULT_USERNAME = "admin@example.com"
 DEFAULT_PASSWORD = "simulator-password"
 
 
+class _Totp(pyotp.TOTP):
+    """Accepts the 80-bit secrets real authenticator apps hold, which pyotp refuses by default."""
+
+    min_secret_length_bits = 80
+
+
 class TokenError(Exception):
     """A refused token request; `answer` is the OAuth error body (HTTP 400)."""
 
@@ -42,14 +48,18 @@ class Accounts:
         totp_secret: str | None,
         access_token_ttl: float,
         refresh_token_ttl: float,
+        one_token_per_client_id: bool = False,
     ) -> None:
         self.username = username
         self._password = password
-        self._totp = pyotp.TOTP(totp_secret) if totp_secret else None
+        self._totp = _Totp(totp_secret) if totp_secret else None
+        #: As live accounts do: a sign-in voids the access and refresh tokens issued before to its client_id.
+        self.one_token_per_client_id = one_token_per_client_id
         self.access_token_ttl = access_token_ttl
         self.refresh_token_ttl = refresh_token_ttl
         self._lock = threading.Lock()
-        self._access: dict[str, float] = {}
+        #: Access token -> (expiry, client_id).
+        self._access: dict[str, tuple[float, str]] = {}
         self._refresh: dict[str, _Grant] = {}
         self._issued: list[str] = []
 
@@ -70,8 +80,8 @@ class Accounts:
             return self.username if self._credentials_match(username, password) else None
         if scheme.lower() == "bearer":
             with self._lock:
-                expires_at = self._access.get(credentials)
-            if expires_at is not None and time.time() < expires_at:
+                expires_at, _ = self._access.get(credentials, (0.0, ""))
+            if time.time() < expires_at:
                 return self.username
         return None
 
@@ -80,7 +90,7 @@ class Accounts:
             raise TokenError("invalid_grant", "The user name or password is incorrect.")
         if self._totp is not None and not self._totp.verify(form.get("totp", ""), valid_window=1):
             raise TokenError("two_factor_auth_check", "A valid two-factor authentication code is required.")
-        return self._issue(client_id or self.username)
+        return self._issue(client_id or self.username, sign_in=True)
 
     def refresh(self, form: dict[str, str], client_id: str | None) -> dict[str, Any]:
         with self._lock:
@@ -90,7 +100,7 @@ class Accounts:
             if (client_id or grant.user) != grant.client_id:
                 raise TokenError("invalid_clientId", "Refresh token is issued to a different clientId.")
             del self._refresh[form["refresh_token"]]
-        return self._issue(grant.client_id)
+        return self._issue(grant.client_id, sign_in=False)
 
     def revoke(self) -> None:
         with self._lock:
@@ -101,11 +111,14 @@ class Accounts:
         with self._lock:
             return list(self._issued)
 
-    def _issue(self, client_id: str) -> dict[str, Any]:
+    def _issue(self, client_id: str, *, sign_in: bool) -> dict[str, Any]:
         access, refresh = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         now = time.time()
         with self._lock:
-            self._access[access] = now + self.access_token_ttl
+            if sign_in and self.one_token_per_client_id:
+                self._access = {token: grant for token, grant in self._access.items() if grant[1] != client_id}
+                self._refresh = {token: grant for token, grant in self._refresh.items() if grant.client_id != client_id}
+            self._access[access] = (now + self.access_token_ttl, client_id)
             self._refresh[refresh] = _Grant(self.username, client_id, now + self.refresh_token_ttl)
             self._issued += [access, refresh]
         return {

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import duckdb
 
@@ -32,6 +32,9 @@ class LoadReport:
     throttled: int
     pages: int
     seconds: float
+    #: Seconds waited on throttling answers, and the password grants (sign-ins) the load needed.
+    throttle_wait_seconds: float = 0.0
+    password_grants: int = 0
     #: Ids the full listing missed but a by-Ids lookup found (page drift, or a truncated list).
     recovered: int = 0
     paging: PagingSummary = field(default_factory=PagingSummary)
@@ -56,7 +59,7 @@ def load_entity(
     own on one connection, held for the load: each close of a DuckDB file checkpoints it.
     """
     started = time.monotonic()
-    requests_before, throttled_before = client.stats.requests, client.stats.throttled
+    before = replace(client.stats)
     sync = EntitySync(entity, run_id=run_id, mode="full" if full_refresh else "incremental")
     with connect() as conn:
         sync.begin(conn)
@@ -98,8 +101,8 @@ def load_entity(
                 if recovered:
                     log.warning("%s: %d records missing from the listing still exist upstream", entity.name, recovered)
 
-        requests = client.stats.requests - requests_before
-        throttled = client.stats.throttled - throttled_before
+        requests = client.stats.requests - before.requests
+        throttled = client.stats.throttled - before.throttled
         result = sync.publish(
             conn,
             requests=requests,
@@ -118,4 +121,6 @@ def load_entity(
         seconds=time.monotonic() - started,
         recovered=recovered,
         paging=paging,
+        throttle_wait_seconds=client.stats.throttle_wait_seconds - before.throttle_wait_seconds,
+        password_grants=client.stats.password_grants - before.password_grants,
     )
