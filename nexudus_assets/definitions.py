@@ -31,6 +31,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             totp=settings.totp,
             page_size=settings.page_size,
             request_deadline=settings.request_deadline,
+            write_deadline=settings.write_deadline,
             max_body_bytes=settings.max_body_bytes,
             max_pages=settings.max_pages,
             pacing=settings.pacing,

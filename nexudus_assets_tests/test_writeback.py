@@ -37,6 +37,9 @@ MERGE = CommandRule(name="merge", asset="low_minutes_access_tokens", command="AC
 # -- the rules file --------------------------------------------------------------------------
 
 
+RULE = "rules:\n  - name: a\n    asset: low_minutes_access_tokens\n    command: K\n"
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -44,7 +47,7 @@ MERGE = CommandRule(name="merge", asset="low_minutes_access_tokens", command="AC
         ("rules: 5", "a `rules:` list"),
         ("rules:\n  - {name: a, asset: nowhere, command: K}", "'a'.*asset 'nowhere' is not an insight"),
         ("rules:\n  - {name: Bad-Name, asset: low_minutes_access_tokens, command: K}", "lowercase"),
-        ("rules:\n  - {name: a, asset: low_minutes_access_tokens}", "'a'.*command: Field required"),
+        ("rules:\n  - {name: a, asset: low_minutes_access_tokens}", "'a'.*either `command:` or `update:`"),
         ("rules:\n  - {name: a, asset: low_minutes_access_tokens, command: K, cooldown_hours: -1}", "cooldown_hours"),
         ("rules:\n  - {name: a, asset: low_minutes_access_tokens, command: K, colour: red}", "colour"),
         (
@@ -73,12 +76,12 @@ MERGE = CommandRule(name="merge", asset="low_minutes_access_tokens", command="AC
         ),
         (
             "rules:\n  - {name: a, asset: low_minutes_access_tokens, command: K, cooldown_hours: .inf}",
-            "'a'.*cooldown_hours.*finite number of hours, at least 1/60",
+            "'a'.*cooldown_hours.*a number of hours from 1/60 \\(one minute\\) to 8760 \\(365 days\\)",
         ),
         ("rules:\n  - {name: a, asset: low_minutes_access_tokens, command: K, cooldown_hours: .nan}", "cooldown_hours"),
         (
             "rules:\n  - {name: a, asset: low_minutes_access_tokens, command: K, cooldown_hours: 0.01}",
-            "'a'.*at least 1/60 \\(one minute\\), not 0.01",
+            "'a'.*from 1/60 \\(one minute\\) to 8760 \\(365 days\\), not 0.01",
         ),
         (
             "rules:\n  - {name: a, asset: low_minutes_access_tokens, command: K, parameters: {Minutes: .nan}}",
@@ -93,6 +96,33 @@ MERGE = CommandRule(name="merge", asset="low_minutes_access_tokens", command="AC
             "parameters: {Minutes: 99999999999999999999999999999999}}",
             "'a'.*beyond what any .NET number can hold",
         ),
+        (RULE + "    cooldown_hours: 1e8", "'a'.*cooldown_hours.*to 8760 \\(365 days\\), not 100000000.0"),
+        (RULE + "    cooldown_hours: 8761", "'a'.*cooldown_hours"),
+        (RULE + "    max_attempts: 1e20", "'a'.*max_attempts"),
+        (RULE + "    max_attempts: 101", "'a'.*max_attempts: Input should be less than or equal to 100"),
+        (RULE + "    batch_size: 1001", "'a'.*batch_size: Input should be less than or equal to 1000"),
+        (RULE + "    parameters:\n      Minutes: 1:30", "rule 'a' in .*'1:30' is a sexagesimal number in YAML 1.1"),
+        (RULE + "    parameters:\n      Days: 010", "rule 'a' in .*'010' is an octal number in YAML 1.1"),
+        (RULE + "    parameters:\n      Urgent: yes", "rule 'a' in .*'yes' is a boolean in YAML 1.1"),
+        (RULE + "    parameters:\n      Urgent: Off", "rule 'a' in .*'Off' is a boolean in YAML 1.1"),
+        (RULE + "    parameters:\n      Minutes: 1_000", "rule 'a' in .*'1_000' is a number with underscores"),
+        (RULE + "    parameters:\n      At: 2026-12-01", "rule 'a' in .*'2026-12-01' is a date in YAML 1.1"),
+        (RULE + "    parameters: &p {Minutes: 1}", "rule 'a' in .*anchors and aliases"),
+        (
+            "bomb: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+            "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c, *c, *c, *c, *c]\nrules: []",
+            "rules.yaml: anchors and aliases \\(& and \\*\\) are not allowed; write each value out \\(line 1\\)",
+        ),
+        (RULE + "    update: {Description: x}", "'a'.*either `command:` or `update:`, not both"),
+        (
+            "rules:\n  - {name: a, asset: low_minutes_access_tokens, update: {Description: x}, batch_size: 5}",
+            "'a'.*batch_size: only for `command:` rules",
+        ),
+        (RULE + "    unlisted: true\n    parameters: {Minutes: 5}", "'a'.*declares every parameter's type"),
+        (
+            RULE + "    parameter_types: {Minutes: Int32}",
+            "'a'.*parameter_types names parameter\\(s\\) the rule does not",
+        ),
     ],
 )
 def test_a_malformed_rules_file_fails_loudly_naming_the_rule(tmp_path, text, message):
@@ -100,6 +130,17 @@ def test_a_malformed_rules_file_fails_loudly_naming_the_rule(tmp_path, text, mes
     path.write_text(text)
     with pytest.raises(RuleError, match=message):
         load_rules(path, ACTIONABLE_ASSETS)
+
+
+def test_quoted_values_and_yaml_12_forms_load_as_written(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        RULE + '    parameters: {Minutes: "1:30", Days: "010", Urgent: true, Note: "yes", Ratio: 1.5}\n'
+        "    cooldown_hours: 8760\n    max_attempts: 100\n    batch_size: 1000"
+    )
+    [loaded] = load_rules(path, ACTIONABLE_ASSETS)
+    assert loaded.parameters == {"Minutes": "1:30", "Days": "010", "Urgent": True, "Note": "yes", "Ratio": 1.5}
+    assert (loaded.cooldown_hours, loaded.max_attempts, loaded.batch_size) == (8760, 100, 1000)
 
 
 def test_the_shipped_example_loads(tmp_path):
@@ -127,12 +168,41 @@ CATALOGUE = [
         {"Key": "BIG", "RequiresParameters": [{"Name": "Total", "Type": "Int64"}]},
         {"Key": "PRICE", "RequiresParameters": [{"Name": "Amount", "Type": "Decimal"}]},
         {"Key": "RATIO", "RequiresParameters": [{"Name": "Share", "Type": "Single"}]},
+        {"Key": "UNTYPED", "RequiresParameters": [{"Name": "Count", "Type": None}]},
     )
 ]
 
 
 def rule(command: str, **parameters) -> CommandRule:
     return CommandRule(name="r", asset="low_minutes_access_tokens", command=command, parameters=parameters)
+
+
+def typed(command: str, parameters: dict, unlisted: bool = False, **types: str) -> CommandRule:
+    return CommandRule(
+        name="r",
+        asset="low_minutes_access_tokens",
+        command=command,
+        parameters=parameters,
+        parameter_types=types,
+        unlisted=unlisted,
+    )
+
+
+def test_catalogue_gaps_are_filled_by_the_types_the_rule_declares():
+    # `Type: null`: checked as the rule declares, sent as {Name, Value}.
+    assert check_rule(typed("UNTYPED", {"Count": 3}, Count="Int32"), CATALOGUE)[1] == [{"Name": "Count", "Value": 3}]
+    # A type name unknown here keeps its name on the wire; the value is checked as declared.
+    assert check_rule(typed("ODD", {"X": "Red"}, X="String"), CATALOGUE)[1] == [
+        {"Name": "X", "Type": "Nexudus.Enums.eSomething", "Value": "Red"}
+    ]
+    # A command missing from the catalogue, declared so: batches of any size, no Type on the wire.
+    command, payload = check_rule(typed("HIDDEN", {"Days": 7}, unlisted=True, Days="Int32"), CATALOGUE)
+    assert (command.key, payload) == ("HIDDEN", [{"Name": "Days", "Value": 7}])
+    assert plan_calls(command, [3, 1, 2], 2).batches == [[1, 2], [3]]
+    # Listed after all: the catalogue's description wins.
+    assert check_rule(typed("ADD", {"Minutes": 5}, unlisted=True, Minutes="Int32"), CATALOGUE)[1] == [
+        {"Name": "Minutes", "Type": "Int32", "Value": 5}
+    ]
 
 
 def test_a_valid_rule_gives_the_parameters_payload():
@@ -160,7 +230,8 @@ def test_a_valid_rule_gives_the_parameters_payload():
     [
         (
             rule("NOPE"),
-            "'NOPE' is not in the catalogue \\(available: ADD, BIG, GLOBAL, NOTE, ODD, PRICE, RATIO, SMALL, WHEN\\)",
+            "'NOPE' is not in the catalogue \\(available: ADD, BIG, GLOBAL, NOTE, ODD, PRICE, RATIO, SMALL, UNTYPED, "
+            "WHEN\\)",
         ),
         (rule("ADD"), "missing parameter\\(s\\) Minutes; ADD takes Minutes \\(Int32\\)"),
         (rule("ADD", Minutes=5, Hours=1), "unknown parameter\\(s\\) Hours"),
@@ -176,7 +247,13 @@ def test_a_valid_rule_gives_the_parameters_payload():
         (rule("PRICE", Amount="1e30"), "must be a Decimal"),
         (rule("RATIO", Share=1e39), "must be a Single"),
         (rule("WHEN", At="next tuesday"), "'At' must be a System.DateTime\\?"),
-        (rule("ODD", X=1), "cannot be checked; nothing is sent unchecked"),
+        (rule("ODD", X=1), "cannot be checked; declare its type in `parameter_types:`.*nothing is sent unchecked"),
+        (rule("UNTYPED", Count=1), "has type None in the catalogue, which cannot be checked; declare its type"),
+        (typed("UNTYPED", {"Count": "lots"}, Count="Int32"), "'Count' must be a Int32 \\(.*\\), not str 'lots'"),
+        (typed("UNTYPED", {"Count": 1}, Count="Nexudus.Enums.eColour"), "declared 'Nexudus.Enums.eColour', a type"),
+        (typed("ADD", {"Minutes": 1}, Minutes="String"), "declared 'String', but the catalogue types it 'Int32'"),
+        (rule("HIDDEN"), "not in the catalogue .*say `unlisted: true` and declare `parameter_types:`"),
+        (typed("HIDDEN", {"Days": 2**40}, unlisted=True, Days="Int32"), "'Days' must be a Int32"),
         (rule("GLOBAL"), "runs without records"),
     ],
 )
