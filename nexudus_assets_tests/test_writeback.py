@@ -3,19 +3,22 @@
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dagster as dg
+import httpx
 import pytest
 
 from nexudus_assets.definitions import ACTIONABLE_ASSETS
-from nexudus_assets.nexudus import ACCESS_TOKENS, CommandDescription
+from nexudus_assets.nexudus import ACCESS_TOKENS, CommandDescription, UncertainOutcomeError
 from nexudus_assets.resources import CommandLedgerResource
 from nexudus_assets.simulator import DEFAULT_PASSWORD, DEFAULT_USERNAME
+from nexudus_assets.simulator.commands import ANSWER_STYLES
 from nexudus_assets.writeback.ledger import CommandLedger, default_ledger_path
 from nexudus_assets.writeback.plan import check_rule, plan_calls
 from nexudus_assets.writeback.rules import CommandRule, RuleError, load_rules
-from nexudus_assets_tests.utils import Project
+from nexudus_assets_tests.utils import Project, Webhook
 
 TOP_UP = CommandRule(
     name="top_up",
@@ -631,3 +634,160 @@ def test_under_flaky_answers_every_record_is_actioned_at_most_once_per_cooldown(
     assert len(applied) == len(set(applied)), "a record was actioned twice within its cooldown"
     outcomes = {row[2] for row in ledger(project)}
     assert {"succeeded"} <= outcomes and outcomes <= {"succeeded", "failed", "uncertain"}
+
+
+# -- write-back that cannot run is loud --------------------------------------------------------
+
+
+@pytest.fixture
+def webhook():
+    receiver = Webhook()
+    yield receiver
+    receiver.close()
+
+
+def test_a_broken_ledger_or_warehouse_alerts_once_and_once_more_when_it_recovers(
+    make_project, dagster_instance, webhook
+):
+    project = make_project(rules=[EXTEND], live=True, webhook=webhook.url, instance=dagster_instance)
+    project.run()
+    ids = sorted(project.insight_ids("low_minutes_access_tokens"))[:2]
+    run_command(project, "extend", ids)  # a live run: from now on a ledger is expected
+    path = ledger_path(project)
+    saved = path.read_bytes()
+    path.write_bytes(b"this is not a ledger" * 100)
+    project.run()
+
+    corrupt = tick(project, "nexudus_rule_extend")
+    assert corrupt.run_requests == [] and "cannot be read" in corrupt.skip_message
+    again = tick(project, "nexudus_rule_extend", cursor=corrupt.cursor)
+    assert again.run_requests == []
+    [alert] = webhook.texts()
+    assert "rule extend cannot run" in alert and str(path) in alert
+    path.unlink()  # gone after a live run: still no ledger to trust, and no second alert
+    missing = tick(project, "nexudus_rule_extend", cursor=again.cursor)
+    assert "the command ledger is missing" in missing.skip_message and len(webhook.texts()) == 1
+
+    path.write_bytes(saved)
+    recovered = tick(project, "nexudus_rule_extend", cursor=missing.cursor)
+    assert len(recovered.run_requests) == 1
+    assert "rule extend runs again" in webhook.texts()[-1] and len(webhook.texts()) == 2
+
+    project.run()
+    warehouse = Path(project.database)
+    published = warehouse.read_bytes()
+    warehouse.write_bytes(b"this is not a warehouse" * 1000)
+    unreadable = tick(project, "nexudus_rule_extend", cursor=recovered.cursor)
+    assert unreadable.run_requests == [] and "the warehouse cannot be read" in unreadable.skip_message
+    tick(project, "nexudus_rule_extend", cursor=unreadable.cursor)
+    assert len(webhook.texts()) == 3 and "cannot run: the warehouse cannot be read" in webhook.texts()[-1]
+    warehouse.write_bytes(published)
+    tick(project, "nexudus_rule_extend", cursor=unreadable.cursor)
+    assert len(webhook.texts()) == 4 and "runs again" in webhook.texts()[-1]
+
+
+def test_a_rule_the_catalogue_refuses_alerts_once(make_project, webhook):
+    broken = CommandRule(name="broken", asset="low_minutes_access_tokens", command="ACCESSTOKEN_TELEPORT")
+    project = make_project(rules=[broken], live=True, webhook=webhook.url)
+    project.run("nexudus_full_refresh")
+    first = tick(project, "nexudus_rule_broken")
+    project.run()
+    second = tick(project, "nexudus_rule_broken", cursor=first.cursor)
+    assert first.run_requests == second.run_requests == []
+    [alert] = webhook.texts()
+    assert "rule broken cannot run" in alert and "not in the catalogue" in alert
+    assert project.sim.commands_run == []
+
+
+# -- what live commands do, taught to the simulator ------------------------------------------
+
+
+@pytest.mark.parametrize("style", [style for style in ANSWER_STYLES if style != "documented"])
+def test_a_command_answer_that_does_not_say_is_unconfirmed_never_a_failure(running, style):
+    sim = running.sim
+    ids = [record["Id"] for record in sim.records(ACCESS_TOKENS)[:2]]
+    sim.command_quirks.answer = style
+    parameters = [{"Name": "Minutes", "Value": 5}]
+    with running.client() as client:
+        applied = client.run_command(ACCESS_TOKENS, "ACCESSTOKEN_ADD_MINUTES", ids, parameters)
+        sim.faults.failing_command_ids = {ids[0]}
+        refused = client.run_command(ACCESS_TOKENS, "ACCESSTOKEN_ADD_MINUTES", ids, parameters)
+    assert [call["was_successful"] for call in sim.commands_run] == [True, False]
+    # Neither says anything usable: the first is not taken for a failure, the second not for a success.
+    assert applied.confirmed is refused.confirmed is False
+    assert "may or may not have been applied" in applied.message
+
+
+def test_the_documented_answer_confirms(running):
+    token = running.sim.records(ACCESS_TOKENS)[0]["Id"]
+    with running.client() as client:
+        answer = client.run_command(
+            ACCESS_TOKENS, "ACCESSTOKEN_ADD_MINUTES", [token], [{"Name": "Minutes", "Value": 5}]
+        )
+    assert answer.confirmed and "5 minutes were added" in answer.message
+
+
+def test_a_slow_command_has_the_write_deadline_not_the_request_deadline(running):
+    sim = running.sim
+    ids = [record["Id"] for record in sim.records(ACCESS_TOKENS)[:3]]
+    sim.command_quirks.seconds_per_id = 0.4  # 1.2 s for the call
+    parameters = [{"Name": "Minutes", "Value": 5}]
+    with running.client(timeout=0.5, request_deadline=0.5, write_deadline=30) as client:
+        assert client.run_command(ACCESS_TOKENS, "ACCESSTOKEN_ADD_MINUTES", ids, parameters).confirmed
+    with running.client(write_deadline=0.5) as client, pytest.raises(UncertainOutcomeError):
+        client.run_command(ACCESS_TOKENS, "ACCESSTOKEN_ADD_MINUTES", ids, parameters)
+    for _ in range(50):  # the server is still working on the call the client gave up on
+        if len(sim.commands_run) == 2:
+            break
+        time.sleep(0.1)
+    assert len(sim.commands_run) == 2, "the call cut short by the deadline was not sent again"
+
+
+def test_a_batch_failing_for_some_ids_is_uncertain_for_all_and_not_sent_again(make_project):
+    project = make_project(rules=[TOP_UP], live=True)
+    project.run()
+    ids = sorted(project.insight_ids("low_minutes_access_tokens"))[:3]
+    project.sim.command_quirks.partial_failure = True
+    project.sim.faults.failing_command_ids = {ids[1]}
+    first = run_command(project, "top_up", ids, raise_on_error=False)
+    assert not first.success and "3 may or may not have been changed" in failure(first)
+    run_command(project, "top_up", ids, raise_on_error=False)
+    [call] = project.sim.commands_run
+    assert call["ids"] == ids and call["applied"] == [ids[0], ids[2]]
+    assert {row[2] for row in ledger(project)} == {"uncertain"}
+
+
+def test_an_unlisted_command_runs_only_when_the_rule_declares_it(make_project):
+    project = make_project(rules=[TOP_UP], live=True)
+    project.sim.command_quirks.unlisted = frozenset({"ACCESSTOKEN_ADD_MINUTES"})
+    project.run()
+    ids = sorted(project.insight_ids("low_minutes_access_tokens"))[:2]
+    refused = run_command(project, "top_up", ids, raise_on_error=False)
+    assert "not in the catalogue" in failure(refused) and "unlisted: true" in failure(refused)
+    declared = TOP_UP.model_copy(update={"unlisted": True, "parameter_types": {"Minutes": "Int32"}})
+    run_command(make_project(rules=[declared], live=True), "top_up", ids)
+    [call] = project.sim.commands_run
+    assert call["ids"] == ids and call["parameters"] == [{"Name": "Minutes", "Value": 120}]
+
+
+def test_a_parameter_of_type_null_is_checked_by_the_declared_type_and_sent_without_one(make_project):
+    project = make_project(rules=[TOP_UP], live=True)
+    project.sim.command_quirks.untyped_parameters = True
+    project.run("nexudus_full_refresh")  # stores the catalogue with `Type: null`
+    refused = tick(project, "nexudus_rule_top_up")
+    assert refused.run_requests == [] and "has type None in the catalogue" in refused.skip_message
+    declared = make_project(rules=[TOP_UP.model_copy(update={"parameter_types": {"Minutes": "Int32"}})], live=True)
+    run_requested(declared, tick(declared, "nexudus_rule_top_up"))
+    calls = project.sim.commands_run
+    assert calls and all(call["parameters"] == [{"Name": "Minutes", "Value": 120}] for call in calls)
+
+
+def test_the_command_quirks_are_switched_over_http_too(running):
+    admin = f"{running.base_url.removesuffix('/api')}/_simulator/command-quirks"
+    assert httpx.get(admin).json()["answer"] == "documented"
+    changed = httpx.post(admin, json={"answer": "empty", "unlisted": ["ACCESSTOKEN_MERGE"], "seconds_per_id": 0.1})
+    assert changed.json()["unlisted"] == ["ACCESSTOKEN_MERGE"] and running.sim.command_quirks.answer == "empty"
+    assert httpx.post(admin, json={"answer": "sometimes", "seconds_per_id": 0}).status_code == 400
+    assert running.sim.command_quirks.answer == "empty" and running.sim.command_quirks.seconds_per_id == 0.1
+    with running.client() as client:
+        assert "ACCESSTOKEN_MERGE" not in {command.key for command in client.commands(ACCESS_TOKENS)}

@@ -49,9 +49,10 @@ class CommandQuirks:
         unknown = set(changes) - names
         if unknown:
             raise KeyError(", ".join(sorted(unknown)))
+        if changes.get("answer", self.answer) not in ANSWER_STYLES:
+            raise ValueError(f"answer must be one of {', '.join(ANSWER_STYLES)}, not {changes['answer']!r}")
         for name, value in changes.items():
             setattr(self, name, frozenset(map(str, value)) if name == "unlisted" else type(getattr(self, name))(value))
-        self.__post_init__()
 
     def to_dict(self) -> dict[str, Any]:
         settings = {f.name: getattr(self, f.name) for f in fields(self)}
