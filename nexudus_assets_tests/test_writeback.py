@@ -11,13 +11,15 @@ import httpx
 import pytest
 
 from nexudus_assets.definitions import ACTIONABLE_ASSETS
+from nexudus_assets.jobs import build_command_job
 from nexudus_assets.nexudus import ACCESS_TOKENS, CommandDescription, UncertainOutcomeError
 from nexudus_assets.resources import CommandLedgerResource
+from nexudus_assets.sensors import build_command_sensor
 from nexudus_assets.simulator import DEFAULT_PASSWORD, DEFAULT_USERNAME
 from nexudus_assets.simulator.commands import ANSWER_STYLES
 from nexudus_assets.writeback.ledger import CommandLedger, default_ledger_path
 from nexudus_assets.writeback.plan import check_rule, plan_calls
-from nexudus_assets.writeback.rules import CommandRule, RuleError, load_rules
+from nexudus_assets.writeback.rules import CommandRule, FromColumn, RuleError, load_rules
 from nexudus_assets_tests.utils import Project, Webhook
 
 TOP_UP = CommandRule(
@@ -791,3 +793,38 @@ def test_the_command_quirks_are_switched_over_http_too(running):
     assert running.sim.command_quirks.answer == "empty" and running.sim.command_quirks.seconds_per_id == 0.1
     with running.client() as client:
         assert "ACCESSTOKEN_MERGE" not in {command.key for command in client.commands(ACCESS_TOKENS)}
+
+
+def test_the_commented_update_example_is_a_valid_rule(tmp_path):
+    from nexudus_assets.writeback.rules import EXAMPLE_RULES
+
+    text = EXAMPLE_RULES.read_text()
+    example = text[text.index("  # - name: mark_low_tokens") :]
+    path = tmp_path / "rules.yaml"
+    path.write_text("rules:\n" + "\n".join(line.replace("  # ", "  ", 1) for line in example.splitlines()))
+    [update] = load_rules(path, ACTIONABLE_ASSETS)
+    assert update.command is None and update.update is not None and set(update.update) == {"Description", "ValidTo"}
+    # Its fields and their values fit the entity: the definitions load with it.
+    assert sensor_for(update).name == "nexudus_rule_mark_low_tokens"
+
+
+def sensor_for(candidate: CommandRule) -> dg.SensorDefinition:
+    """The rule's sensor, built as the definitions build it: RuleError when the rule does not fit."""
+    return build_command_sensor(candidate, build_command_job((candidate,), live=False))
+
+
+def test_an_update_rule_with_a_field_nexudus_does_not_take_fails_the_definitions():
+    for update, message in [
+        ({"MinutesLeft": 5}, "has no writable field\\(s\\) MinutesLeft"),
+        ({"UserLimit": "many"}, "field 'UserLimit' cannot be 'many'"),
+        (
+            {"Description": FromColumn(column="nowhere")},
+            "takes column 'nowhere', which low_minutes_access_tokens lacks",
+        ),
+    ]:
+        rule = CommandRule(name="u", asset="low_minutes_access_tokens", update=update)
+        with pytest.raises(RuleError, match=message):
+            sensor_for(rule)
+    pinned = TOP_UP.model_copy(update={"insight_config": {"minimum": 5}})
+    with pytest.raises(RuleError, match="insight_config names minimum, which low_minutes_access_tokens does not take"):
+        sensor_for(pinned)
