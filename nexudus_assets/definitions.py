@@ -33,6 +33,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             throttle_patience=settings.throttle_patience,
             page_size=settings.page_size,
             request_deadline=settings.request_deadline,
+            write_deadline=settings.write_deadline,
             max_body_bytes=settings.max_body_bytes,
             max_pages=settings.max_pages,
             pacing=settings.pacing,

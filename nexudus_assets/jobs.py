@@ -10,12 +10,12 @@ from pydantic import Field
 from nexudus_assets.assets import insights, raw, trends
 from nexudus_assets.assets.command_catalogue import command_catalogue
 from nexudus_assets.checks import FRESHNESS_CHECK_KEYS
-from nexudus_assets.nexudus import ENTITIES
+from nexudus_assets.nexudus import ENTITIES, Entity
 from nexudus_assets.resources import CommandLedgerResource, NexudusApiResource, WarehouseResource
-from nexudus_assets.warehouse import WarehouseError
-from nexudus_assets.writeback.execute import run_rule
+from nexudus_assets.warehouse import WarehouseError, qualified
+from nexudus_assets.writeback.execute import CommandReport, SeenRecord, run_rule, run_update
 from nexudus_assets.writeback.ledger import LedgerError, open_ledger
-from nexudus_assets.writeback.rules import CommandRule, RuleError
+from nexudus_assets.writeback.rules import CommandRule, RuleError, Scalar
 
 #: `synced_recently` always passes right after a sync: it runs on its own schedule instead.
 FULL_SYNC_SELECTION = dg.AssetSelection.groups(raw.GROUP, insights.GROUP) - dg.AssetSelection.checks(
@@ -85,12 +85,68 @@ class CommandRunConfig(dg.Config):
     record_ids: list[int] = Field(description="The Nexudus record ids the rule's sensor singled out.")
 
 
-def _earlier_live_run(context: dg.OpExecutionContext) -> str | None:
-    records = context.instance.get_run_records(
+def _seen_records(conn: Any, rule: CommandRule, entity: Entity) -> tuple[dict[int, SeenRecord], list[str]]:
+    """The insight's rows by id, with each record's `updated_on` as the warehouse holds it, and its columns."""
+    cursor = conn.execute(
+        f"SELECT i.*, t.updated_on AS _seen_updated_on FROM {insights.INSIGHTS_SCHEMA}.{rule.asset} AS i "
+        f"LEFT JOIN {qualified(entity)} AS t USING (id)"
+    )
+    names = [column[0] for column in cursor.description]
+    seen = {}
+    for row in cursor.fetchall():
+        values = dict(zip(names, row, strict=True))
+        updated_on = values.pop("_seen_updated_on")
+        seen[values["id"]] = SeenRecord(columns=values, updated_on=updated_on)
+    return seen, names[:-1]
+
+
+def earlier_live_run(instance: dg.DagsterInstance, this_run_id: str | None = None) -> str | None:
+    """Evidence that a ledger existed: a live command run of this instance (other than this one)."""
+    records = instance.get_run_records(
         dg.RunsFilter(job_name=COMMAND_JOB, tags={LIVE_TAG: "true"}, statuses=_STARTED), limit=2
     )
-    earlier = [record.dagster_run.run_id for record in records if record.dagster_run.run_id != context.run_id]
+    earlier = [record.dagster_run.run_id for record in records if record.dagster_run.run_id != this_run_id]
     return f"live command run {earlier[0]} of this Dagster instance" if earlier else None
+
+
+def approved_config(rule: CommandRule) -> dict[str, Scalar | None]:
+    """The insight config the rule acts on: the insight's defaults, with what the rule pins.
+
+    RuleError when the rule pins a field the insight's config does not have.
+    """
+    config_type = insights.insight_by_name(rule.asset).config
+    unknown = sorted(set(rule.insight_config) - set(config_type.model_fields))
+    if unknown:
+        raise RuleError(
+            f"rule {rule.name!r}: insight_config names {', '.join(unknown)}, which {rule.asset} does not take; "
+            f"it takes {', '.join(config_type.model_fields)}"
+        )
+    return config_type.model_validate(rule.insight_config).model_dump()
+
+
+def unapproved_reason(
+    instance: dg.DagsterInstance, rule: CommandRule, materialization: dg.EventLogRecord
+) -> str | None:
+    """Why the rule must not act on this materialization of its insight; None when it may.
+
+    Read from the run that made it, as the instance recorded the run's config at launch:
+    materialization metadata can be reported by anyone with the UI, without a run, saying
+    anything; a run's config is what its step computed with.
+    """
+    run = instance.get_run_by_id(materialization.run_id) if materialization.run_id else None
+    if run is None:
+        return f"this materialization of {rule.asset} was reported, not made by a run"
+    [group] = insights.insight_run_config({rule.asset: {}})["ops"]
+    ops: Any = run.run_config.get("ops", {})
+    given = ops.get(group, {}).get("config", {}).get(rule.asset, {})
+    config_type = insights.insight_by_name(rule.asset).config
+    used = config_type.model_validate(given).model_dump()
+    approved = approved_config(rule)
+    if used != approved:
+        changed = sorted(name for name in approved if used.get(name) != approved[name])
+        shown = ", ".join(f"{name}={used.get(name)!r} (approved: {approved[name]!r})" for name in changed)
+        return f"run {run.run_id[:8]} materialized {rule.asset} with {shown}"
+    return None
 
 
 def build_command_job(rules: Sequence[CommandRule], *, live: bool) -> dg.JobDefinition:
@@ -116,7 +172,7 @@ def build_command_job(rules: Sequence[CommandRule], *, live: bool) -> dg.JobDefi
         ledger_path = ledger.location(warehouse.database)
         try:
             # First, before anything can fail: a run tagged live has always opened (or made) the ledger.
-            command_ledger = open_ledger(ledger_path, used_before_by=_earlier_live_run(context))
+            command_ledger = open_ledger(ledger_path, used_before_by=earlier_live_run(context.instance, context.run_id))
         except LedgerError as exc:
             raise dg.Failure(description=f"Nothing was sent. {exc}") from None
         rule = by_name.get(config.rule)
@@ -124,25 +180,47 @@ def build_command_job(rules: Sequence[CommandRule], *, live: bool) -> dg.JobDefi
             raise dg.Failure(f"no command rule named {config.rule!r}; known: {', '.join(sorted(by_name)) or 'none'}")
         entity = insights.insight_by_name(rule.asset).entity
         assert entity is not None  # load_rules only admits insights of record ids
+        latest = context.instance.fetch_materializations(dg.AssetKey(rule.asset), limit=1).records
+        refusal = unapproved_reason(context.instance, rule, latest[0]) if latest else f"{rule.asset} was never made"
         try:
             with warehouse.read_only_connection() as conn:
-                rows = conn.execute(f"SELECT id FROM {insights.INSIGHTS_SCHEMA}.{rule.asset}").fetchall()
+                seen, columns = _seen_records(conn, rule, entity)
         except (duckdb.Error, WarehouseError) as exc:
             raise dg.Failure(
                 description=f"Nothing was sent. {rule.asset} cannot be read to confirm the records: {exc}"
             ) from None
+        # Read again after the table: a materialization recorded meanwhile may be of other config.
+        now_latest = context.instance.fetch_materializations(dg.AssetKey(rule.asset), limit=1).records
+        if refusal is None and now_latest[0].storage_id != latest[0].storage_id:
+            refusal = f"{rule.asset} was materialized again while it was read; the rule's sensor looks at it next"
+        if refusal is not None:
+            raise dg.Failure(description=f"Nothing was sent. Not approved by rule {rule.name!r}: {refusal}")
         try:
             with nexudus_api.get_client() as client:
-                report = run_rule(
-                    client,
-                    command_ledger,
-                    rule,
-                    entity,
-                    config.record_ids,
-                    insight_ids={row[0] for row in rows},
-                    live=nexudus_api.commands_live,
-                    run_id=context.run.run_id,
-                )
+                report: CommandReport
+                if rule.update is not None:
+                    report = run_update(
+                        client,
+                        command_ledger,
+                        rule,
+                        entity,
+                        config.record_ids,
+                        seen=seen,
+                        columns=columns,
+                        live=nexudus_api.commands_live,
+                        run_id=context.run.run_id,
+                    )
+                else:
+                    report = run_rule(
+                        client,
+                        command_ledger,
+                        rule,
+                        entity,
+                        config.record_ids,
+                        insight_ids=set(seen),
+                        live=nexudus_api.commands_live,
+                        run_id=context.run.run_id,
+                    )
         except RuleError as exc:
             raise dg.Failure(description=f"Nothing was sent. {exc}") from None
         except LedgerError as exc:
@@ -157,6 +235,8 @@ def build_command_job(rules: Sequence[CommandRule], *, live: bool) -> dg.JobDefi
             "succeeded": len(report.succeeded),
             "failed": len(report.failed),
             "uncertain": len(report.uncertain),
+            "unconfirmed": len(report.unconfirmed),
+            "changed_since_the_insight": len(report.stale),
             "left_alone_within_cooldown": len(report.blocked),
             "without_partner": len(report.left_over),
             "refused_not_in_insight": len(report.refused),
@@ -167,6 +247,11 @@ def build_command_job(rules: Sequence[CommandRule], *, live: bool) -> dg.JobDefi
             context.log.warning(
                 f"{rule.name}: {len(report.refused)} record(s) asked for are not in {rule.asset} now and were refused: "
                 f"{report.refused[:20]}"
+            )
+        if report.unconfirmed:
+            context.log.warning(
+                f"{rule.name}: {len(report.unconfirmed)} record(s) got an answer that does not say whether the "
+                "command worked; recorded `uncertain`, they are not sent again within the cooldown"
             )
         if report.failed or report.uncertain:
             raise dg.Failure(

@@ -17,7 +17,12 @@ from pydantic import Field, PrivateAttr, SecretStr
 
 from nexudus_assets.nexudus import DEFAULT_BASE_URL, NexudusClient, RateLimits, RetryPolicy, Window
 from nexudus_assets.nexudus.auth import AuthScheme, BearerAuth, Credentials
-from nexudus_assets.nexudus.client import DEFAULT_MAX_BODY_BYTES, DEFAULT_REQUEST_DEADLINE, MAX_PAGE_SIZE
+from nexudus_assets.nexudus.client import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_REQUEST_DEADLINE,
+    DEFAULT_WRITE_DEADLINE,
+    MAX_PAGE_SIZE,
+)
 from nexudus_assets.nexudus.paging import DEFAULT_MAX_PAGES
 from nexudus_assets.nexudus.retry import DEFAULT_THROTTLE_PATIENCE
 from nexudus_assets.warehouse import (
@@ -77,6 +82,9 @@ class NexudusApiResource(dg.ConfigurableResource):
     request_deadline: float = Field(
         default=DEFAULT_REQUEST_DEADLINE, description="Seconds one request may take, answer included."
     )
+    write_deadline: float = Field(
+        default=DEFAULT_WRITE_DEADLINE, description="Seconds a command or a PUT may take, answer included."
+    )
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, description="The largest answer accepted, in bytes.")
     max_pages: int = Field(default=DEFAULT_MAX_PAGES, description="The most pages one walk through a list reads.")
     pacing: Pacing = Field(default_factory=Pacing, description="The published limits every request is paced to.")
@@ -111,6 +119,7 @@ class NexudusApiResource(dg.ConfigurableResource):
             client_id=self.client_id,
             page_size=self.page_size,
             request_deadline=self.request_deadline,
+            write_deadline=self.write_deadline,
             max_body_bytes=self.max_body_bytes,
             max_pages=self.max_pages,
             limits=self.pacing.rate_limits(),

@@ -1,28 +1,66 @@
 """Sensors: one per command rule, and the alert sensor."""
 
 import datetime as dt
-from collections.abc import Collection, Sequence
+import json
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import duckdb
 
 from nexudus_assets.alerts import build_alert_sensor
 from nexudus_assets.assets.insights import INSIGHTS_SCHEMA, insight_by_name
-from nexudus_assets.jobs import COMMAND_OP
-from nexudus_assets.resources import CommandLedgerResource, WarehouseResource
+from nexudus_assets.jobs import COMMAND_OP, approved_config, earlier_live_run, unapproved_reason
+from nexudus_assets.nexudus import Entity
+from nexudus_assets.resources import AlertWebhookResource, CommandLedgerResource, WarehouseResource
 from nexudus_assets.warehouse import WarehouseError, WarehouseNotSyncedError
 from nexudus_assets.warehouse.catalogue import read_catalogue
-from nexudus_assets.writeback.execute import cooldown_key
-from nexudus_assets.writeback.ledger import CommandLedger, LedgerError
-from nexudus_assets.writeback.plan import check_rule
+from nexudus_assets.writeback.execute import cooldown_key, update_key
+from nexudus_assets.writeback.ledger import LedgerError, existing_ledger
+from nexudus_assets.writeback.plan import FieldUpdate, changes_for, check_rule, check_update
 from nexudus_assets.writeback.rules import CommandRule, RuleError
+
+
+@dataclass
+class RuleSensorState:
+    """A rule sensor's cursor: the last materialization dealt with, and the trouble last alerted."""
+
+    #: Storage id of the insight's last materialization dealt with.
+    after: int | None = None
+    #: What stops the rule now, as last alerted (None: it runs); a recovery is alerted when it clears.
+    trouble: str | None = None
+
+    @classmethod
+    def loads(cls, cursor: str | None) -> "RuleSensorState":
+        if not cursor:
+            return cls()
+        if cursor.isdigit():  # the cursor before it held the trouble too
+            return cls(after=int(cursor))
+        return cls(**json.loads(cursor))
+
+    def dumps(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Trouble:
+    """Why a rule cannot run. `kind` decides whether it is news: one alert per kind until it clears."""
+
+    kind: str
+    text: str
 
 
 def build_command_sensor(
     rule: CommandRule, job: dg.JobDefinition, minimum_interval_seconds: int = 60
 ) -> dg.SensorDefinition:
-    entity = insight_by_name(rule.asset).entity
+    insight = insight_by_name(rule.asset)
+    entity = insight.entity
     assert entity is not None
+    approved_config(rule)  # a rule pinning config the insight does not take fails the definitions
+    update_fields = check_update(rule, entity, insight.columns) if rule.update is not None else None
+    what = f"set {', '.join(rule.update)} by PUT" if rule.update is not None else f"run {rule.command}"
 
     @dg.sensor(
         name=f"nexudus_rule_{rule.name}",
@@ -30,73 +68,112 @@ def build_command_sensor(
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=minimum_interval_seconds,
         description=(
-            f"On each new materialization of `{rule.asset}`, asks `{job.name}` to run {rule.command} on its "
-            f"records, less those the command ledger shows actioned with the same command and parameters in the "
-            f"last {rule.cooldown_hours:g} h, or out of attempts."
+            f"On each new materialization of `{rule.asset}` made with the config the rule approves, asks "
+            f"`{job.name}` to {what} on its records, less those the command ledger shows actioned the same way in "
+            f"the last {rule.cooldown_hours:g} h, or out of attempts. Alerts when it cannot run, and when it can again."
         ),
     )
     def _rule_sensor(
-        context: dg.SensorEvaluationContext, warehouse: WarehouseResource, ledger: CommandLedgerResource
+        context: dg.SensorEvaluationContext,
+        warehouse: WarehouseResource,
+        ledger: CommandLedgerResource,
+        alerts: AlertWebhookResource,
     ) -> dg.SensorResult:
+        state = RuleSensorState.loads(context.cursor)
+
+        def finish(
+            trouble: Trouble | None, skip: str | None, *, after: int | None, requests: Sequence[dg.RunRequest] = ()
+        ) -> dg.SensorResult:
+            """Alert a new trouble or a recovery; the cursor moves only once the alert is delivered."""
+            try:
+                if trouble is not None and trouble.kind != state.trouble:
+                    alerts.send(
+                        f":rotating_light: Nexudus write-back rule {rule.name} cannot run: {trouble.text}", context.log
+                    )
+                elif trouble is None and state.trouble is not None:
+                    alerts.send(f":white_check_mark: Nexudus write-back rule {rule.name} runs again.", context.log)
+            except RuntimeError as undelivered:
+                return dg.SensorResult(skip_reason=f"{skip or trouble}; the alert was not delivered ({undelivered})")
+            next_state = RuleSensorState(after=after, trouble=trouble.kind if trouble else None)
+            return dg.SensorResult(run_requests=list(requests), skip_reason=skip, cursor=next_state.dumps())
+
         latest = context.instance.fetch_materializations(dg.AssetKey(rule.asset), limit=1).records
         if not latest:
             return dg.SensorResult(skip_reason=f"{rule.asset} has not been materialized yet")
         storage_id = latest[0].storage_id
-        if context.cursor and int(context.cursor) >= storage_id:
+        if state.after is not None and state.after >= storage_id:
             return dg.SensorResult(skip_reason=f"no new materialization of {rule.asset}")
+        refusal = unapproved_reason(context.instance, rule, latest[0])
+        if refusal is not None:
+            # Past it: this materialization is never acted on. The next approved one may be.
+            trouble = Trouble(f"unapproved:{storage_id}", f"{refusal}; nothing is sent for it")
+            return finish(trouble, f"Not running. {trouble.text}", after=storage_id)
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
         try:
             with warehouse.read_only_connection() as conn:
-                ids = [
-                    row[0]
-                    for row in conn.execute(f"SELECT id FROM {INSIGHTS_SCHEMA}.{rule.asset} ORDER BY id").fetchall()
-                ]
-                catalogue = read_catalogue(conn, entity)
+                rows = conn.execute(f"SELECT * FROM {INSIGHTS_SCHEMA}.{rule.asset} ORDER BY id")
+                names = [column[0] for column in rows.description]
+                records = {row[0]: dict(zip(names, row, strict=True)) for row in rows.fetchall()}
+                catalogue = read_catalogue(conn, entity) if rule.command is not None else None
         except WarehouseNotSyncedError:
             return dg.SensorResult(skip_reason="the warehouse is not synced yet; the next tick looks again")
         except (duckdb.Error, WarehouseError) as exc:
-            # Held read-write by someone while a run writes: the cursor stays, the next tick retries.
-            return dg.SensorResult(skip_reason=f"the warehouse cannot be read now ({exc}); next tick retries")
-        ledger_path = ledger.location(warehouse.database)
-        blocked: set[int] = set()
-        # No ledger yet: nothing is blocked. The command job decides whether one may be created.
-        if ledger_path.exists():
-            try:
-                blocked = CommandLedger(ledger_path).blocked_ids(
-                    cooldown_key(rule, entity),
-                    cooldown=dt.timedelta(hours=rule.cooldown_hours),
-                    max_attempts=rule.max_attempts,
-                    now=now,
-                )
-            except LedgerError as exc:
-                return dg.SensorResult(skip_reason=f"Not running: {exc}; the next tick retries")
-        cursor = str(storage_id)
+            # The cursor stays: the next tick retries, and alerts nothing more until it works.
+            trouble = Trouble("warehouse", f"the warehouse cannot be read ({exc})")
+            return finish(trouble, f"Not running: {trouble.text}; the next tick retries", after=state.after)
+        try:
+            blocked = _blocked(
+                ledger.location(warehouse.database), context.instance, rule, entity, update_fields, records, now
+            )
+        except LedgerError as exc:
+            trouble = Trouble("ledger", str(exc))
+            return finish(trouble, f"Not running: {exc}; the next tick retries", after=state.after)
         if catalogue is not None:
             try:
                 check_rule(rule, catalogue)
             except RuleError as exc:
-                return dg.SensorResult(skip_reason=f"Not running. {exc}", cursor=cursor)
-        pending = [record_id for record_id in ids if record_id not in blocked]
+                return finish(Trouble("catalogue", str(exc)), f"Not running. {exc}", after=storage_id)
+        pending = [record_id for record_id in records if record_id not in blocked]
         if not pending:
-            return dg.SensorResult(
-                skip_reason=(
-                    f"{len(ids)} record(s) in {rule.asset}, all actioned within the cooldown or out of attempts"
-                ),
-                cursor=cursor,
-            )
-        return dg.SensorResult(
-            run_requests=[
-                dg.RunRequest(
-                    # One run per materialization, however often the daemon retries the tick.
-                    run_key=f"{rule.name}:{storage_id}",
-                    run_config={"ops": {COMMAND_OP: {"config": {"rule": rule.name, "record_ids": pending}}}},
-                    tags={"nexudus/rule": rule.name, "nexudus/records": str(len(pending))},
-                )
-            ],
-            cursor=cursor,
+            skip = f"{len(records)} record(s) in {rule.asset}, all actioned within the cooldown or out of attempts"
+            return finish(None, skip, after=storage_id)
+        request = dg.RunRequest(
+            # One run per materialization, however often the daemon retries the tick.
+            run_key=f"{rule.name}:{storage_id}",
+            run_config={"ops": {COMMAND_OP: {"config": {"rule": rule.name, "record_ids": pending}}}},
+            tags={"nexudus/rule": rule.name, "nexudus/records": str(len(pending))},
         )
+        return finish(None, None, after=storage_id, requests=[request])
 
     return _rule_sensor
+
+
+def _blocked(
+    ledger_path: Path,
+    instance: dg.DagsterInstance,
+    rule: CommandRule,
+    entity: Entity,
+    update_fields: Sequence[FieldUpdate] | None,
+    records: Mapping[int, Mapping[str, Any]],
+    now: dt.datetime,
+) -> set[int]:
+    """The records the ledger says to leave alone now; LedgerError when it cannot be read, or is missing
+    although a live command run recorded in it."""
+    command_ledger = existing_ledger(ledger_path, used_before_by=earlier_live_run(instance))
+    if command_ledger is None:
+        return set()  # no ledger yet, and none expected: nothing is blocked
+    cooldown = dt.timedelta(hours=rule.cooldown_hours)
+    if update_fields is None:
+        return command_ledger.blocked_ids(
+            cooldown_key(rule, entity), cooldown=cooldown, max_attempts=rule.max_attempts, now=now
+        )
+    keys = {}
+    for record_id, row in records.items():
+        try:
+            keys[record_id] = update_key(entity, changes_for(rule, entity, update_fields, record_id, row))
+        except RuleError:
+            continue  # requested all the same: the job refuses it, records why and says so
+    return command_ledger.blocked_each(keys, cooldown=cooldown, max_attempts=rule.max_attempts, now=now)
 
 
 def build_sensors(

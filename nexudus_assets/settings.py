@@ -20,7 +20,12 @@ import dagster as dg
 
 from nexudus_assets.nexudus import DEFAULT_BASE_URL
 from nexudus_assets.nexudus.auth import AuthScheme
-from nexudus_assets.nexudus.client import DEFAULT_MAX_BODY_BYTES, DEFAULT_REQUEST_DEADLINE, MAX_PAGE_SIZE
+from nexudus_assets.nexudus.client import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_REQUEST_DEADLINE,
+    DEFAULT_WRITE_DEADLINE,
+    MAX_PAGE_SIZE,
+)
 from nexudus_assets.nexudus.paging import DEFAULT_MAX_PAGES
 from nexudus_assets.nexudus.retry import DEFAULT_THROTTLE_PATIENCE
 from nexudus_assets.resources import Pacing
@@ -59,6 +64,8 @@ class Settings:
     throttle_patience: float = DEFAULT_THROTTLE_PATIENCE
     page_size: int = MAX_PAGE_SIZE
     request_deadline: float = DEFAULT_REQUEST_DEADLINE
+    #: For commands and PUTs, which are slow.
+    write_deadline: float = DEFAULT_WRITE_DEADLINE
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_pages: int = DEFAULT_MAX_PAGES
     pacing: Pacing = field(default_factory=Pacing)
@@ -98,6 +105,7 @@ class Settings:
             throttle_patience=read.number("NEXUDUS_THROTTLE_PATIENCE", defaults.throttle_patience, float, above=0),
             page_size=read.number("NEXUDUS_PAGE_SIZE", defaults.page_size, int, low=1, high=MAX_PAGE_SIZE),
             request_deadline=read.number("NEXUDUS_REQUEST_DEADLINE", defaults.request_deadline, float, above=0),
+            write_deadline=read.number("NEXUDUS_WRITE_DEADLINE", defaults.write_deadline, float, above=0),
             max_body_bytes=read.number("NEXUDUS_MAX_BODY_BYTES", defaults.max_body_bytes, int, low=1),
             max_pages=read.number("NEXUDUS_MAX_PAGES", defaults.max_pages, int, low=1),
             pacing=read.pacing(defaults.pacing),

@@ -3,19 +3,24 @@
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dagster as dg
+import httpx
 import pytest
 
 from nexudus_assets.definitions import ACTIONABLE_ASSETS
-from nexudus_assets.nexudus import ACCESS_TOKENS, CommandDescription
+from nexudus_assets.jobs import build_command_job
+from nexudus_assets.nexudus import ACCESS_TOKENS, CommandDescription, UncertainOutcomeError
 from nexudus_assets.resources import CommandLedgerResource
+from nexudus_assets.sensors import build_command_sensor
 from nexudus_assets.simulator import DEFAULT_PASSWORD, DEFAULT_USERNAME
+from nexudus_assets.simulator.commands import ANSWER_STYLES
 from nexudus_assets.writeback.ledger import CommandLedger, default_ledger_path
 from nexudus_assets.writeback.plan import check_rule, plan_calls
-from nexudus_assets.writeback.rules import CommandRule, RuleError, load_rules
-from nexudus_assets_tests.utils import Project
+from nexudus_assets.writeback.rules import CommandRule, FromColumn, RuleError, load_rules
+from nexudus_assets_tests.utils import Project, Webhook
 
 TOP_UP = CommandRule(
     name="top_up",
@@ -37,6 +42,9 @@ MERGE = CommandRule(name="merge", asset="low_minutes_access_tokens", command="AC
 # -- the rules file --------------------------------------------------------------------------
 
 
+RULE = "rules:\n  - name: a\n    asset: low_minutes_access_tokens\n    command: K\n"
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -44,7 +52,7 @@ MERGE = CommandRule(name="merge", asset="low_minutes_access_tokens", command="AC
         ("rules: 5", "a `rules:` list"),
         ("rules:\n  - {name: a, asset: nowhere, command: K}", "'a'.*asset 'nowhere' is not an insight"),
         ("rules:\n  - {name: Bad-Name, asset: low_minutes_access_tokens, command: K}", "lowercase"),
-        ("rules:\n  - {name: a, asset: low_minutes_access_tokens}", "'a'.*command: Field required"),
+        ("rules:\n  - {name: a, asset: low_minutes_access_tokens}", "'a'.*either `command:` or `update:`"),
         ("rules:\n  - {name: a, asset: low_minutes_access_tokens, command: K, cooldown_hours: -1}", "cooldown_hours"),
         ("rules:\n  - {name: a, asset: low_minutes_access_tokens, command: K, colour: red}", "colour"),
         (
@@ -73,12 +81,12 @@ MERGE = CommandRule(name="merge", asset="low_minutes_access_tokens", command="AC
         ),
         (
             "rules:\n  - {name: a, asset: low_minutes_access_tokens, command: K, cooldown_hours: .inf}",
-            "'a'.*cooldown_hours.*finite number of hours, at least 1/60",
+            "'a'.*cooldown_hours.*a number of hours from 1/60 \\(one minute\\) to 8760 \\(365 days\\)",
         ),
         ("rules:\n  - {name: a, asset: low_minutes_access_tokens, command: K, cooldown_hours: .nan}", "cooldown_hours"),
         (
             "rules:\n  - {name: a, asset: low_minutes_access_tokens, command: K, cooldown_hours: 0.01}",
-            "'a'.*at least 1/60 \\(one minute\\), not 0.01",
+            "'a'.*from 1/60 \\(one minute\\) to 8760 \\(365 days\\), not 0.01",
         ),
         (
             "rules:\n  - {name: a, asset: low_minutes_access_tokens, command: K, parameters: {Minutes: .nan}}",
@@ -93,6 +101,33 @@ MERGE = CommandRule(name="merge", asset="low_minutes_access_tokens", command="AC
             "parameters: {Minutes: 99999999999999999999999999999999}}",
             "'a'.*beyond what any .NET number can hold",
         ),
+        (RULE + "    cooldown_hours: 1e8", "'a'.*cooldown_hours.*to 8760 \\(365 days\\), not 100000000.0"),
+        (RULE + "    cooldown_hours: 8761", "'a'.*cooldown_hours"),
+        (RULE + "    max_attempts: 1e20", "'a'.*max_attempts"),
+        (RULE + "    max_attempts: 101", "'a'.*max_attempts: Input should be less than or equal to 100"),
+        (RULE + "    batch_size: 1001", "'a'.*batch_size: Input should be less than or equal to 1000"),
+        (RULE + "    parameters:\n      Minutes: 1:30", "rule 'a' in .*'1:30' is a sexagesimal number in YAML 1.1"),
+        (RULE + "    parameters:\n      Days: 010", "rule 'a' in .*'010' is an octal number in YAML 1.1"),
+        (RULE + "    parameters:\n      Urgent: yes", "rule 'a' in .*'yes' is a boolean in YAML 1.1"),
+        (RULE + "    parameters:\n      Urgent: Off", "rule 'a' in .*'Off' is a boolean in YAML 1.1"),
+        (RULE + "    parameters:\n      Minutes: 1_000", "rule 'a' in .*'1_000' is a number with underscores"),
+        (RULE + "    parameters:\n      At: 2026-12-01", "rule 'a' in .*'2026-12-01' is a date in YAML 1.1"),
+        (RULE + "    parameters: &p {Minutes: 1}", "rule 'a' in .*anchors and aliases"),
+        (
+            "bomb: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+            "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c, *c, *c, *c, *c]\nrules: []",
+            "rules.yaml: anchors and aliases \\(& and \\*\\) are not allowed; write each value out \\(line 1\\)",
+        ),
+        (RULE + "    update: {Description: x}", "'a'.*either `command:` or `update:`, not both"),
+        (
+            "rules:\n  - {name: a, asset: low_minutes_access_tokens, update: {Description: x}, batch_size: 5}",
+            "'a'.*batch_size: only for `command:` rules",
+        ),
+        (RULE + "    unlisted: true\n    parameters: {Minutes: 5}", "'a'.*declares every parameter's type"),
+        (
+            RULE + "    parameter_types: {Minutes: Int32}",
+            "'a'.*parameter_types names parameter\\(s\\) the rule does not",
+        ),
     ],
 )
 def test_a_malformed_rules_file_fails_loudly_naming_the_rule(tmp_path, text, message):
@@ -100,6 +135,17 @@ def test_a_malformed_rules_file_fails_loudly_naming_the_rule(tmp_path, text, mes
     path.write_text(text)
     with pytest.raises(RuleError, match=message):
         load_rules(path, ACTIONABLE_ASSETS)
+
+
+def test_quoted_values_and_yaml_12_forms_load_as_written(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        RULE + '    parameters: {Minutes: "1:30", Days: "010", Urgent: true, Note: "yes", Ratio: 1.5}\n'
+        "    cooldown_hours: 8760\n    max_attempts: 100\n    batch_size: 1000"
+    )
+    [loaded] = load_rules(path, ACTIONABLE_ASSETS)
+    assert loaded.parameters == {"Minutes": "1:30", "Days": "010", "Urgent": True, "Note": "yes", "Ratio": 1.5}
+    assert (loaded.cooldown_hours, loaded.max_attempts, loaded.batch_size) == (8760, 100, 1000)
 
 
 def test_the_shipped_example_loads(tmp_path):
@@ -127,12 +173,41 @@ CATALOGUE = [
         {"Key": "BIG", "RequiresParameters": [{"Name": "Total", "Type": "Int64"}]},
         {"Key": "PRICE", "RequiresParameters": [{"Name": "Amount", "Type": "Decimal"}]},
         {"Key": "RATIO", "RequiresParameters": [{"Name": "Share", "Type": "Single"}]},
+        {"Key": "UNTYPED", "RequiresParameters": [{"Name": "Count", "Type": None}]},
     )
 ]
 
 
 def rule(command: str, **parameters) -> CommandRule:
     return CommandRule(name="r", asset="low_minutes_access_tokens", command=command, parameters=parameters)
+
+
+def typed(command: str, parameters: dict, unlisted: bool = False, **types: str) -> CommandRule:
+    return CommandRule(
+        name="r",
+        asset="low_minutes_access_tokens",
+        command=command,
+        parameters=parameters,
+        parameter_types=types,
+        unlisted=unlisted,
+    )
+
+
+def test_catalogue_gaps_are_filled_by_the_types_the_rule_declares():
+    # `Type: null`: checked as the rule declares, sent as {Name, Value}.
+    assert check_rule(typed("UNTYPED", {"Count": 3}, Count="Int32"), CATALOGUE)[1] == [{"Name": "Count", "Value": 3}]
+    # A type name unknown here keeps its name on the wire; the value is checked as declared.
+    assert check_rule(typed("ODD", {"X": "Red"}, X="String"), CATALOGUE)[1] == [
+        {"Name": "X", "Type": "Nexudus.Enums.eSomething", "Value": "Red"}
+    ]
+    # A command missing from the catalogue, declared so: batches of any size, no Type on the wire.
+    command, payload = check_rule(typed("HIDDEN", {"Days": 7}, unlisted=True, Days="Int32"), CATALOGUE)
+    assert (command.key, payload) == ("HIDDEN", [{"Name": "Days", "Value": 7}])
+    assert plan_calls(command, [3, 1, 2], 2).batches == [[1, 2], [3]]
+    # Listed after all: the catalogue's description wins.
+    assert check_rule(typed("ADD", {"Minutes": 5}, unlisted=True, Minutes="Int32"), CATALOGUE)[1] == [
+        {"Name": "Minutes", "Type": "Int32", "Value": 5}
+    ]
 
 
 def test_a_valid_rule_gives_the_parameters_payload():
@@ -160,7 +235,8 @@ def test_a_valid_rule_gives_the_parameters_payload():
     [
         (
             rule("NOPE"),
-            "'NOPE' is not in the catalogue \\(available: ADD, BIG, GLOBAL, NOTE, ODD, PRICE, RATIO, SMALL, WHEN\\)",
+            "'NOPE' is not in the catalogue \\(available: ADD, BIG, GLOBAL, NOTE, ODD, PRICE, RATIO, SMALL, UNTYPED, "
+            "WHEN\\)",
         ),
         (rule("ADD"), "missing parameter\\(s\\) Minutes; ADD takes Minutes \\(Int32\\)"),
         (rule("ADD", Minutes=5, Hours=1), "unknown parameter\\(s\\) Hours"),
@@ -176,7 +252,13 @@ def test_a_valid_rule_gives_the_parameters_payload():
         (rule("PRICE", Amount="1e30"), "must be a Decimal"),
         (rule("RATIO", Share=1e39), "must be a Single"),
         (rule("WHEN", At="next tuesday"), "'At' must be a System.DateTime\\?"),
-        (rule("ODD", X=1), "cannot be checked; nothing is sent unchecked"),
+        (rule("ODD", X=1), "cannot be checked; declare its type in `parameter_types:`.*nothing is sent unchecked"),
+        (rule("UNTYPED", Count=1), "has type None in the catalogue, which cannot be checked; declare its type"),
+        (typed("UNTYPED", {"Count": "lots"}, Count="Int32"), "'Count' must be a Int32 \\(.*\\), not str 'lots'"),
+        (typed("UNTYPED", {"Count": 1}, Count="Nexudus.Enums.eColour"), "declared 'Nexudus.Enums.eColour', a type"),
+        (typed("ADD", {"Minutes": 1}, Minutes="String"), "declared 'String', but the catalogue types it 'Int32'"),
+        (rule("HIDDEN"), "not in the catalogue .*say `unlisted: true` and declare `parameter_types:`"),
+        (typed("HIDDEN", {"Days": 2**40}, unlisted=True, Days="Int32"), "'Days' must be a Int32"),
         (rule("GLOBAL"), "runs without records"),
     ],
 )
@@ -554,3 +636,195 @@ def test_under_flaky_answers_every_record_is_actioned_at_most_once_per_cooldown(
     assert len(applied) == len(set(applied)), "a record was actioned twice within its cooldown"
     outcomes = {row[2] for row in ledger(project)}
     assert {"succeeded"} <= outcomes and outcomes <= {"succeeded", "failed", "uncertain"}
+
+
+# -- write-back that cannot run is loud --------------------------------------------------------
+
+
+@pytest.fixture
+def webhook():
+    receiver = Webhook()
+    yield receiver
+    receiver.close()
+
+
+def test_a_broken_ledger_or_warehouse_alerts_once_and_once_more_when_it_recovers(
+    make_project, dagster_instance, webhook
+):
+    project = make_project(rules=[EXTEND], live=True, webhook=webhook.url, instance=dagster_instance)
+    project.run()
+    ids = sorted(project.insight_ids("low_minutes_access_tokens"))[:2]
+    run_command(project, "extend", ids)  # a live run: from now on a ledger is expected
+    path = ledger_path(project)
+    saved = path.read_bytes()
+    path.write_bytes(b"this is not a ledger" * 100)
+    project.run()
+
+    corrupt = tick(project, "nexudus_rule_extend")
+    assert corrupt.run_requests == [] and "cannot be read" in corrupt.skip_message
+    again = tick(project, "nexudus_rule_extend", cursor=corrupt.cursor)
+    assert again.run_requests == []
+    [alert] = webhook.texts()
+    assert "rule extend cannot run" in alert and str(path) in alert
+    path.unlink()  # gone after a live run: still no ledger to trust, and no second alert
+    missing = tick(project, "nexudus_rule_extend", cursor=again.cursor)
+    assert "the command ledger is missing" in missing.skip_message and len(webhook.texts()) == 1
+
+    path.write_bytes(saved)
+    recovered = tick(project, "nexudus_rule_extend", cursor=missing.cursor)
+    assert len(recovered.run_requests) == 1
+    assert "rule extend runs again" in webhook.texts()[-1] and len(webhook.texts()) == 2
+
+    project.run()
+    warehouse = Path(project.database)
+    published = warehouse.read_bytes()
+    warehouse.write_bytes(b"this is not a warehouse" * 1000)
+    unreadable = tick(project, "nexudus_rule_extend", cursor=recovered.cursor)
+    assert unreadable.run_requests == [] and "the warehouse cannot be read" in unreadable.skip_message
+    tick(project, "nexudus_rule_extend", cursor=unreadable.cursor)
+    assert len(webhook.texts()) == 3 and "cannot run: the warehouse cannot be read" in webhook.texts()[-1]
+    warehouse.write_bytes(published)
+    tick(project, "nexudus_rule_extend", cursor=unreadable.cursor)
+    assert len(webhook.texts()) == 4 and "runs again" in webhook.texts()[-1]
+
+
+def test_a_rule_the_catalogue_refuses_alerts_once(make_project, webhook):
+    broken = CommandRule(name="broken", asset="low_minutes_access_tokens", command="ACCESSTOKEN_TELEPORT")
+    project = make_project(rules=[broken], live=True, webhook=webhook.url)
+    project.run("nexudus_full_refresh")
+    first = tick(project, "nexudus_rule_broken")
+    project.run()
+    second = tick(project, "nexudus_rule_broken", cursor=first.cursor)
+    assert first.run_requests == second.run_requests == []
+    [alert] = webhook.texts()
+    assert "rule broken cannot run" in alert and "not in the catalogue" in alert
+    assert project.sim.commands_run == []
+
+
+# -- what live commands do, taught to the simulator ------------------------------------------
+
+
+@pytest.mark.parametrize("style", [style for style in ANSWER_STYLES if style != "documented"])
+def test_a_command_answer_that_does_not_say_is_unconfirmed_never_a_failure(running, style):
+    sim = running.sim
+    ids = [record["Id"] for record in sim.records(ACCESS_TOKENS)[:2]]
+    sim.command_quirks.answer = style
+    parameters = [{"Name": "Minutes", "Value": 5}]
+    with running.client() as client:
+        applied = client.run_command(ACCESS_TOKENS, "ACCESSTOKEN_ADD_MINUTES", ids, parameters)
+        sim.faults.failing_command_ids = {ids[0]}
+        refused = client.run_command(ACCESS_TOKENS, "ACCESSTOKEN_ADD_MINUTES", ids, parameters)
+    assert [call["was_successful"] for call in sim.commands_run] == [True, False]
+    # Neither says anything usable: the first is not taken for a failure, the second not for a success.
+    assert applied.confirmed is refused.confirmed is False
+    assert "may or may not have been applied" in applied.message
+
+
+def test_the_documented_answer_confirms(running):
+    token = running.sim.records(ACCESS_TOKENS)[0]["Id"]
+    with running.client() as client:
+        answer = client.run_command(
+            ACCESS_TOKENS, "ACCESSTOKEN_ADD_MINUTES", [token], [{"Name": "Minutes", "Value": 5}]
+        )
+    assert answer.confirmed and "5 minutes were added" in answer.message
+
+
+def test_a_slow_command_has_the_write_deadline_not_the_request_deadline(running):
+    sim = running.sim
+    ids = [record["Id"] for record in sim.records(ACCESS_TOKENS)[:3]]
+    sim.command_quirks.seconds_per_id = 0.4  # 1.2 s for the call
+    parameters = [{"Name": "Minutes", "Value": 5}]
+    with running.client(timeout=0.5, request_deadline=0.5, write_deadline=30) as client:
+        assert client.run_command(ACCESS_TOKENS, "ACCESSTOKEN_ADD_MINUTES", ids, parameters).confirmed
+    with running.client(write_deadline=0.5) as client, pytest.raises(UncertainOutcomeError):
+        client.run_command(ACCESS_TOKENS, "ACCESSTOKEN_ADD_MINUTES", ids, parameters)
+    for _ in range(50):  # the server is still working on the call the client gave up on
+        if len(sim.commands_run) == 2:
+            break
+        time.sleep(0.1)
+    assert len(sim.commands_run) == 2, "the call cut short by the deadline was not sent again"
+
+
+def test_a_batch_failing_for_some_ids_is_uncertain_for_all_and_not_sent_again(make_project):
+    project = make_project(rules=[TOP_UP], live=True)
+    project.run()
+    ids = sorted(project.insight_ids("low_minutes_access_tokens"))[:3]
+    project.sim.command_quirks.partial_failure = True
+    project.sim.faults.failing_command_ids = {ids[1]}
+    first = run_command(project, "top_up", ids, raise_on_error=False)
+    assert not first.success and "3 may or may not have been changed" in failure(first)
+    run_command(project, "top_up", ids, raise_on_error=False)
+    [call] = project.sim.commands_run
+    assert call["ids"] == ids and call["applied"] == [ids[0], ids[2]]
+    assert {row[2] for row in ledger(project)} == {"uncertain"}
+
+
+def test_an_unlisted_command_runs_only_when_the_rule_declares_it(make_project):
+    project = make_project(rules=[TOP_UP], live=True)
+    project.sim.command_quirks.unlisted = frozenset({"ACCESSTOKEN_ADD_MINUTES"})
+    project.run()
+    ids = sorted(project.insight_ids("low_minutes_access_tokens"))[:2]
+    refused = run_command(project, "top_up", ids, raise_on_error=False)
+    assert "not in the catalogue" in failure(refused) and "unlisted: true" in failure(refused)
+    declared = TOP_UP.model_copy(update={"unlisted": True, "parameter_types": {"Minutes": "Int32"}})
+    run_command(make_project(rules=[declared], live=True), "top_up", ids)
+    [call] = project.sim.commands_run
+    assert call["ids"] == ids and call["parameters"] == [{"Name": "Minutes", "Value": 120}]
+
+
+def test_a_parameter_of_type_null_is_checked_by_the_declared_type_and_sent_without_one(make_project):
+    project = make_project(rules=[TOP_UP], live=True)
+    project.sim.command_quirks.untyped_parameters = True
+    project.run("nexudus_full_refresh")  # stores the catalogue with `Type: null`
+    refused = tick(project, "nexudus_rule_top_up")
+    assert refused.run_requests == [] and "has type None in the catalogue" in refused.skip_message
+    declared = make_project(rules=[TOP_UP.model_copy(update={"parameter_types": {"Minutes": "Int32"}})], live=True)
+    run_requested(declared, tick(declared, "nexudus_rule_top_up"))
+    calls = project.sim.commands_run
+    assert calls and all(call["parameters"] == [{"Name": "Minutes", "Value": 120}] for call in calls)
+
+
+def test_the_command_quirks_are_switched_over_http_too(running):
+    admin = f"{running.base_url.removesuffix('/api')}/_simulator/command-quirks"
+    assert httpx.get(admin).json()["answer"] == "documented"
+    changed = httpx.post(admin, json={"answer": "empty", "unlisted": ["ACCESSTOKEN_MERGE"], "seconds_per_id": 0.1})
+    assert changed.json()["unlisted"] == ["ACCESSTOKEN_MERGE"] and running.sim.command_quirks.answer == "empty"
+    assert httpx.post(admin, json={"answer": "sometimes", "seconds_per_id": 0}).status_code == 400
+    assert running.sim.command_quirks.answer == "empty" and running.sim.command_quirks.seconds_per_id == 0.1
+    with running.client() as client:
+        assert "ACCESSTOKEN_MERGE" not in {command.key for command in client.commands(ACCESS_TOKENS)}
+
+
+def test_the_commented_update_example_is_a_valid_rule(tmp_path):
+    from nexudus_assets.writeback.rules import EXAMPLE_RULES
+
+    text = EXAMPLE_RULES.read_text()
+    example = text[text.index("  # - name: mark_low_tokens") :]
+    path = tmp_path / "rules.yaml"
+    path.write_text("rules:\n" + "\n".join(line.replace("  # ", "  ", 1) for line in example.splitlines()))
+    [update] = load_rules(path, ACTIONABLE_ASSETS)
+    assert update.command is None and update.update is not None and set(update.update) == {"Description", "ValidTo"}
+    # Its fields and their values fit the entity: the definitions load with it.
+    assert sensor_for(update).name == "nexudus_rule_mark_low_tokens"
+
+
+def sensor_for(candidate: CommandRule) -> dg.SensorDefinition:
+    """The rule's sensor, built as the definitions build it: RuleError when the rule does not fit."""
+    return build_command_sensor(candidate, build_command_job((candidate,), live=False))
+
+
+def test_an_update_rule_with_a_field_nexudus_does_not_take_fails_the_definitions():
+    for update, message in [
+        ({"MinutesLeft": 5}, "has no writable field\\(s\\) MinutesLeft"),
+        ({"UserLimit": "many"}, "field 'UserLimit' cannot be 'many'"),
+        (
+            {"Description": FromColumn(column="nowhere")},
+            "takes column 'nowhere', which low_minutes_access_tokens lacks",
+        ),
+    ]:
+        rule = CommandRule(name="u", asset="low_minutes_access_tokens", update=update)
+        with pytest.raises(RuleError, match=message):
+            sensor_for(rule)
+    pinned = TOP_UP.model_copy(update={"insight_config": {"minimum": 5}})
+    with pytest.raises(RuleError, match="insight_config names minimum, which low_minutes_access_tokens does not take"):
+        sensor_for(pinned)

@@ -57,6 +57,24 @@ MAX_PAGE_SIZE = 1000
 IDS_PER_REQUEST = 100
 #: Seconds one request may take from sending to its answer's last byte.
 DEFAULT_REQUEST_DEADLINE = 60.0
+#: Seconds a command or a PUT may take: live commands are slow (42 Ids took about 29 s), and a
+#: write cut short by a timeout may still be applied, so it can only be recorded as uncertain.
+DEFAULT_WRITE_DEADLINE = 120.0
+#: Fields Nexudus sets itself. A PUT that carries them is refused or overwrites them, so they
+#: are left out of the body (FACTS.md, "Seen in live accounts": writes).
+SYSTEM_FIELDS = frozenset(
+    {
+        "CreatedOn",
+        "UpdatedOn",
+        "UpdatedBy",
+        "UniqueId",
+        "IsNew",
+        "SystemId",
+        "ToStringText",
+        "LocalizationDetails",
+        "CustomFields",
+    }
+)
 #: The largest answer read. A full page of 1000 records is a few megabytes.
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 #: Records sit three levels down a list answer (envelope, `Records`, record). This is the
@@ -85,6 +103,45 @@ class RequestStats:
     retries: int = 0
     #: Password grants this client sent to the token endpoint (refreshes not counted).
     password_grants: int = 0
+
+
+@dataclass(frozen=True)
+class WriteAnswer:
+    """What a command or a PUT answered with a 2xx that did not say it failed."""
+
+    #: True when the answer carries `WasSuccessful: true`; False when it says nothing usable
+    #: (an empty body, 204, `{}`, `"OK"`, `true`, `null`, another spelling of the field).
+    confirmed: bool
+    message: str
+
+
+def write_answer(described: str, answer: Any) -> WriteAnswer:
+    """Read a write's 2xx answer. Only the documented `WasSuccessful` field, as a JSON boolean, says anything.
+
+    `wasSuccessful` (camelCase) is not read as the field: the API documents `WasSuccessful`, and a
+    server answering in another spelling may give it another meaning. Reading its `false` would
+    re-send a command that may have been applied; ignoring its `true` costs nothing, since an
+    unconfirmed answer rests the record for the cooldown just as a success does.
+    An explicit `WasSuccessful: false` raises RequestRefusedError carrying the answer.
+    """
+    flag = answer.get("WasSuccessful") if isinstance(answer, dict) else None
+    if not isinstance(flag, bool):
+        shown = "an empty answer" if answer is None else f"an answer without WasSuccessful ({str(answer)[:80]!r})"
+        return WriteAnswer(confirmed=False, message=f"{described}: {shown}; it may or may not have been applied")
+    try:
+        result = ActionResult.model_validate(answer)
+    except PydanticValidationError:
+        # The flag is there; the rest of the answer is only detail.
+        result = ActionResult(was_successful=flag)
+    if not result.was_successful:
+        raise RequestRefusedError(
+            result.message or "the server answered WasSuccessful: false",
+            errors=result.errors,
+            status_code=result.status,
+            request=described,
+            answer=result,
+        )
+    return WriteAnswer(confirmed=True, message=result.message or "done")
 
 
 @dataclass
@@ -165,6 +222,7 @@ class NexudusClient:
         retry: RetryPolicy | None = None,
         timeout: float = 30.0,
         request_deadline: float = DEFAULT_REQUEST_DEADLINE,
+        write_deadline: float = DEFAULT_WRITE_DEADLINE,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_pages: int = DEFAULT_MAX_PAGES,
         pacer: Pacer | None = None,
@@ -172,6 +230,8 @@ class NexudusClient:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         """`timeout` bounds each network read; `request_deadline` a whole request, answer included.
+
+        `write_deadline` replaces both for commands and PUTs, which are slow and must not be cut short.
 
         `session`: a bearer session to share with other clients (see `BearerAuth`); it replaces
         `auth`, the credentials and `client_id`, which made it.
@@ -183,7 +243,12 @@ class NexudusClient:
             raise AuthenticationError("no Nexudus username: set NEXUDUS_USERNAME")
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be between 1 and {MAX_PAGE_SIZE}, not {page_size}")
-        bounds = {"request_deadline": request_deadline, "max_body_bytes": max_body_bytes, "max_pages": max_pages}
+        bounds = {
+            "request_deadline": request_deadline,
+            "write_deadline": write_deadline,
+            "max_body_bytes": max_body_bytes,
+            "max_pages": max_pages,
+        }
         for name, value in bounds.items():
             if value <= 0:
                 raise ValueError(f"{name} must be positive, not {value}")
@@ -191,6 +256,7 @@ class NexudusClient:
         self.username = username
         self.page_size = page_size
         self.request_deadline = request_deadline
+        self.write_deadline = write_deadline
         self.max_body_bytes = max_body_bytes
         self.max_pages = max_pages
         self.retry = retry or RetryPolicy()
@@ -351,12 +417,20 @@ class NexudusClient:
         """POST a new record (wire names). Not retried once it may have reached the server."""
         return self._action("POST", entity.path, json=dict(data), replay_safe=False)
 
-    def update(self, entity: Entity, record: int | NexudusRecord, changes: Mapping[str, Any]) -> ActionResult:
+    def update(
+        self,
+        entity: Entity,
+        record: int | NexudusRecord,
+        changes: Mapping[str, Any],
+        *,
+        unchanged_since: dt.datetime | None = None,
+    ) -> WriteAnswer:
         """Change some fields and keep the rest.
 
         A PUT clears every property missing from its body, so this reads the record, merges
-        `changes` (wire names) into it and PUTs the whole record. Pass the record you read
-        earlier instead of its Id to refuse the update when it changed in between.
+        `changes` (wire names) into it, leaves out the system fields and PUTs the whole record.
+        Pass the record you read earlier instead of its Id, or `unchanged_since` (its `UpdatedOn`
+        as you saw it), to refuse the update with StaleRecordError when it changed in between.
         """
         unknown = sorted(set(changes) - set(entity.put_fields))
         if unknown:
@@ -364,16 +438,23 @@ class NexudusClient:
         record_id = record if isinstance(record, int) else record.id
         current_raw = self._get_raw(entity, record_id)
         current = parse_record(entity, current_raw)
-        if isinstance(record, NexudusRecord) and record.updated_on != current.updated_on:
+        seen = record.updated_on if isinstance(record, NexudusRecord) else unchanged_since
+        # Both naive UTC, as the models and the warehouse keep every stamp.
+        if (isinstance(record, NexudusRecord) or unchanged_since is not None) and seen != current.updated_on:
             raise StaleRecordError(
                 f"{entity.name} {record_id} changed since it was read "
-                f"(UpdatedOn {record.updated_on} then, {current.updated_on} now); read it again"
+                f"(UpdatedOn {seen} then, {current.updated_on} now); read it again"
             )
         object_names = {legacy: wire for wire, legacy in entity.model.legacy_list_names().items()}
-        body = {object_names.get(key, key): value for key, value in current_raw.items()}
+        body = {
+            object_names.get(key, key): value
+            for key, value in current_raw.items()
+            if object_names.get(key, key) not in SYSTEM_FIELDS
+        }
         body.update(changes)
         body["Id"] = record_id
-        return self._action("PUT", entity.path, json=body, replay_safe=True)
+        answer = self._call("PUT", entity.path, json=body, replay_safe=True, deadline=self.write_deadline)
+        return write_answer(f"PUT /{entity.path}", answer)
 
     def delete(self, entity: Entity, record_id: int) -> ActionResult:
         if not entity.deletable:
@@ -386,10 +467,16 @@ class NexudusClient:
         key: str,
         ids: Sequence[int],
         parameters: Sequence[Mapping[str, Any]] = (),
-    ) -> ActionResult:
-        """POST `runcommand`. HTTP 200 is no success: a `WasSuccessful: false` answer raises."""
+    ) -> WriteAnswer:
+        """POST `runcommand`, never re-sent once it may have arrived.
+
+        HTTP 200 is no success: `WasSuccessful: false` raises RequestRefusedError carrying the
+        answer, and an answer that does not say comes back unconfirmed (see `write_answer`).
+        """
         body = {"Key": key, "Ids": list(ids), "Parameters": [dict(p) for p in parameters]}
-        return self._action("POST", f"{entity.path}/runcommand", json=body, replay_safe=False)
+        path = f"{entity.path}/runcommand"
+        answer = self._call("POST", path, json=body, replay_safe=False, deadline=self.write_deadline)
+        return write_answer(f"POST /{path}", answer)
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -443,8 +530,11 @@ class NexudusClient:
         params: Mapping[str, str] | None = None,
         json: Any = None,
         replay_safe: bool | None = None,
+        deadline: float | None = None,
     ) -> Any:
         """Send an authenticated request and return its JSON; error answers become exceptions.
+
+        `deadline`: seconds this request may take instead of `request_deadline`.
 
         Credentials refused once are not sent again by any client of this process. A 401 or
         403 that is not a refused sign-in (see `SignInRefusals`) fails this request alone,
@@ -463,6 +553,7 @@ class NexudusClient:
                     json=json,
                     replay_safe=safe,
                     auth_headers=self._auth_headers,
+                    deadline=deadline,
                 )
                 if answer.status == 401 and not reauthenticated and self._auth.invalidate():
                     reauthenticated = True
@@ -513,13 +604,21 @@ class NexudusClient:
         data: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         auth_headers: Callable[[], dict[str, str]] | None = None,
+        deadline: float | None = None,
     ) -> _Answer:
         """Send until an answer worth returning comes: throttling waited out, failures retried where safe."""
         attempts = Attempts(self.retry, f"{method} {httpx.URL(url).path}", replay_safe)
         while True:
             try:
                 response, content = self._attempt(
-                    method, url, params=params, json=json, data=data, headers=headers, auth_headers=auth_headers
+                    method,
+                    url,
+                    params=params,
+                    json=json,
+                    data=data,
+                    headers=headers,
+                    auth_headers=auth_headers,
+                    deadline=deadline,
                 )
                 if response.status_code in THROTTLING_STATUSES:
                     self.stats.throttled += 1
@@ -549,6 +648,7 @@ class NexudusClient:
         data: Mapping[str, str] | None,
         headers: Mapping[str, str] | None,
         auth_headers: Callable[[], dict[str, str]] | None,
+        deadline: float | None,
     ) -> tuple[httpx.Response, bytes]:
         """Send once, with the account claimed, signed in and paced."""
         if self._lease is not None:
@@ -558,16 +658,26 @@ class NexudusClient:
             # Before the slot: signing in is a request of its own, paced the same way.
             request_headers.update(auth_headers())
         with self._pacer.slot(write=method in WRITE_METHODS):
-            return self._receive(method, url, params=params, json=json, data=data, headers=request_headers)
+            return self._receive(
+                method,
+                url,
+                deadline or self.request_deadline,
+                params=params,
+                json=json,
+                data=data,
+                headers=request_headers,
+            )
 
-    def _receive(self, method: str, url: str, **request: Any) -> tuple[httpx.Response, bytes]:
+    def _receive(self, method: str, url: str, allowed: float, **request: Any) -> tuple[httpx.Response, bytes]:
         """Send once and read the whole answer, within the request deadline and the size limit.
 
         httpx bounds each read, not their sum: an answer trickling a byte at a time would
         otherwise hold the request open for ever. The deadline is checked as each piece arrives.
         """
-        deadline = time.monotonic() + self.request_deadline
-        with self._http.stream(method, url, **request) as response:
+        deadline = time.monotonic() + allowed
+        # No single read may outwait the deadline either.
+        timeout = self._http.timeout if allowed == self.request_deadline else httpx.Timeout(allowed)
+        with self._http.stream(method, url, timeout=timeout, **request) as response:
             self.stats.requests += 1
             declared = response.headers.get("Content-Length", "")
             if declared.isdigit() and int(declared) > self.max_body_bytes:
@@ -578,7 +688,7 @@ class NexudusClient:
             for piece in response.iter_bytes():
                 if time.monotonic() > deadline:
                     raise _DeadlinePassed(
-                        f"no complete answer within the {self.request_deadline:g}s request deadline",
+                        f"no complete answer within the {allowed:g}s request deadline",
                         request=response.request,
                     )
                 content += piece
@@ -725,6 +835,7 @@ __all__ = [
     "NexudusClient",
     "RecordPage",
     "RequestStats",
+    "WriteAnswer",
     "format_minute",
     "parse_record",
 ]

@@ -324,7 +324,8 @@ class FieldError(NexudusModel):
 
 class CommandParameter(NexudusModel):
     name: str
-    type: str
+    #: None when the catalogue gives `Type: null`; its value is then checked against the type a rule declares.
+    type: str | None = None
 
 
 class CommandDescription(NexudusModel):

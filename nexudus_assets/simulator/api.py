@@ -191,7 +191,7 @@ def _route(sim: Simulator, request: Request, user: str) -> Reply:
         # The reference shows both spellings, and GET as well as POST.
         if tail in ("runcommand", "runacommand"):
             if method in ("POST", "GET"):
-                return json_reply(200, sim.run_command(entity, request.json(), user))
+                return _command_reply(sim.command_quirks.answer, sim.run_command(entity, request.json(), user))
             return _not_allowed(method)
         if tail.isdigit():
             if method == "GET":
@@ -201,6 +201,22 @@ def _route(sim: Simulator, request: Request, user: str) -> Reply:
             return _not_allowed(method)
         break
     return _no_route(request)
+
+
+def _command_reply(style: str, answer: dict[str, Any]) -> Reply:
+    """A command's answer as the documentation shows it, or in one of the styles live commands answer in."""
+    if style == "no_content":
+        return Reply(204)
+    if style == "empty":
+        return Reply(200)
+    odd: dict[str, Any] = {
+        "null": None,
+        "empty_object": {},
+        "ok_text": "OK",
+        "true": True,
+        "camel_case": {"wasSuccessful": answer["WasSuccessful"], "message": answer["Message"]},
+    }
+    return json_reply(200, odd.get(style, answer))
 
 
 def _list(sim: Simulator, entity: Entity, query: dict[str, str]) -> Reply:
@@ -256,6 +272,13 @@ def _admin(sim: Simulator, request: Request) -> Reply:
             except (KeyError, TypeError, ValueError) as bad:
                 return json_reply(400, {"Message": f"Cannot set faults: {bad}"})
         return json_reply(200, sim.faults.to_dict())
+    if action == "command-quirks" and request.method in ("GET", "POST"):
+        if request.method == "POST":
+            try:
+                sim.command_quirks.update(body if isinstance(body, dict) else {})
+            except (KeyError, TypeError, ValueError) as bad:
+                return json_reply(400, {"Message": f"Cannot set command quirks: {bad}"})
+        return json_reply(200, sim.command_quirks.to_dict())
     if action == "mutate" and request.method == "POST" and isinstance(body, dict):
         try:
             counts = {name: int(body.get(name, 0)) for name in ("update", "insert", "delete")}

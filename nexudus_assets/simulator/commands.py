@@ -8,8 +8,8 @@ documented catalogue. Each entity has one command per cardinality: any number of
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from nexudus_assets.simulator.data import add_months, local_stamp, midnight, parse_local
@@ -19,8 +19,57 @@ from nexudus_assets.simulator.store import Kind, Table, coerce
 PARAMETER_KINDS: dict[str, Kind] = {"Int32": "int", "String": "str", "Boolean": "bool", "DateTime": "date"}
 
 
+#: How `runcommand` answers when it answers as some live commands do: nothing usable.
+ANSWER_STYLES = ("documented", "empty", "no_content", "null", "empty_object", "ok_text", "true", "camel_case")
+
+
+@dataclass
+class CommandQuirks:
+    """What live accounts' commands do that the reference does not say; all off by default."""
+
+    #: How every `runcommand` answers: `documented` (the full answer), or one of the other ANSWER_STYLES.
+    answer: str = "documented"
+    #: A call over several Ids naming a failing one acts on the others and answers
+    #: `WasSuccessful: false` for the call, without saying which failed.
+    partial_failure: bool = False
+    #: Seconds each Id of a call takes before the answer comes (live: about 0.7).
+    seconds_per_id: float = 0.0
+    #: Keys `runcommand` runs but `GET <entity>/commands` leaves out.
+    unlisted: frozenset[str] = frozenset()
+    #: The catalogue gives `Type: null` for every parameter.
+    untyped_parameters: bool = False
+
+    def __post_init__(self) -> None:
+        if self.answer not in ANSWER_STYLES:
+            raise ValueError(f"answer must be one of {', '.join(ANSWER_STYLES)}, not {self.answer!r}")
+
+    def update(self, changes: Mapping[str, Any]) -> None:
+        """Merge settings by name (the admin endpoint's JSON). Unknown names raise KeyError."""
+        names = {f.name for f in fields(self)}
+        unknown = set(changes) - names
+        if unknown:
+            raise KeyError(", ".join(sorted(unknown)))
+        if changes.get("answer", self.answer) not in ANSWER_STYLES:
+            raise ValueError(f"answer must be one of {', '.join(ANSWER_STYLES)}, not {changes['answer']!r}")
+        for name, value in changes.items():
+            setattr(self, name, frozenset(map(str, value)) if name == "unlisted" else type(getattr(self, name))(value))
+
+    def to_dict(self) -> dict[str, Any]:
+        settings = {f.name: getattr(self, f.name) for f in fields(self)}
+        settings["unlisted"] = sorted(self.unlisted)
+        return settings
+
+
 class CommandError(Exception):
     """Why a command run failed; it is answered with HTTP 200 and `WasSuccessful: false`."""
+
+
+class PartialFailure(CommandError):
+    """The command ran on some of the records only; the others were changed all the same."""
+
+    def __init__(self, message: str, touched: list[int]) -> None:
+        super().__init__(message)
+        self.touched = touched
 
 
 @dataclass(frozen=True)
@@ -42,7 +91,7 @@ class Command:
     #: Applies the effect to the records in place and returns the answer message.
     effect: Callable[[CommandRun], str]
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, untyped: bool = False) -> dict[str, Any]:
         return {
             "Key": self.key,
             "Name": self.name,
@@ -54,7 +103,9 @@ class Command:
             "DisplayInGrid": self.cardinality != "any",
             "NeedsEntitiesToRun": True,
             "Order": self.order,
-            "RequiresParameters": [{"Name": name, "Type": type_} for name, type_ in self.parameters],
+            "RequiresParameters": [
+                {"Name": name, "Type": None if untyped else type_} for name, type_ in self.parameters
+            ],
         }
 
 
@@ -158,10 +209,14 @@ CATALOGUE: dict[str, tuple[Command, ...]] = {
 }
 
 
-def execute(table: Table, body: Any, failing_ids: Collection[int], now: dt.datetime) -> tuple[str, list[int]]:
+def execute(
+    table: Table, body: Any, failing_ids: Collection[int], now: dt.datetime, *, partial: bool = False
+) -> tuple[str, list[int]]:
     """Validate a `runcommand` body and apply it; returns the message and the Ids still present.
 
-    Everything is checked before anything changes, so a failed run leaves the data alone.
+    Everything is checked before anything changes, so a failed run leaves the data alone; with
+    `partial`, a command over any number of records acts on all but the failing ones and raises
+    PartialFailure.
     """
     if not isinstance(body, dict):
         raise CommandError("The request body must be a JSON object.")
@@ -180,16 +235,22 @@ def execute(table: Table, body: Any, failing_ids: Collection[int], now: dt.datet
     for record_id in ids:
         if record_id not in table or record_id in table.raw:
             raise CommandError(f"Record {record_id} was not found.")
-        if record_id in failing_ids:
-            raise CommandError(f"The command could not be run for record {record_id}.")
+    failing = [record_id for record_id in ids if record_id in failing_ids]
+    if failing and not (partial and command.cardinality == "any" and len(ids) > len(failing)):
+        raise CommandError(f"The command could not be run for record {failing[0]}.")
     params = _parameters(command, body.get("Parameters"))
+    if failing:
+        ids = [record_id for record_id in ids if record_id not in failing]
     records = [table[record_id] for record_id in ids]
     try:
         message = command.effect(CommandRun(table, ids, records, params, now))
     except (TypeError, ValueError) as error:
         # A record a test filled with odd values; commands still answer HTTP 200.
         raise CommandError(f"The command failed: {error}") from None
-    return message, [record_id for record_id in ids if record_id in table]
+    touched = [record_id for record_id in ids if record_id in table]
+    if failing:
+        raise PartialFailure("The command could not be run for some of the records.", touched)
+    return message, touched
 
 
 def _parameters(command: Command, given: Any) -> dict[str, Any]:

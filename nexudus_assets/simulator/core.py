@@ -10,6 +10,7 @@ import datetime as dt
 import math
 import random
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
@@ -119,6 +120,7 @@ class Simulator:
         self._stats_lock = threading.Lock()
         self._reset_stats()
         self._commands_run: list[dict[str, Any]] = []
+        self.command_quirks = commands.CommandQuirks()
 
         self.world = World(random.Random(f"{seed}:world"))
         # Each entity draws from its own stream so that one entity's count leaves the others alone.
@@ -486,16 +488,31 @@ class Simulator:
         }
 
     def command_catalogue(self, entity: Entity) -> list[dict[str, Any]]:
-        return [command.describe() for command in commands.CATALOGUE[entity.name]]
+        quirks = self.command_quirks
+        return [
+            command.describe(untyped=quirks.untyped_parameters)
+            for command in commands.CATALOGUE[entity.name]
+            if command.key not in quirks.unlisted
+        ]
 
     def run_command(self, entity: Entity, body: Any, user: str) -> dict[str, Any]:
         """Always answered with HTTP 200; only `WasSuccessful` tells whether it worked."""
+        quirks = self.command_quirks
+        ids = body.get("Ids") if isinstance(body, dict) else None
+        if quirks.seconds_per_id > 0 and isinstance(ids, list):
+            time.sleep(quirks.seconds_per_id * len(ids))  # outside the lock: other requests go on
         now = _utc_now()
         with self._lock:
             table = self.table(entity)
             try:
-                message, touched = commands.execute(table, body, self.faults.failing_command_ids, now)
+                message, touched = commands.execute(
+                    table, body, self.faults.failing_command_ids, now, partial=quirks.partial_failure
+                )
             except commands.CommandError as failure:
+                touched = failure.touched if isinstance(failure, commands.PartialFailure) else []
+                for record_id in touched:
+                    table[record_id].update(UpdatedOn=utc_stamp(now), UpdatedBy=user)
+                table.changed()
                 answer = {
                     "Status": 500,
                     "WasSuccessful": False,
@@ -528,6 +545,8 @@ class Simulator:
                     "ids": body.get("Ids"),
                     "parameters": body.get("Parameters"),
                     "was_successful": answer["WasSuccessful"],
+                    # The Ids the command changed: a partial failure changes some.
+                    "applied": list(touched),
                 }
             )
         return answer

@@ -248,6 +248,17 @@ class CommandLedger:
         with self._connection() as conn:
             return self._blocked(conn, key, cooldown=cooldown, max_attempts=max_attempts, now=now, ids=None)
 
+    def blocked_each(
+        self, keys: Mapping[int, CooldownKey], *, cooldown: dt.timedelta, max_attempts: int, now: dt.datetime
+    ) -> set[int]:
+        """Like `blocked_ids`, for records each keyed by its own action (a PUT of its own values)."""
+        with self._connection() as conn:
+            return {
+                record_id
+                for record_id, key in keys.items()
+                if self._blocked(conn, key, cooldown=cooldown, max_attempts=max_attempts, now=now, ids=[record_id])
+            }
+
     def _insert(
         self,
         conn: sqlite3.Connection,
@@ -374,6 +385,15 @@ class CommandLedger:
                 [outcome, message, _stamp(now), call_id],
             )
 
+    def finish_each(self, call_id: str, outcomes: Mapping[int, Outcome], message: str, now: dt.datetime) -> None:
+        """Finish one call whose records came out differently (a batch that failed for some); one transaction."""
+        with self._write() as conn:
+            conn.executemany(
+                f"UPDATE {TABLE} SET outcome = ?, message = ?, finished_at = ?"
+                " WHERE call_id = ? AND record_id = ? AND outcome = 'pending'",
+                [(outcome, message, _stamp(now), call_id, record_id) for record_id, outcome in outcomes.items()],
+            )
+
     def rows(self) -> list[LedgerRow]:
         """Every row, oldest first."""
         with self._connection() as conn:
@@ -410,8 +430,8 @@ class CommandLedger:
         ]
 
 
-def open_ledger(path: str | Path, *, used_before_by: str | None) -> CommandLedger:
-    """The ledger at `path`, created when there is none yet.
+def existing_ledger(path: str | Path, *, used_before_by: str | None) -> CommandLedger | None:
+    """The ledger at `path`; None when there is none yet and none is expected.
 
     `used_before_by` names evidence that commands were recorded in a ledger before (a live
     command run). Then a missing ledger is an error: a new, empty one would send them all again.
@@ -427,7 +447,12 @@ def open_ledger(path: str | Path, *, used_before_by: str | None) -> CommandLedge
             "To start afresh deliberately, create an empty ledger: "
             f"python -m nexudus_assets.writeback.ledger init {path}"
         )
-    return CommandLedger.create(path)
+    return None
+
+
+def open_ledger(path: str | Path, *, used_before_by: str | None) -> CommandLedger:
+    """The ledger at `path`, created when there is none yet (see `existing_ledger`)."""
+    return existing_ledger(path, used_before_by=used_before_by) or CommandLedger.create(path)
 
 
 def main(argv: Sequence[str]) -> int:
