@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import types
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -55,9 +56,21 @@ class Kind:
     convert: Callable[[Any], Any] | None = None
 
 
+#: A UTF-16 surrogate code point: in a Python string, always one without its other half.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def to_json(value: Any) -> str:
-    """JSON text of a parsed value; Decimals, datetimes and UUIDs become strings as pydantic writes them."""
-    return json.dumps(value, default=to_jsonable_python)
+    """JSON text of a parsed value; Decimals, datetimes and UUIDs become strings as pydantic writes them.
+
+    DuckDB refuses JSON holding a lone surrogate escape (a .NET string cut mid-emoji, or an
+    invalid UTF-8 byte as the client keeps it), so each becomes U+FFFD: a quarantined record's
+    JSON must be storable, or it would fail every later sync too.
+    """
+    text = json.dumps(value, default=to_jsonable_python)
+    if "\\ud" not in text:
+        return text
+    return _LONE_SURROGATE.sub("\ufffd", json.dumps(value, default=to_jsonable_python, ensure_ascii=False))
 
 
 _DECIMAL_STEP = Decimal("0.0001")
