@@ -38,6 +38,7 @@ from nexudus_assets.warehouse import (
     read_high_water_mark,
     table_columns,
 )
+from nexudus_assets.warehouse.schema import SYNC_LOG
 from nexudus_assets.warehouse.staging import ARROW_MIN_ROWS
 from nexudus_assets_tests.utils import held_open
 
@@ -538,9 +539,11 @@ def test_an_updated_on_from_the_future_does_not_carry_the_cursor_past_the_sync(c
 
 def test_a_list_that_ended_short_keeps_the_cursor_where_it_was(conn: duckdb.DuckDBPyConnection) -> None:
     sync(conn, [token(1, 5)])
-    result = sync(conn, [token(2, 9)], complete=False)
+    result = sync(conn, [token(2, 9)], walk_incomplete="the list ended after 1 of the 3 records it announced")
     assert result.inserted == 1
     assert read_high_water_mark(conn, ACCESS_TOKENS) == at(5)
+    logged = rows(conn, f"SELECT walk_incomplete FROM {SYNC_LOG} ORDER BY finished_at, walk_incomplete NULLS FIRST")
+    assert logged == [(None,), ("the list ended after 1 of the 3 records it announced",)]
 
 
 # ---------------------------------------------------------------- history

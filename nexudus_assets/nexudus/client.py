@@ -316,12 +316,13 @@ class NexudusClient:
         )
         for number, raw_records in enumerate(paginator, start=1):
             yield _validated(entity, number, raw_records)
-        if summary.ended_short:
+        if summary.incomplete is not None:
             log.warning(
-                "%s: the list ended after %d records although the server announced %s",
+                "%s: %d records read although the server announced %s: %s",
                 entity.name,
                 summary.records,
                 summary.total_items,
+                summary.incomplete,
             )
 
     def get(self, entity: Entity, record_id: int) -> NexudusRecord:

@@ -218,7 +218,10 @@ _BOOKKEEPING_DDL = (
         live_rows BIGINT NOT NULL,
         high_water_mark TIMESTAMP,
         requests BIGINT NOT NULL,
-        throttled BIGINT NOT NULL
+        throttled BIGINT NOT NULL,
+        pages BIGINT,
+        verification_pages BIGINT,
+        walk_incomplete VARCHAR
     )""",
     f"""CREATE TABLE IF NOT EXISTS {REJECTED_RECORDS} (
         entity VARCHAR NOT NULL,
@@ -229,6 +232,10 @@ _BOOKKEEPING_DDL = (
         run_id VARCHAR NOT NULL
     )""",
 )
+
+
+#: `_sync_log` columns a warehouse of an earlier version lacks: the paging of each sync.
+_SYNC_LOG_ADDED = ("pages BIGINT", "verification_pages BIGINT", "walk_incomplete VARCHAR")
 
 
 def ensure_schema(conn: duckdb.DuckDBPyConnection, *, describe_columns: bool = True) -> None:
@@ -245,6 +252,8 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection, *, describe_columns: bool = T
         _move_legacy_tables(conn)
         for ddl in _BOOKKEEPING_DDL:
             conn.execute(ddl)
+        for column in _SYNC_LOG_ADDED:
+            conn.execute(f"ALTER TABLE {SYNC_LOG} ADD COLUMN IF NOT EXISTS {column}")
         for entity in ENTITIES:
             _ensure_table(conn, qualified(entity), table_columns(entity), "id", describe_columns)
             if _ensure_table(conn, history_table(entity), history_columns(entity), None, describe_columns):
