@@ -96,6 +96,8 @@ def build_raw_asset(entity: Entity) -> dg.AssetsDefinition:
                 "requests": report.requests,
                 "throttled_responses": report.throttled,
                 "pages": report.pages,
+                "verification_requests": report.paging.verification_pages,
+                "walk_incomplete": dg.MetadataValue.text(report.paging.incomplete or ""),
                 "duration_seconds": round(report.seconds, 3),
                 "high_water_mark": dg.MetadataValue.text(str(result.high_water_mark)),
             },
