@@ -6,6 +6,8 @@ only `Records` and `TotalItems`, 404 for a by-Ids lookup that finds nothing, 429
 `+00:00` instead of `Z`, and the newer record shape. The sync must come out exactly the same.
 """
 
+import math
+
 import pytest
 
 from nexudus_assets.nexudus import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES, ENTITIES
@@ -14,7 +16,9 @@ from nexudus_assets_tests.utils import Project, metadata
 
 
 @pytest.fixture(
-    params=list(zip(sorted(DIALECTS), ("modern", "legacy", "modern"), strict=True)),
+    # The live dialect, whose one unstorable record no upstream row can be made of, has tests of its
+    # own (test_live_records.py).
+    params=list(zip(("capped", "reference", "terse"), ("modern", "legacy", "modern"), strict=True)),
     ids=lambda param: f"{param[0]}-{param[1]}",
 )
 def project(request, start_simulator, tmp_path):
@@ -67,10 +71,17 @@ def test_records_gone_from_the_listing_are_confirmed_by_id_before_they_are_marke
     saved = {key: table[key] for key in hidden}
     sim.delete(ACCESS_TOKENS, hidden)
 
+    # Back once the listing's last page is answered: a walk of several pages is walked twice (the
+    # second pass checks that nothing moved past the first), so that is page `pages` of pass 2.
+    pages = math.ceil(len(table) / min(1000, sim.dialect.max_page_size))
+    served = []
+
     def restore_after_listing(entity, page):
-        if entity == ACCESS_TOKENS and page == 2:
-            for row in saved.values():
-                sim.put_raw(ACCESS_TOKENS, dict(row))
+        if entity == ACCESS_TOKENS:
+            served.append(page)
+            if len(served) == 2 * pages:
+                for row in saved.values():
+                    sim.put_raw(ACCESS_TOKENS, dict(row))
 
     sim.on_list_page = restore_after_listing
     result = project.run("nexudus_full_refresh")

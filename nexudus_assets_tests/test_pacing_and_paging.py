@@ -5,7 +5,7 @@ import itertools
 import pytest
 
 from nexudus_assets.nexudus import Pacer, Page, RateLimits, ResponseFormatError, Window
-from nexudus_assets.nexudus.paging import PageNumberPaginator, SeenKeys
+from nexudus_assets.nexudus.paging import EXTRA_PAGES, MAX_PASSES, PageNumberPaginator, SeenKeys
 
 
 class FakeClock:
@@ -82,21 +82,43 @@ def test_the_next_request_is_spaced_from_the_previous_answer_not_from_its_sendin
     assert sent[3] == pytest.approx(sent[0] + 0.25 + 10)
 
 
+def scripted(answers: list[Page], then: "ListServer"):
+    """The answers in order, then whatever `then` serves: the list as it stands once they are given."""
+    pending = iter(answers)
+    return lambda number, size: next(pending, None) or then(number, size)
+
+
+class ListServer:
+    """Ids served `size` a page as they stand, with an honest envelope."""
+
+    def __init__(self, ids: list[int], size: int) -> None:
+        self.ids = ids
+        self.size = size
+
+    def __call__(self, number: int, size: int) -> Page:
+        start = (number - 1) * self.size
+        pages = -(-len(self.ids) // self.size)
+        records = [{"Id": i} for i in self.ids[start : start + self.size]]
+        return Page(records=records, total_items=len(self.ids), total_pages=pages, has_next_page=number < pages)
+
+
 def test_a_shrinking_total_steps_back_and_finds_the_shifted_record():
     # ids 1..6, size 2; after page 2 is read, id 1 is deleted: 5 shifts onto page 2.
-    answers = iter(
+    answers = scripted(
         [
             Page(records=[{"Id": 1}, {"Id": 2}], total_items=6, has_next_page=True),
             Page(records=[{"Id": 3}, {"Id": 4}], total_items=6, has_next_page=True),
             Page(records=[{"Id": 6}], total_items=5, has_next_page=False),  # 5 slid back to page 2
             Page(records=[{"Id": 4}, {"Id": 5}], total_items=5, has_next_page=True),  # the re-read
             Page(records=[{"Id": 6}], total_items=5, has_next_page=False),
-        ]
+        ],
+        then=ListServer([2, 3, 4, 5, 6], 2),
     )
-    paginator = PageNumberPaginator(fetch=lambda number, size: next(answers), size=2)
+    paginator = PageNumberPaginator(fetch=answers, size=2)
     seen = [record["Id"] for page in paginator for record in page]
-    assert seen == [1, 2, 3, 4, 5, 6]
+    assert sorted(set(seen)) == [1, 2, 3, 4, 5, 6]
     assert paginator.summary.backoffs == 1
+    assert paginator.summary.incomplete is None
 
 
 def test_a_server_that_ignores_page_is_detected():
@@ -107,17 +129,26 @@ def test_a_server_that_ignores_page_is_detected():
 
 
 def test_without_has_next_page_the_walk_uses_total_pages_then_short_pages():
-    by_total = iter([Page(records=[{"Id": 1}], total_pages=2), Page(records=[{"Id": 2}], total_pages=2)])
-    assert len(list(PageNumberPaginator(fetch=lambda n, s: next(by_total), size=1))) == 2
-    by_length = iter([Page(records=[{"Id": 1}, {"Id": 2}]), Page(records=[{"Id": 3}])])
-    assert len(list(PageNumberPaginator(fetch=lambda n, s: next(by_length), size=2))) == 2
+    def by_total(number: int, size: int) -> Page:
+        return Page(records=[{"Id": number}], total_pages=2)
+
+    assert len(list(PageNumberPaginator(fetch=by_total, size=1))) == 2
+
+    def by_length(number: int, size: int) -> Page:
+        return Page(records=[{"Id": 1}, {"Id": 2}] if number == 1 else [{"Id": 3}])
+
+    walk = PageNumberPaginator(fetch=by_length, size=2)
+    assert len(list(walk)) == 2 and walk.summary.pages == 4
 
 
 def test_a_list_shorter_than_promised_is_flagged():
-    answers = iter([Page(records=[{"Id": 1}], total_items=3, has_next_page=True), Page(records=[], total_items=3)])
-    paginator = PageNumberPaginator(fetch=lambda n, s: next(answers), size=1)
+    def short(number: int, size: int) -> Page:
+        return Page(records=[{"Id": 1}] if number == 1 else [], total_items=3, has_next_page=number == 1)
+
+    paginator = PageNumberPaginator(fetch=short, size=1)
     assert sum(len(page) for page in paginator) == 1
     assert paginator.summary.ended_short
+    assert "ended after 1 of the 3 records it announced, in 2 passes alike" in str(paginator.summary.incomplete)
 
 
 def test_a_list_that_announces_no_total_stops_at_the_page_cap():
@@ -170,7 +201,8 @@ class CappedServer:
             return Page(records=records, total_items=total)
         if self.envelope == "records-only":
             return Page(records=records)
-        pages = -(-total // self.cap)
+        # "asked-size": `TotalPages` and `HasNextPage` computed from the size asked, not served.
+        pages = -(-total // (size if self.envelope == "asked-size" else self.cap))
         return Page(
             records=records, total_items=total, total_pages=pages, has_next_page=number < pages, current_page_size=size
         )
@@ -183,8 +215,8 @@ def test_deletions_behind_the_walk_skip_nothing_when_the_server_caps_the_page_si
     server.after_page[3] = list(range(1, 251))
     paginator = PageNumberPaginator(fetch=server, size=1000)
     seen = [record["Id"] for page in paginator for record in page]
-    assert len(seen) == len(set(seen))
     assert set(range(251, 1001)) <= set(seen)
+    assert paginator.summary.records == len(set(seen)) and paginator.summary.incomplete is None
 
 
 def test_total_pages_wins_over_a_has_next_page_that_contradicts_it():
@@ -203,7 +235,8 @@ def test_with_total_items_alone_the_walk_reads_until_it_has_them_all():
     server = CappedServer(list(range(1, 251)), cap=100, envelope="total-items-only")
     paginator = PageNumberPaginator(fetch=server, size=1000)
     assert sum(len(page) for page in paginator) == 250
-    assert paginator.summary.pages == 3
+    # Three pages, then the same three again to see that nothing moved past the walk.
+    assert (paginator.summary.pages, paginator.summary.verification_pages, paginator.summary.passes) == (6, 3, 2)
 
 
 def test_with_no_envelope_a_short_first_page_is_not_taken_for_the_last():
@@ -211,4 +244,106 @@ def test_with_no_envelope_a_short_first_page_is_not_taken_for_the_last():
     server = CappedServer(list(range(1, 301)), cap=100, envelope="records-only")
     paginator = PageNumberPaginator(fetch=server, size=1000)
     assert sum(len(page) for page in paginator) == 300
-    assert paginator.summary.pages == 4  # the fourth, empty, ends it
+    assert paginator.summary.pages == 2 * 4  # the fourth, empty, ends each pass
+
+
+def test_a_server_capping_pages_below_the_size_asked_with_total_pages_from_that_size_gives_every_record():
+    # 2,500 records, 1000 asked, 100 served, `TotalPages: 3` and `HasNextPage` false after page 3.
+    server = CappedServer(list(range(1, 2501)), cap=100, envelope="asked-size")
+    paginator = PageNumberPaginator(fetch=server, size=1000)
+    seen = [record["Id"] for page in paginator for record in page]
+    assert sorted(seen) == list(range(1, 2501))
+    assert paginator.summary.incomplete is None
+    assert paginator.summary.pages == 25 + 25
+
+
+def test_a_total_that_grows_by_a_page_with_every_page_stops_the_walk_within_a_bound_and_says_why():
+    ids = list(range(1, 301))
+    requests = []
+
+    def growing(number: int, size: int) -> Page:
+        requests.append(number)
+        start = (number - 1) * 100
+        page = Page(records=[{"Id": i} for i in ids[start : start + 100]], total_items=len(ids), has_next_page=True)
+        ids.extend(range(ids[-1] + 1, ids[-1] + 101))  # a page more after every page
+        return page
+
+    paginator = PageNumberPaginator(fetch=growing, size=100)
+    seen = {record["Id"] for page in paginator for record in page}
+    assert set(range(1, 301)) <= seen  # everything that was there at the start is read
+    assert len(requests) == 3 + EXTRA_PAGES  # bound by the first answer's 300, not the growing total
+    assert paginator.summary.incomplete is not None
+    assert "announced 300 records at first" in paginator.summary.incomplete
+
+
+class DriftingServer:
+    """Ids served `size` a page; between two page requests, a record before the boundary is
+    deleted and one after it inserted, so `TotalItems` never changes."""
+
+    def __init__(self, ids: list[int], size: int, drift_after_page: int, delete: int, insert: int) -> None:
+        self.ids = ids
+        self.size = size
+        self.drift = (drift_after_page, delete, insert)
+        self.requests = 0
+
+    def __call__(self, number: int, size: int) -> Page:
+        self.requests += 1
+        start = (number - 1) * self.size
+        page = Page(records=[{"Id": i} for i in self.ids[start : start + self.size]], total_items=len(self.ids))
+        after, delete, insert = self.drift
+        if self.requests == after:
+            self.ids.remove(delete)
+            self.ids = sorted([*self.ids, insert])
+        return page
+
+
+def test_a_deletion_before_a_boundary_and_an_insertion_after_it_skip_no_record():
+    # Ids interleaved: the inserted record gets a low Id after the boundary of page 2, not the highest.
+    server = DriftingServer([10, 20, 30, 40, 50, 60, 70, 80, 90], size=3, drift_after_page=1, delete=20, insert=75)
+    paginator = PageNumberPaginator(fetch=server, size=3)
+    seen = {record["Id"] for page in paginator for record in page}
+    # 40 moved onto page 1, already read, when 20 went: a single pass would miss it.
+    assert {10, 30, 40, 50, 60, 70, 80, 90} <= seen and 75 in seen
+    summary = paginator.summary
+    assert summary.incomplete is None
+    # The first pass (3 pages) found nothing amiss; the second found 40; the third, nothing new.
+    assert (summary.passes, summary.pages, summary.verification_pages) == (3, 9, 6)
+
+
+def test_without_drift_a_walk_of_several_pages_costs_one_more_pass_and_a_single_page_none():
+    server = ListServer(list(range(1, 10)), 3)
+    paginator = PageNumberPaginator(fetch=server, size=3)
+    assert sum(len(page) for page in paginator) == 9
+    assert (paginator.summary.passes, paginator.summary.verification_pages) == (2, 3)
+    single = PageNumberPaginator(fetch=ListServer(list(range(1, 4)), 3), size=3)
+    assert sum(len(page) for page in single) == 3
+    assert (single.summary.passes, single.summary.pages, single.summary.verification_pages) == (1, 1, 0)
+
+
+def test_a_list_that_keeps_drifting_is_reported_unsettled():
+    ids = list(range(1, 31))
+    state = {"next": 1000}
+
+    def drifting(number: int, size: int) -> Page:
+        page = Page(records=[{"Id": i} for i in ids[(number - 1) * 5 : number * 5]], total_items=len(ids))
+        ids.remove(ids[0])  # always before the boundary
+        ids.append(state["next"])  # always after it: the total holds still
+        state["next"] += 1
+        return page
+
+    paginator = PageNumberPaginator(fetch=drifting, size=5)
+    list(paginator)
+    assert paginator.summary.passes == MAX_PASSES
+    assert "kept changing while it was read" in str(paginator.summary.incomplete)
+
+
+def test_a_record_answered_twice_in_the_first_pass_is_handed_over_twice():
+    answers = scripted(
+        [
+            Page(records=[{"Id": 1, "V": "old"}, {"Id": 2}], total_items=3),
+            Page(records=[{"Id": 1, "V": "new"}, {"Id": 3}], total_items=3),
+        ],
+        then=ListServer([1, 2, 3], 2),
+    )
+    handed = [record for page in PageNumberPaginator(fetch=answers, size=2) for record in page]
+    assert [record.get("V") for record in handed if record["Id"] == 1] == ["old", "new"]

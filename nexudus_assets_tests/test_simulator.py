@@ -8,8 +8,9 @@ import json
 import re
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from nexudus_assets.nexudus.entities import (
     Entity,
 )
 from nexudus_assets.simulator import DEFAULT_PASSWORD, DEFAULT_USERNAME, Faults, Limits, Simulator, SimulatorServer
+from nexudus_assets.simulator.dialect import Dialect
 from nexudus_assets.simulator.limits import Window
 from nexudus_assets.simulator.process import SimulatorStartError, running_simulator
 from nexudus_assets.simulator.store import object_layout
@@ -833,3 +835,121 @@ def test_cli_prints_its_address_and_stops_on_sigterm() -> None:
 def test_a_simulator_process_that_cannot_start_says_so() -> None:
     with pytest.raises(SimulatorStartError, match="exited with status 2"), running_simulator(["--tokens", "none"]):
         pass
+
+
+# -- live-account behaviours, each behind a switch -----------------------------------------------
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[Simulator], httpx.Client]]:
+    """Serves a simulator and gives an HTTP client for it; both stop at the end of the test."""
+    with ExitStack() as stack:
+
+        def start(sim: Simulator) -> httpx.Client:
+            running = stack.enter_context(SimulatorServer(sim))
+            auth = (DEFAULT_USERNAME, DEFAULT_PASSWORD)
+            return stack.enter_context(httpx.Client(base_url=running.base_url, auth=auth, timeout=10))
+
+        yield start
+
+
+def test_long_ids_come_in_interleaved_blocks_relations_too(serve: Callable[[Simulator], httpx.Client]) -> None:
+    sim = small(dialect=Dialect(long_ids=True))
+    client = serve(sim)
+    served = ids(client, ACCESS_TOKENS)
+    assert min(served) > 2**32 and served == sorted(served)
+    later = sim.insert(ACCESS_TOKENS, 4)
+    # Created one after the other, yet not in Id order: two blocks take turns.
+    assert later != sorted(later)
+    assert min(record["BusinessId"] for record in sim.records(ACCESS_TOKENS)) > 2**31
+
+
+def test_tick_fractions_business_dates_with_z_and_a_lone_surrogate_are_served_as_live_accounts_send_them(
+    serve: Callable[[Simulator], httpx.Client],
+) -> None:
+    sim = small(dialect=Dialect(tick_fractions=True, business_dates_utc=True, lone_surrogate=True), list_shape="modern")
+    client = serve(sim)
+    answer = client.get(COWORKER_CONTRACTS.path, params={"size": 1000})
+    contracts = answer.json()["Records"]
+    fractions = [re.fullmatch(r".*:\d\d\.(\d{1,7})Z", record["UpdatedOn"]) for record in contracts]
+    assert sum(1 for match in fractions if match) > len(contracts) * 0.8
+    assert {len(match.group(1)) for match in fractions if match} >= {7}
+    assert all(record["StartDate"].endswith("T00:00:00Z") for record in contracts if record["StartDate"])
+    # What the tests read is what is served.
+    assert [record["UpdatedOn"] for record in sim.records(COWORKER_CONTRACTS)] == [r["UpdatedOn"] for r in contracts]
+    tokens = client.get(ACCESS_TOKENS.path, params={"size": 1000})
+    assert tokens.text.count('"Front desk \\ud83d"') == 1
+
+
+def test_pages_capped_below_the_size_asked_can_count_their_pages_from_the_size_asked(
+    serve: Callable[[Simulator], httpx.Client],
+) -> None:
+    sim = small(
+        tokens=250, dialect=Dialect(max_page_size=100, echo_requested_size=True, pages_from_requested_size=True)
+    )
+    client = serve(sim)
+    first = client.get(ACCESS_TOKENS.path, params={"size": 1000}).json()
+    assert (len(first["Records"]), first["TotalItems"], first["TotalPages"], first["HasNextPage"]) == (
+        100,
+        250,
+        1,
+        False,
+    )
+
+
+def test_the_range_filter_can_be_read_in_a_zone_west_of_utc(serve: Callable[[Simulator], httpx.Client]) -> None:
+    sim = small(dialect=Dialect(filter_utc_offset_hours=-5))
+    client = serve(sim)
+    [changed] = sim.insert(ACCESS_TOKENS)
+    stamp = dt.datetime.fromisoformat(sim.get(ACCESS_TOKENS, changed)["UpdatedOn"][:-1])
+    param = "from_AccessToken_UpdatedOn"
+    # Sent in UTC, read as UTC-5 local time: five hours later than meant, so the change is missed.
+    assert changed not in ids(
+        client, ACCESS_TOKENS, **{param: (stamp - dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M")}
+    )
+    assert changed in ids(client, ACCESS_TOKENS, **{param: (stamp - dt.timedelta(hours=6)).strftime("%Y-%m-%dT%H:%M")})
+
+
+def test_drift_between_pages_deletes_on_the_page_served_and_inserts_after_it_keeping_the_total(
+    serve: Callable[[Simulator], httpx.Client],
+) -> None:
+    sim = small()
+    client = serve(sim)
+    sim.faults.drift_between_pages = 1
+    before = [record["Id"] for record in sim.records(ACCESS_TOKENS)]
+    first = client.get(ACCESS_TOKENS.path, params={"size": 10}).json()
+    after = [record["Id"] for record in sim.records(ACCESS_TOKENS)]
+    [gone] = set(before) - set(after)
+    [new] = set(after) - set(before)
+    assert gone in [record["Id"] for record in first["Records"]] and new > max(before)
+    second = client.get(ACCESS_TOKENS.path, params={"size": 10, "page": 2}).json()
+    assert second["TotalItems"] == first["TotalItems"] and second["Records"][0]["Id"] == before[11]
+    assert sim.faults.drift_between_pages == 0
+
+
+def test_a_growing_total_adds_a_page_of_records_with_every_page(serve: Callable[[Simulator], httpx.Client]) -> None:
+    sim = small()
+    client = serve(sim)
+    sim.faults.growing_total = True
+    totals = [
+        client.get(ACCESS_TOKENS.path, params={"size": 10, "page": page}).json()["TotalItems"] for page in (1, 2, 3)
+    ]
+    assert totals == [40, 50, 60]
+
+
+def test_cli_switches_make_a_live_style_server() -> None:
+    arguments = ["--tokens", "150", "--contracts", "2", "--passes", "2", "--page-cap", "100"]
+    arguments += ["--pages-from-requested-size", "--long-ids", "--tick-fractions", "--business-dates-utc"]
+    arguments += ["--filter-utc-offset-hours", "-5", "--lone-surrogate", "--drift-between-pages", "1"]
+    with running_simulator(arguments) as simulator:
+        answer = httpx.get(
+            f"{simulator.base_url}/{ACCESS_TOKENS.path}",
+            params={"size": 1000},
+            auth=(DEFAULT_USERNAME, DEFAULT_PASSWORD),
+        ).json()
+        assert (len(answer["Records"]), answer["TotalPages"], answer["TotalItems"]) == (100, 1, 150)
+        assert min(record["Id"] for record in answer["Records"]) > 2**32
+        assert re.fullmatch(r".*\.\d{1,7}Z", answer["Records"][0]["UpdatedOn"])
+        assert answer["Records"][0]["Description"] == "Front desk \ud83d"
+        simulator.process.send_signal(signal.SIGTERM)
+        assert simulator.process.wait(timeout=5) == 0

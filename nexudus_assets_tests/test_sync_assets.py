@@ -31,7 +31,9 @@ def test_the_first_sync_equals_the_simulator_field_by_field(project):
     for entity in ENTITIES:
         assert project.live_rows(entity) == project.upstream_rows(entity), entity.name
     tokens = metadata(result, "access_tokens")
-    assert (tokens["rows_inserted"], tokens["rows_total"], tokens["requests"]) == (1200, 1200, 2)
+    # Two pages, then both again: a second pass sees that nothing moved past the first.
+    assert (tokens["rows_inserted"], tokens["rows_total"], tokens["requests"]) == (1200, 1200, 4)
+    assert (tokens["pages"], tokens["verification_requests"], tokens["walk_incomplete"]) == (4, 2, "")
     assert metadata(result, "coworker_contracts")["requests"] == 1
     assert "dagster/column_schema" in metadata(result, "access_tokens")
     # The flattened display fields a list carries are columns too.

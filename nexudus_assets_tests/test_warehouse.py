@@ -38,6 +38,7 @@ from nexudus_assets.warehouse import (
     read_high_water_mark,
     table_columns,
 )
+from nexudus_assets.warehouse.schema import SYNC_LOG
 from nexudus_assets.warehouse.staging import ARROW_MIN_ROWS
 from nexudus_assets_tests.utils import held_open
 
@@ -538,9 +539,11 @@ def test_an_updated_on_from_the_future_does_not_carry_the_cursor_past_the_sync(c
 
 def test_a_list_that_ended_short_keeps_the_cursor_where_it_was(conn: duckdb.DuckDBPyConnection) -> None:
     sync(conn, [token(1, 5)])
-    result = sync(conn, [token(2, 9)], complete=False)
+    result = sync(conn, [token(2, 9)], walk_incomplete="the list ended after 1 of the 3 records it announced")
     assert result.inserted == 1
     assert read_high_water_mark(conn, ACCESS_TOKENS) == at(5)
+    logged = rows(conn, f"SELECT walk_incomplete FROM {SYNC_LOG} ORDER BY finished_at, walk_incomplete NULLS FIRST")
+    assert logged == [(None,), ("the list ended after 1 of the 3 records it announced",)]
 
 
 # ---------------------------------------------------------------- history
@@ -851,3 +854,36 @@ def test_no_warehouse_yet_says_not_synced_yet(files: WarehouseFiles) -> None:
         with pytest.raises(WarehouseNotSyncedError, match="not synced yet"), reader():
             pass
     assert not files.working.exists() and not files.published.exists()
+
+
+@pytest.mark.parametrize("others", [0, ARROW_MIN_ROWS], ids=["as parameters", "as arrow"])
+def test_long_ids_nul_characters_and_emoji_are_stored_as_they_came(
+    conn: duckdb.DuckDBPyConnection, others: int
+) -> None:
+    odd = token(2**63 - 1, 1, description="Front\x00desk \U0001f600", business_id=2**40, Note="a\x00b")
+    sync(conn, [odd, *(token(i, 1) for i in range(1, others + 1))])
+    stored = rows(
+        conn, f"SELECT id, description, business_id, _extra FROM {qualified(ACCESS_TOKENS)} WHERE id = ?", [odd.id]
+    )
+    assert stored == [(2**63 - 1, "Front\x00desk \U0001f600", 2**40, '{"Note": "a\\u0000b"}')]
+
+
+def test_a_record_answered_twice_keeps_the_copy_with_the_latest_updated_on(conn: duckdb.DuckDBPyConnection) -> None:
+    newer, older = token(1, 5, description="newer"), token(1, 2, description="older")
+    result = sync(conn, [newer, older])  # the older copy staged last, as a server repeating a record sends it
+    assert (result.inserted, result.fetched) == (1, 2)
+    assert rows(conn, f"SELECT description FROM {qualified(ACCESS_TOKENS)}") == [("newer",)]
+
+
+def test_quarantined_json_with_a_lone_surrogate_is_stored_and_later_syncs_go_on(
+    conn: duckdb.DuckDBPyConnection,
+) -> None:
+    raw = {"Id": 7, "Description": "Front desk \ud83d", "Notes": "Caf\udce9"}
+    for run in ("first", "second"):
+        rejected = RejectedRecord(7, "AccessToken 7: field 'Description': a lone UTF-16 surrogate", raw)
+        result = sync(conn, [token(1, 1)], run_id=run, rejected=[rejected])
+        assert result.rejected == 1
+    stored = rows(conn, "SELECT run_id, raw_json FROM raw._rejected_records ORDER BY run_id")
+    assert [(run, json.loads(text)) for run, text in stored] == [
+        (run, {"Id": 7, "Description": "Front desk \ufffd", "Notes": "Caf\ufffd"}) for run in ("first", "second")
+    ]

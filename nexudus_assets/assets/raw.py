@@ -98,6 +98,8 @@ def build_raw_asset(entity: Entity) -> dg.AssetsDefinition:
                 "throttle_wait_seconds": round(report.throttle_wait_seconds, 3),
                 "password_grants": report.password_grants,
                 "pages": report.pages,
+                "verification_requests": report.paging.verification_pages,
+                "walk_incomplete": dg.MetadataValue.text(report.paging.incomplete or ""),
                 "duration_seconds": round(report.seconds, 3),
                 "high_water_mark": dg.MetadataValue.text(str(result.high_water_mark)),
             },

@@ -46,7 +46,15 @@ from nexudus_assets.nexudus.errors import (
     StaleRecordError,
 )
 from nexudus_assets.nexudus.lease import AccountLease
-from nexudus_assets.nexudus.models import ActionResult, CommandDescription, FieldError, NexudusRecord, Page, valid_id
+from nexudus_assets.nexudus.models import (
+    ActionResult,
+    CommandDescription,
+    FieldError,
+    NexudusRecord,
+    Page,
+    UnstorableText,
+    valid_id,
+)
 from nexudus_assets.nexudus.pacing import Pacer, RateLimits, shared_pacer
 from nexudus_assets.nexudus.paging import DEFAULT_MAX_PAGES, PageNumberPaginator, PagingSummary
 from nexudus_assets.nexudus.retry import THROTTLING_STATUSES, Attempts, RetryableFailure, RetryPolicy
@@ -159,9 +167,13 @@ def parse_record(entity: Entity, raw: Any) -> NexudusRecord:
         return entity.model.model_validate(raw)
     except PydanticValidationError as exc:
         record_id = raw.get("Id") if isinstance(raw, dict) else None
-        problems = [
-            (".".join(str(part) for part in error["loc"]) or "<record>", error["msg"]) for error in exc.errors()
-        ]
+        problems = []
+        for error in exc.errors():
+            cause = error.get("ctx", {}).get("error")
+            if isinstance(cause, UnstorableText):
+                problems.extend(cause.problems)
+            else:
+                problems.append((".".join(str(part) for part in error["loc"]) or "<record>", error["msg"]))
         raise RecordValidationError(entity.name, record_id, problems, raw=raw) from None
 
 
@@ -392,12 +404,13 @@ class NexudusClient:
         )
         for number, raw_records in enumerate(paginator, start=1):
             yield _validated(entity, number, raw_records)
-        if summary.ended_short:
+        if summary.incomplete is not None:
             log.warning(
-                "%s: the list ended after %d records although the server announced %s",
+                "%s: %d records read although the server announced %s: %s",
                 entity.name,
                 summary.records,
                 summary.total_items,
+                summary.incomplete,
             )
 
     def get(self, entity: Entity, record_id: int) -> NexudusRecord:
@@ -755,8 +768,13 @@ def _load_json(body: bytes) -> Any:
             raise _UnusableAnswer(_TOO_DEEP) from None
     # The standard parser also reads what the fast one refuses although JSON allows it, such as
     # a byte-order mark, UTF-16 or an escaped lone surrogate; a malformed body fails here too.
+    # Invalid UTF-8 bytes are kept as lone surrogates (`surrogateescape`): they belong to one
+    # record's string, which is quarantined naming its field, not to the whole page.
     try:
-        value = json.loads(body)
+        try:
+            value = json.loads(body)
+        except UnicodeDecodeError:
+            value = json.loads(body.decode("utf-8", "surrogateescape"))
     except RecursionError:
         raise _UnusableAnswer(_TOO_DEEP) from None
     if _nested_deeper_than(value, MAX_JSON_DEPTH):

@@ -27,21 +27,24 @@ from pydantic import (
 from pydantic.alias_generators import to_pascal
 from pydantic_core import CoreSchema, core_schema
 
-# CreatedOn/UpdatedOn come as UTC with `Z`; business dates come bare (the location's local
-# time). Offsets are converted to UTC; bare values are kept as they are. Two plain validators
-# around pydantic's own parsing cost less than one that wraps it.
+# `CreatedOn`/`UpdatedOn` are instants: they come in UTC (`Z`, sometimes an offset) and are
+# stored as naive UTC. Every other date is the operator's wall time: business dates come bare
+# (the location's local time) or, in live accounts, as midnight with a `Z` that means nothing
+# about the zone. Their offset is dropped, never converted, so `2025-04-01T00:00:00+01:00` and
+# `2025-04-01T00:00:00Z` both stay 1 April 00:00. The docs give no zone for the other stamps
+# (`LastAccess`, `UsedDate`, `PricePlanTermsAcceptedOn`, ...) and show them bare like the
+# business dates, so they are wall time too: one clock per column, whatever a server appends.
+# Fractions carry up to 7 digits (.NET ticks); `fromisoformat` keeps 6 and truncates the 7th,
+# the same way for every field.
 
 
-def _utc_stamp(value: Any) -> Any:
-    # The common case, read in one step: every record carries several such stamps. What this
-    # cannot read goes on to pydantic, which says what is wrong with it.
-    if isinstance(value, str) and value.endswith("Z"):
+def _parsed_stamp(value: Any) -> Any:
+    # What this cannot read goes on to pydantic, which says what is wrong with it.
+    if isinstance(value, str):
         try:
-            moment = dt.datetime.fromisoformat(value[:-1])
+            return dt.datetime.fromisoformat(value)
         except ValueError:
             return value
-        if moment.tzinfo is None:
-            return moment
     return value
 
 
@@ -56,13 +59,17 @@ def _to_naive_utc(moment: dt.datetime) -> dt.datetime:
         raise ValueError("a date that is out of range once converted to UTC") from None
 
 
-#: The reference types Ids as `int`, which in the .NET the API is written in is a signed
-#: 32-bit integer; Nexudus hands out positive ones.
-MAX_ID = 2**31 - 1
+def _wall_time(moment: dt.datetime) -> dt.datetime:
+    return moment.replace(tzinfo=None)
+
+
+#: Nexudus types Ids as `long` (a signed 64-bit integer) and hands out positive ones. They
+#: come in interleaved blocks: a higher Id is not a newer record.
+MAX_ID = 2**63 - 1
 
 
 def valid_id(value: Any) -> int | None:
-    """`value` when it is an Id as documented (a JSON integer from 1 to `MAX_ID`), else None.
+    """`value` when it is an Id as Nexudus has them (a JSON integer from 1 to `MAX_ID`), else None.
 
     Booleans, floats and numeric strings are refused: `true` must never become record 1.
     """
@@ -82,6 +89,47 @@ def _relation_id(value: Any) -> Any:
     raise ValueError(f"a related record's Id must be a whole number from 1 to {MAX_ID}")
 
 
+def _not_a_boolean(value: Any) -> Any:
+    # pydantic's lax int parsing takes `true` as 1; a count that says `true` is not a count.
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a whole number")
+    return value
+
+
+class UnstorableText(ValueError):
+    """A record holds strings no UTF-8 text can hold; `problems` names each field."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{field}: {problem}" for field, problem in problems))
+
+
+def text_problems(value: Any, path: str) -> list[tuple[str, str]]:
+    """(field path, problem) for each string in `value` no UTF-8 text can hold.
+
+    .NET cuts strings between the halves of an emoji and sends the lone half as an escape
+    (`"\\ud83d"`); an answer's invalid UTF-8 bytes reach the records as lone surrogates too
+    (the client decodes them with `surrogateescape`). DuckDB stores neither. NUL characters
+    are valid text and are stored as they are.
+    """
+    if isinstance(value, str):
+        if value.isascii():
+            return []
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            code = ord(value[error.start])
+            if 0xDC80 <= code <= 0xDCFF:
+                return [(path, f"an invalid UTF-8 byte (0x{code - 0xDC00:02x}) at character {error.start}")]
+            return [(path, f"a lone UTF-16 surrogate (\\u{code:04x}) at character {error.start}")]
+        return []
+    if isinstance(value, dict):
+        return [problem for key, item in value.items() for problem in text_problems(item, f"{path}.{key}")]
+    if isinstance(value, list):
+        return [problem for at, item in enumerate(value) for problem in text_problems(item, f"{path}.{at}")]
+    return []
+
+
 class _NullFirst:
     """Takes null as null before the validators listed ahead of it run.
 
@@ -94,7 +142,12 @@ class _NullFirst:
         return core_schema.nullable_schema(handler(source))
 
 
-DateTime = Annotated[dt.datetime | None, BeforeValidator(_utc_stamp), AfterValidator(_to_naive_utc), _NullFirst()]
+#: An instant, stored as naive UTC: `CreatedOn`, `UpdatedOn`.
+Instant = Annotated[dt.datetime | None, BeforeValidator(_parsed_stamp), AfterValidator(_to_naive_utc), _NullFirst()]
+#: A date as the operator sees it: its calendar date and wall time, any offset dropped.
+DateTime = Annotated[dt.datetime | None, BeforeValidator(_parsed_stamp), AfterValidator(_wall_time), _NullFirst()]
+#: A count: a JSON integer (or its text), never a boolean.
+WholeNumber = Annotated[int | None, BeforeValidator(_not_a_boolean), _NullFirst()]
 #: Validated before pydantic's own (lax) int parsing, which would turn `true` into 1.
 RelationId = Annotated[int | None, BeforeValidator(_relation_id), _NullFirst()]
 
@@ -168,12 +221,21 @@ class NexudusRecord(NexudusModel):
     id: int = Field(strict=True, ge=1, le=MAX_ID)
     unique_id: UUID | None = None
     system_id: str | None = None
-    created_on: DateTime = None
-    updated_on: DateTime = None
+    created_on: Instant = None
+    updated_on: Instant = None
     updated_by: str | None = None
 
     #: Snake-case names of the flattened display fields (not attributes of the object).
     display_fields: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable_text(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            problems = [problem for key, value in data.items() for problem in text_problems(value, str(key))]
+            if problems:
+                raise UnstorableText(problems)
+        return data
 
     @classmethod
     def wire_names(cls) -> dict[str, str]:
@@ -196,9 +258,9 @@ class AccessToken(NexudusRecord):
     business_id: RelationId = relation("Business")
     description: str | None = None
     last_access: DateTime = None
-    minutes_included: int | None = None
-    minutes_left: int | None = None
-    user_limit: int | None = None
+    minutes_included: WholeNumber = None
+    minutes_left: WholeNumber = None
+    user_limit: WholeNumber = None
     valid_from: DateTime = None
     valid_to: DateTime = None
     mac_address: str | None = None
@@ -209,9 +271,9 @@ class AccessToken(NexudusRecord):
 class CoworkerContract(NexudusRecord):
     active: bool | None = None
     apply_pro_rating: bool | None = None
-    billing_day: int | None = None
+    billing_day: WholeNumber = None
     cancellation_date: DateTime = None
-    cancellation_limit_days: int | None = None
+    cancellation_limit_days: WholeNumber = None
     cancellation_notes: str | None = None
     cancellation_reason: CancellationReason | None = None
     cancelled: bool | None = None
@@ -233,7 +295,7 @@ class CoworkerContract(NexudusRecord):
     price_plan_terms_accepted_on: DateTime = None
     proposal_unique_id: UUID | None = None
     pro_rate_cancellation: bool | None = None
-    quantity: int | None = None
+    quantity: WholeNumber = None
     renewal_date: DateTime = None
     start_date: DateTime = None
     tariff_id: RelationId = relation("Tariff")
@@ -271,7 +333,7 @@ class CoworkerTimePass(NexudusRecord):
     checked_in: bool | None = None
     coworker_id: RelationId = relation("Coworker")
     coworker_product_unique_id: UUID | None = None
-    create_multiple: int | None = None
+    create_multiple: WholeNumber = None
     expire_date: DateTime = None
     free: bool | None = None
     invoiced: bool | None = None
@@ -279,9 +341,9 @@ class CoworkerTimePass(NexudusRecord):
     is_from_tariff: bool | None = None
     notes: str | None = None
     price: Decimal | None = None
-    remaining_uses: int | None = None
+    remaining_uses: WholeNumber = None
     time_pass_id: RelationId = relation("TimePass")
-    total_uses: int | None = None
+    total_uses: WholeNumber = None
     used: bool | None = None
     used_date: DateTime = None
 
@@ -354,7 +416,7 @@ class ActionResult(NexudusModel):
     value: Any = None
     was_successful: bool = False
     errors: list[FieldError] | None = None
-    updated_on: DateTime = None
+    updated_on: Instant = None
     updated_by: str | None = None
 
     @property

@@ -16,21 +16,34 @@ from nexudus_assets.nexudus.models import Page, valid_id
 #: Pages a walk reads at most when the server announces no `TotalItems`: 100 million records
 #: at the documented 1000 a page, and still a bound for a server that pages for ever.
 DEFAULT_MAX_PAGES = 100_000
-#: Pages beyond what `TotalItems` allows before the walk stops: room for records inserted
-#: while it runs, never room for a server that answers every page with `HasNextPage: true`.
+#: Pages beyond what the first answer's `TotalItems` allows before a pass stops: room for
+#: records inserted while it runs, never room for a server whose total keeps growing.
 EXTRA_PAGES = 3
+#: Passes over a list at most: the first, then re-walks until one brings nothing new.
+MAX_PASSES = 4
 
 
 @dataclass
 class PagingSummary:
     pages: int = 0
+    #: Distinct records read.
     records: int = 0
     #: The last `TotalItems` the server claimed.
     total_items: int | None = None
-    #: The list ended before the count the server promised (a truncated or inflated answer).
-    ended_short: bool = False
+    #: The `TotalItems` of the first answer: what bounds the walk.
+    first_total_items: int | None = None
+    #: Passes over the list: 1, or more when the first spanned several pages.
+    passes: int = 0
+    #: Requests of the passes after the first, which check that nothing moved past the walk.
+    verification_pages: int = 0
     #: Times a shrinking total made the walk step back.
     backoffs: int = 0
+    #: Why the walk cannot account for every record; None when it can.
+    incomplete: str | None = None
+
+    @property
+    def ended_short(self) -> bool:
+        return self.incomplete is not None
 
 
 class SeenKeys:
@@ -68,19 +81,33 @@ class SeenKeys:
 
 @dataclass
 class PageNumberPaginator:
-    """Walks `page=1, 2, ...` of a list ordered by Id and yields each record's raw JSON once.
-
-    Deleting a record the walk has passed shifts every later record one place to the left,
-    so the next page would start one record late. A drop in `TotalItems` gives that away:
-    the walk steps back as many pages as the drop spans and re-reads them. Records it has
-    already yielded are recognised by Id, so re-reads, and inserts that shift records to
-    the right, never yield a record twice.
+    """Walks `page=1, 2, ...` of a list ordered by Id and yields each record's raw JSON.
 
     Pages are measured by what the server sends, not by what was asked or what it says it
-    sends: a server may cap `size` below the request and still echo the request back.
+    sends: a server may cap `size` below the request and still compute `TotalPages` and
+    `HasNextPage` from the size asked. So a pass keeps walking while it holds fewer distinct
+    records than `TotalItems`, until an empty page.
 
-    Every walk ends: once past the pages `TotalItems` allows (plus `EXTRA_PAGES`), or past
-    `max_pages` when no total is announced, it raises instead of asking for more.
+    Lists drift while they are read. Deleting a record the walk has passed shifts every later
+    record one place to the left, so the next page starts one record late and the record at
+    the boundary is never read; an insertion after the boundary leaves `TotalItems` unchanged,
+    so nothing in the answers gives the skip away, and neither Ids (handed out in interleaved
+    blocks) nor timestamps (not every server keeps them) say which records are new. So a walk
+    of more than one page is checked by walking the list again: each further pass yields only
+    records no earlier pass read, and the walk is settled by a pass that brings nothing new
+    while its `TotalItems` held still and it read as many records as that total. A skip needs
+    a deletion before the boundary; unless an insertion compensates, `TotalItems` changes, and
+    an insertion after the boundary is a record the pass has not read before. A walk still
+    unsettled after `MAX_PASSES` says so in `summary.incomplete`. A drop in `TotalItems`
+    within a pass also steps it back, as many pages as the drop spans.
+
+    Within the first pass a record answered twice is yielded twice: the caller keeps the copy
+    with the latest `UpdatedOn`. Later passes yield only records no pass has read.
+
+    Every walk ends: a pass stops past the pages the first answer's `TotalItems` allows (plus
+    `EXTRA_PAGES`), however the total grows meanwhile, and records the stop in
+    `summary.incomplete`; past `max_pages` when no total is announced, or when the server
+    claims more pages than records it counts, it raises instead of asking for more.
     """
 
     fetch: Callable[[int, int], Page]
@@ -90,6 +117,8 @@ class PageNumberPaginator:
     max_pages: int = DEFAULT_MAX_PAGES
     #: Names the list in errors (`GET /spaces/accesstokens`).
     described: str = "the list"
+    #: The longest page seen: the server's real page size (the last page may be shorter).
+    _page_length: int = field(default=0, init=False, repr=False)
 
     def __iter__(self) -> Iterator[list[dict[str, Any]]]:
         # The next page is asked for before this one is handed over, so the server works on it
@@ -116,82 +145,165 @@ class PageNumberPaginator:
                 ahead[1].exception()
 
     def _walk(self, fetch: Callable[[int], Page]) -> Iterator[tuple[list[dict[str, Any]], int | None]]:
-        """(fresh records, the page to read next or None) for each page read."""
+        """(records to yield, the page to read next or None) for each page read, pass after pass."""
+        summary = self.summary
         seen = SeenKeys()
+        while True:
+            summary.passes += 1
+            verifying = summary.passes > 1
+            outcome = _PassOutcome()
+            for records, next_number in self._pass(fetch, seen, outcome, verifying):
+                if next_number is None:
+                    more_passes = self._another_pass(outcome)
+                    yield records, 1 if more_passes else None
+                    if not more_passes:
+                        return
+                else:
+                    yield records, next_number
+
+    def _another_pass(self, outcome: _PassOutcome) -> bool:
+        """Whether the pass just ended leaves the walk unsettled; records why when it must stop."""
+        summary = self.summary
+        if summary.incomplete is not None:
+            return False  # the pass hit its bound: another would too
+        total = summary.total_items
+        counted = total is None or outcome.distinct >= total
+        if summary.passes == 1 and outcome.pages == 1 and not outcome.total_moved:
+            # One page read in one answer: nothing can have moved past it.
+            if not counted:
+                summary.incomplete = f"the list ended after {outcome.distinct} of the {total} records it announced"
+            return not counted
+        if summary.passes > 1 and not outcome.new and not outcome.total_moved:
+            if not counted:
+                summary.incomplete = (
+                    f"the list ended after {outcome.distinct} of the {total} records it announced,"
+                    f" in {summary.passes} passes alike"
+                )
+            return False
+        if summary.passes >= MAX_PASSES:
+            summary.incomplete = (
+                f"the list kept changing while it was read: pass {summary.passes} of {MAX_PASSES}"
+                f" still found {outcome.new} records the earlier ones had not"
+                + ("" if counted else f" and ended after {outcome.distinct} of the {total} it announced")
+            )
+            return False
+        return True
+
+    def _pass(
+        self, fetch: Callable[[int], Page], seen: SeenKeys, outcome: _PassOutcome, verifying: bool
+    ) -> Iterator[tuple[list[dict[str, Any]], int | None]]:
+        summary = self.summary
+        in_pass = SeenKeys()
         number = 1
         #: The furthest page read: pages at or before it are re-reads after a step back.
         frontier = 0
-        #: The longest page seen: the server's real page size (the last page may be shorter).
-        page_length = 0
         previous_total: int | None = None
         stale_pages = 0
         while True:
             page = fetch(number)
-            self.summary.pages += 1
+            summary.pages += 1
+            outcome.pages += 1
+            if verifying:
+                summary.verification_pages += 1
             records = page.records
-            page_length = max(page_length, len(records))
+            self._page_length = max(self._page_length, len(records))
             total = page.total_items
+            if summary.passes == 1 and number == 1:
+                summary.first_total_items = total
+            if previous_total is not None and total != previous_total:
+                outcome.total_moved = True
             if previous_total is not None and total is not None and total < previous_total and number > 1:
-                self.summary.backoffs += 1
-                if self.summary.backoffs > self.max_backoffs:
+                summary.backoffs += 1
+                if summary.backoffs > self.max_backoffs:
                     raise ResponseFormatError(
                         f"{self.described}: the list kept shrinking while being read"
-                        f" ({self.summary.backoffs} step-backs); try again later"
+                        f" ({summary.backoffs} step-backs); try again later"
                     )
                 frontier = max(frontier, number)
-                number = max(1, number - math.ceil((previous_total - total) / max(page_length, 1)))
+                number = max(1, number - math.ceil((previous_total - total) / max(self._page_length, 1)))
                 previous_total = total
                 continue
             previous_total = total
-            self.summary.total_items = total
+            summary.total_items = total
 
-            fresh = [record for record in records if seen.add(record)]
-            # New ground that only repeats what was read, three pages running: the server
-            # is not paging at all (it ignores `page`).
+            in_pass_flags = [in_pass.add(record) for record in records]
+            fresh_in_pass = sum(in_pass_flags)
+            outcome.distinct += fresh_in_pass
+            new = [record for record in records if seen.add(record)]
+            outcome.new += len(new)
+            summary.records += len(new)
+            # New ground that only repeats what this pass read, three pages running: the
+            # server is not paging at all (it ignores `page`).
             if number > frontier:
-                stale_pages = stale_pages + 1 if records and not fresh else 0
+                stale_pages = stale_pages + 1 if records and not fresh_in_pass else 0
                 frontier = number
             if stale_pages >= 3:
                 raise ResponseFormatError(
                     f"{self.described}: pages {number - 2} to {number} repeat records already read:"
                     " the server ignores `page`"
                 )
-            self.summary.records += len(fresh)
-            more = bool(records) and self._has_next(page, number, len(records), page_length)
-            if more:
-                self._refuse_endless(number, total, page_length)
-            else:
-                self.summary.ended_short = total is not None and self.summary.records < total
-            yield fresh, number + 1 if more else None
+            more = bool(records) and self._has_next(page, number, len(records), outcome.distinct)
+            if more and not self._within_bounds(number, total, outcome.distinct):
+                more = False
+            handed = new if verifying else records
+            yield handed, number + 1 if more else None
             if not more:
                 return
             number += 1
 
-    def _refuse_endless(self, number: int, total: int | None, page_length: int) -> None:
-        """Raise when the server says there is more after page `number` than it could hold."""
-        if total is not None:
-            announced = math.ceil(total / page_length)
-            if number + 1 > announced + EXTRA_PAGES:
-                raise ResponseFormatError(
-                    f"{self.described}: the server announced {total} items ({announced} pages of {page_length})"
-                    f" but still claims more after page {number}; stopped rather than page for ever"
+    def _within_bounds(self, number: int, total: int | None, distinct: int) -> bool:
+        """Whether page `number + 1` may be read; records why not, or raises when the server contradicts itself."""
+        first_total = self.summary.first_total_items
+        if first_total is not None:
+            allowed = math.ceil(first_total / max(self._page_length, 1)) + EXTRA_PAGES
+            if number + 1 > allowed:
+                if total is not None and distinct >= total:
+                    # Every record it counts is read and it still claims more: no growth explains that.
+                    raise ResponseFormatError(
+                        f"{self.described}: the server announced {total} items ({allowed - EXTRA_PAGES} pages"
+                        f" of {self._page_length}) but still claims more after page {number};"
+                        " stopped rather than page for ever"
+                    )
+                self.summary.incomplete = (
+                    f"the list announced {first_total} records at first but {total} after page {number},"
+                    f" more than {EXTRA_PAGES} pages beyond the first count; the walk stopped there"
+                    f" with {distinct} records read"
                 )
+                return False
         if number + 1 > self.max_pages:
             raise ResponseFormatError(
                 f"{self.described}: still more after {number} pages, the most one walk reads"
                 " (max_pages); stopped rather than page for ever"
             )
+        return True
 
-    @staticmethod
-    def _has_next(page: Page, number: int, count: int, page_length: int) -> bool:
+    def _has_next(self, page: Page, number: int, count: int, distinct: int) -> bool:
+        total = page.total_items
+        if total is not None and distinct < total:
+            # Records are missing against the count, whatever `TotalPages` or `HasNextPage` say:
+            # they may be computed from the size asked rather than the size served.
+            return True
         # The documented envelope is not consistent (a by-Ids example says HasNextPage true on
         # its only page), so the arithmetic fields are trusted before the flag.
         if page.total_pages is not None:
             return number < page.total_pages
         if page.has_next_page is not None:
             return page.has_next_page
-        if page.total_items is not None:
-            return number * page_length < page.total_items
+        if total is not None:
+            return False
         # No envelope to go by: a page shorter than an earlier one is the last; otherwise
         # only an empty page ends the list.
-        return count >= page_length
+        return count >= self._page_length
+
+
+@dataclass
+class _PassOutcome:
+    """What one pass over the list found."""
+
+    pages: int = 0
+    #: Distinct records this pass read.
+    distinct: int = 0
+    #: Records no earlier pass had read.
+    new: int = 0
+    #: `TotalItems` changed between two of its answers.
+    total_moved: bool = False

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import signal
 import threading
 from collections.abc import Sequence
 
 from nexudus_assets.simulator.core import Simulator
-from nexudus_assets.simulator.dialect import DIALECTS
+from nexudus_assets.simulator.dialect import DIALECTS, Dialect
 from nexudus_assets.simulator.faults import HOSTILE_IDS, Faults
 from nexudus_assets.simulator.process import LISTENING_ON
 from nexudus_assets.simulator.server import SimulatorServer
@@ -22,6 +23,20 @@ def _hostile_id_names(text: str) -> list[str]:
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown {', '.join(unknown)}; known: {', '.join(HOSTILE_IDS)}")
     return names
+
+
+def _dialect(args: argparse.Namespace) -> Dialect:
+    """The named dialect with the switches given on the command line."""
+    switches = {
+        name: getattr(args, name)
+        for name in ("pages_from_requested_size", "long_ids", "tick_fractions", "business_dates_utc", "lone_surrogate")
+        if getattr(args, name)
+    }
+    if args.page_cap is not None:
+        switches["max_page_size"] = args.page_cap
+    if args.filter_utc_offset_hours is not None:
+        switches["filter_utc_offset_hours"] = args.filter_utc_offset_hours
+    return dataclasses.replace(DIALECTS[args.dialect], **switches)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,6 +57,19 @@ def _parser() -> argparse.ArgumentParser:
         default="reference",
         help="answer as another Nexudus-compatible server would (see simulator/dialect.py)",
     )
+    parser.add_argument("--page-cap", type=int, help="serve at most this many records a page, whatever is asked")
+    parser.add_argument(
+        "--pages-from-requested-size",
+        action="store_true",
+        help="compute TotalPages and HasNextPage from the size asked, not the size served",
+    )
+    parser.add_argument("--long-ids", action="store_true", help="Ids beyond 2^31 in interleaved blocks")
+    parser.add_argument("--tick-fractions", action="store_true", help="CreatedOn/UpdatedOn with 7 fractional digits")
+    parser.add_argument("--business-dates-utc", action="store_true", help="business dates with a Z")
+    parser.add_argument(
+        "--filter-utc-offset-hours", type=int, help="read range filters in this zone (-5: UTC-5 local time)"
+    )
+    parser.add_argument("--lone-surrogate", action="store_true", help="one token's description cut mid-emoji")
     parser.add_argument("--username", default=DEFAULT_USERNAME)
     parser.add_argument("--password", default=DEFAULT_PASSWORD)
     parser.add_argument("--totp-secret", help="base32; sign-in then needs a TOTP code")
@@ -54,6 +82,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--malformed-rate", type=float, default=0.0)
     parser.add_argument("--html-rate", type=float, default=0.0)
     parser.add_argument("--endless-pages", action="store_true", help="lists never end (fresh Ids on every page)")
+    parser.add_argument(
+        "--drift-between-pages",
+        type=int,
+        default=0,
+        help="this many times, delete a record on the page just served and insert one after it",
+    )
+    parser.add_argument("--growing-total", action="store_true", help="add a page of records after every page")
     parser.add_argument("--trickle-body-seconds", type=float, default=0.0, help="send 200 bodies a byte at a time")
     parser.add_argument(
         "--hostile-ids",
@@ -101,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         malformed_rate=args.malformed_rate,
         html_rate=args.html_rate,
         endless_pages=args.endless_pages,
+        drift_between_pages=args.drift_between_pages,
+        growing_total=args.growing_total,
         trickle_body_seconds=args.trickle_body_seconds,
         hostile_ids=tuple(args.hostile_ids),
         nesting_depth=args.nesting_depth,
@@ -125,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         one_token_per_client_id=args.one_token_per_client_id,
         enforce_limits=args.enforce_limits,
         faults=faults,
-        dialect=DIALECTS[args.dialect],
+        dialect=_dialect(args),
     )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -24,7 +24,7 @@ from nexudus_assets.nexudus.entities import (
     Entity,
 )
 from nexudus_assets.simulator import commands
-from nexudus_assets.simulator.data import Generator, World, label, utc_stamp
+from nexudus_assets.simulator.data import Generator, InterleavedIds, World, label, tick_fraction, utc_stamp
 from nexudus_assets.simulator.dialect import Dialect
 from nexudus_assets.simulator.faults import HOSTILE_IDS, Faults
 from nexudus_assets.simulator.limits import Limits, RateLimiter
@@ -36,10 +36,20 @@ Answer = tuple[int, Any]  # (HTTP status, JSON body)
 
 #: Where each entity's Ids start; distinct ranges make Ids mixed up between entities visible.
 FIRST_IDS = {
-    ACCESS_TOKENS.name: 10_000_000,
-    COWORKER_CONTRACTS.name: 20_000_000,
-    COWORKER_TIME_PASSES.name: 30_000_000,
+    ACCESS_TOKENS: 10_000_000,
+    COWORKER_CONTRACTS: 20_000_000,
+    COWORKER_TIME_PASSES: 30_000_000,
 }
+#: With `Dialect.long_ids`: where each entity's two interleaved Id blocks start, beyond 2^32.
+LONG_ID_BLOCKS = {
+    ACCESS_TOKENS: (5_000_000_000, 9_000_000_000),
+    COWORKER_CONTRACTS: (6_000_000_000, 10_000_000_000),
+    COWORKER_TIME_PASSES: (7_000_000_000, 11_000_000_000),
+}
+#: With `Dialect.long_ids`: added to the Ids of the records the entities point at.
+LONG_RELATION_OFFSET = 3_000_000_000
+#: What `Dialect.lone_surrogate` puts into one access token: a string cut in the middle of an emoji.
+CUT_MID_EMOJI = "Front desk \ud83d"
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 25
 NOT_FOUND: Answer = (404, "Not found")
@@ -122,10 +132,12 @@ class Simulator:
         self._commands_run: list[dict[str, Any]] = []
         self.command_quirks = commands.CommandQuirks()
 
-        self.world = World(random.Random(f"{seed}:world"))
+        long_ids = self.dialect.long_ids
+        self.world = World(random.Random(f"{seed}:world"), id_offset=LONG_RELATION_OFFSET if long_ids else 0)
         # Each entity draws from its own stream so that one entity's count leaves the others alone.
         self._mutator = Generator(random.Random(f"{seed}:mutations"), self.world)
         self._tables: dict[str, Table] = {}
+        self._interleaved: dict[Entity, InterleavedIds] = {}
         for entity, count in (
             (ACCESS_TOKENS, tokens),
             (COWORKER_CONTRACTS, contracts),
@@ -133,9 +145,16 @@ class Simulator:
         ):
             table = Table(entity, partial(self._mutator.display, entity))
             generator = Generator(random.Random(f"{seed}:{entity.name}"), self.world)
-            for record in generator.records(entity, count, FIRST_IDS[entity.name], self.now):
+            if long_ids:
+                self._interleaved[entity] = InterleavedIds(*LONG_ID_BLOCKS[entity])
+            for record in generator.records(entity, count, FIRST_IDS[entity], self.now):
+                if long_ids:
+                    record["Id"] = self._interleaved[entity].take(generator.rng)
                 table.add(record["Id"], record)
             self._tables[entity.name] = table
+        if self.dialect.lone_surrogate and tokens:
+            tokens_table = self._tables[ACCESS_TOKENS.name]
+            tokens_table[tokens_table.ordered_keys()[0]]["Description"] = CUT_MID_EMOJI
 
     # ---------------------------------------------------------------- data access for tests
 
@@ -149,14 +168,15 @@ class Simulator:
         raise KeyError(f"unknown entity {entity!r}")
 
     def records(self, entity: Entity | str) -> list[dict[str, Any]]:
+        """Every record in object shape, its dates as the dialect serves them."""
         with self._lock:
             table = self.table(entity)
-            return [dict(table[key]) for key in table.ordered_keys()]
+            return [self._served(table, key) for key in table.ordered_keys()]
 
     def get(self, entity: Entity | str, record_id: int) -> dict[str, Any] | None:
         with self._lock:
-            record = self.table(entity).get(record_id)
-            return dict(record) if record is not None else None
+            table = self.table(entity)
+            return self._served(table, record_id) if record_id in table else None
 
     def insert(self, entity: Entity | str, count: int = 1) -> list[int]:
         with self._lock:
@@ -223,6 +243,9 @@ class Simulator:
         return {"updated": updated, "inserted": inserted, "deleted": deleted}
 
     def _next_id(self, table: Table) -> int:
+        interleaved = self._interleaved.get(table.entity)
+        if interleaved is not None:
+            return interleaved.take(self._mutator.rng)
         return table.last_key + self._mutator.rng.choice((1, 1, 2, 3))
 
     def revoke_tokens(self) -> None:
@@ -286,7 +309,7 @@ class Simulator:
         faults = self.faults
         with self._lock:
             table = self.table(entity)
-            query = table.parse_query(params)
+            query = table.parse_query(self._filters_in_utc(table, params))
             keys = table.select(query)
             start = (page - 1) * size
             endless = faults.endless_pages and query.ids is None and bool(keys)
@@ -295,13 +318,16 @@ class Simulator:
             else:
                 records = [self._list_record(table, key) for key in keys[start : start + size]]
             total = len(keys)
+            if query.ids is None and not endless:
+                self._move_between_pages(table, keys[start : start + size], more=start + size < total, size=size)
         self._replace_ids(records, start, faults.hostile_ids)
         if dialect.ids_not_found_404 and query.ids is not None and not total:
             return NOT_FOUND, page
         claimed = total + max(0, faults.total_items_inflation)
         if dialect.envelope == "minimal":
             return (200, {"Records": records, "TotalItems": claimed}), page
-        pages = page + 1 if endless else math.ceil(claimed / size)
+        paged_by = min(asked, MAX_PAGE_SIZE) if dialect.pages_from_requested_size else size
+        pages = page + 1 if endless else math.ceil(claimed / paged_by)
         first = start + 1 if claimed else 0
         shown_size = min(asked, MAX_PAGE_SIZE) if dialect.echo_requested_size else size
         return (
@@ -322,6 +348,38 @@ class Simulator:
                 "TotalPages": pages,
             },
         ), page
+
+    def _filters_in_utc(self, table: Table, params: Mapping[str, str]) -> Mapping[str, str]:
+        """The range filters' dates read in the dialect's zone, as UTC: the records stamp in UTC."""
+        hours = self.dialect.filter_utc_offset_hours
+        if not hours:
+            return params
+        shifted = dict(params)
+        for name, value in params.items():
+            lowered = name.lower()
+            if not lowered.startswith(("from_", "to_")):
+                continue
+            wire = table.field(lowered.split("_", 1)[1].removeprefix(table.entity.name.lower() + "_"))
+            if wire is None or table.kinds[wire] != "date":
+                continue
+            try:
+                local = dt.datetime.fromisoformat(value.strip())
+            except ValueError:
+                continue
+            shifted[name] = (local - dt.timedelta(hours=hours)).strftime("%Y-%m-%dT%H:%M")
+        return shifted
+
+    def _move_between_pages(self, table: Table, served: list[int], *, more: bool, size: int) -> None:
+        """The list changes the faults ask for, once a page is served and before the next is asked for."""
+        faults = self.faults
+        if faults.drift_between_pages > 0 and more and served:
+            # A record on the page just served goes and one after the boundary comes: every later
+            # record shifts one place left, and `TotalItems` stays the same.
+            faults.drift_between_pages -= 1
+            self.delete(table.entity, [served[len(served) // 2]])
+            self.insert(table.entity)
+        if faults.growing_total:
+            self.insert(table.entity, size)
 
     def _endless_page(self, table: Table, keys: list[int], start: int, size: int) -> list[dict[str, Any]]:
         """Real records over and over, each under an Id never served before: no end in sight."""
@@ -346,26 +404,41 @@ class Simulator:
             return dict(row)
         display = self._mutator.display(table.entity, row)
         if self.list_shape == "modern":
-            return self._stamped({**row, **display})
+            return self._stamped(table, {**row, **display})
         rename = table.legacy
         shaped = {rename.get(name, name): value for name, value in row.items()}
         shaped.update((rename.get(name, name), value) for name, value in display.items())
-        return self._stamped(shaped)
+        return self._stamped(table, shaped)
 
-    def _stamped(self, record: dict[str, Any]) -> dict[str, Any]:
-        """The record with its UTC stamps marked as the dialect marks them."""
-        suffix = self.dialect.utc_suffix
-        if suffix == "Z":
-            return record
-        for name in UTC_STAMPS:
-            value = record.get(name)
-            if isinstance(value, str) and value.endswith("Z"):
-                record[name] = value[:-1] + suffix
+    def _served(self, table: Table, key: int) -> dict[str, Any]:
+        """A copy of a stored record in object shape; one stored by `put_raw` exactly as given."""
+        record = dict(table[key])
+        return record if key in table.raw else self._stamped(table, record)
+
+    def _stamped(self, table: Table, record: dict[str, Any]) -> dict[str, Any]:
+        """The record with its dates written as the dialect writes them (stored: seconds, `Z` or bare)."""
+        dialect = self.dialect
+        if dialect.tick_fractions:
+            for name in UTC_STAMPS:
+                value = record.get(name)
+                if isinstance(value, str):
+                    record[name] = tick_fraction(value, record.get("Id") or 0)
+        if dialect.utc_suffix != "Z":
+            for name in UTC_STAMPS:
+                value = record.get(name)
+                if isinstance(value, str) and value.endswith("Z"):
+                    record[name] = value[:-1] + dialect.utc_suffix
+        if dialect.business_dates_utc:
+            business_dates = [name for name, kind in table.kinds.items() if kind == "date" and name not in UTC_STAMPS]
+            for name in business_dates:
+                value = record.get(name)
+                if isinstance(value, str) and len(value) == 19:  # bare, at seconds precision, as stored
+                    record[name] = value + "Z"
         return record
 
     def read(self, entity: Entity, record_id: int) -> Answer:
         record = self.get(entity, record_id)
-        return (200, self._stamped(record)) if record is not None else NOT_FOUND
+        return (200, record) if record is not None else NOT_FOUND
 
     def _body_values(
         self, table: Table, body: dict[str, Any], names: Iterable[str]

@@ -13,6 +13,7 @@ import datetime as dt
 import random
 import unicodedata
 import uuid
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -111,6 +112,31 @@ def utc_stamp(moment: dt.datetime) -> str:
     return (moment.replace(microsecond=0) if moment.microsecond else moment).isoformat() + "Z"
 
 
+def tick_fraction(stamp: str, salt: int) -> str:
+    """`stamp` (seconds precision, a zone suffix or none) with a 7-digit .NET fraction, zeros trimmed.
+
+    Drawn from the stamp and `salt` (the record's Id), so a record keeps its fraction until it changes.
+    """
+    if len(stamp) < 19 or (len(stamp) > 19 and stamp[19] == "."):
+        return stamp
+    digits = f"{zlib.crc32(f'{salt}:{stamp}'.encode()) % 10_000_000:07d}".rstrip("0")
+    return f"{stamp[:19]}.{digits}{stamp[19:]}" if digits else stamp
+
+
+class InterleavedIds:
+    """Ids handed out from two blocks in turn, as live accounts do: `low`, `high`, `low`, ..."""
+
+    def __init__(self, low: int, high: int) -> None:
+        self._next = [low, high]
+        self._turn = 0
+
+    def take(self, rng: random.Random) -> int:
+        taken = self._next[self._turn]
+        self._next[self._turn] += rng.choice(ID_GAPS)
+        self._turn = 1 - self._turn
+        return taken
+
+
 def local_stamp(moment: dt.datetime | None) -> str | None:
     if moment is None:
         return None
@@ -138,22 +164,23 @@ def parse_local(value: Any) -> dt.datetime | None:
 class World:
     """The records the three entities point at. Only their Ids and display names are served."""
 
-    def __init__(self, rng: random.Random, coworkers: int = COWORKERS) -> None:
+    def __init__(self, rng: random.Random, coworkers: int = COWORKERS, id_offset: int = 0) -> None:
+        """`id_offset` is added to every Id: beyond 2^31 it gives the long Ids of live accounts."""
         self.businesses = [
-            Business(1_100_001, "Central Hub Madrid", "EUR"),
-            Business(1_100_002, "Riverside Works London", "GBP"),
-            Business(1_100_003, "Old Town Studio Lisbon", "EUR"),
-            Business(1_100_004, "Harbour Loft Bristol", "GBP"),
+            Business(id_offset + 1_100_001, "Central Hub Madrid", "EUR"),
+            Business(id_offset + 1_100_002, "Riverside Works London", "GBP"),
+            Business(id_offset + 1_100_003, "Old Town Studio Lisbon", "EUR"),
+            Business(id_offset + 1_100_004, "Harbour Loft Bristol", "GBP"),
         ]
         self.tariffs = [
-            Tariff(1_300_000 + 10 * b + t, business, name, price)
+            Tariff(id_offset + 1_300_000 + 10 * b + t, business, name, price)
             for b, business in enumerate(self.businesses)
             for t, (name, price) in enumerate(
                 (("Hot Desk", 150.0), ("Dedicated Desk", 300.0), ("Private Office", 950.0))
             )
         ]
         self.time_passes = [
-            TimePass(1_350_000 + 10 * b + t, business, name, price, uses)
+            TimePass(id_offset + 1_350_000 + 10 * b + t, business, name, price, uses)
             for b, business in enumerate(self.businesses)
             for t, (name, price, uses) in enumerate(
                 (("Day Pass", 25.0, 1), ("10-Visit Pass", 200.0, 10), ("Half Day", 15.0, 1))
@@ -161,7 +188,7 @@ class World:
         ]
         self.coworkers: list[Coworker] = []
         emails: set[str] = set()
-        next_id = 1_500_000
+        next_id = id_offset + 1_500_000
         for _ in range(coworkers):
             next_id += rng.randint(1, 4)
             first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)

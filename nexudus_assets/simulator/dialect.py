@@ -29,6 +29,20 @@ class Dialect:
     throttle_status: int = 409
     #: How `CreatedOn` and `UpdatedOn` mark UTC: "Z" as documented, or an offset.
     utc_suffix: str = "Z"
+    #: `TotalPages` and `HasNextPage` computed from the size asked, not the size served.
+    pages_from_requested_size: bool = False
+    #: Ids (records and the records they point at) beyond 2^31, handed out in two interleaved
+    #: blocks: a record created later can have a lower Id than one created before it.
+    long_ids: bool = False
+    #: `CreatedOn`/`UpdatedOn` with up to 7 fractional digits (.NET ticks), trailing zeros trimmed.
+    tick_fractions: bool = False
+    #: Business dates with a `Z`, as live accounts send them (`"StartDate": "2025-04-01T00:00:00Z"`).
+    business_dates_utc: bool = False
+    #: The hours east of UTC of the zone the range filters' dates are read in (-5: UTC-5 local
+    #: time); 0 reads them in UTC.
+    filter_utc_offset_hours: int = 0
+    #: One access token's description cut in the middle of an emoji: a lone surrogate escape.
+    lone_surrogate: bool = False
 
 
 #: Named dialects for the CLI (`--dialect`) and the tests.
@@ -39,5 +53,18 @@ DIALECTS: dict[str, Dialect] = {
     # Thin envelopes, 404 for empty lookups, 429 for throttling, `+00:00` instead of `Z`.
     "terse": Dialect(
         max_page_size=250, envelope="minimal", ids_not_found_404=True, throttle_status=429, utc_suffix="+00:00"
+    ),
+    # What live accounts show: long interleaved Ids, tick fractions, business dates with `Z`,
+    # pages capped at 100 under a `TotalPages` from the size asked, the filter read in UTC-5,
+    # and one string cut mid-emoji.
+    "live": Dialect(
+        max_page_size=100,
+        echo_requested_size=True,
+        pages_from_requested_size=True,
+        long_ids=True,
+        tick_fractions=True,
+        business_dates_utc=True,
+        filter_utc_offset_hours=-5,
+        lone_surrogate=True,
     ),
 }

@@ -58,6 +58,11 @@ class Faults:
     #: Every list page holds fresh Ids and says `HasNextPage: true` (and one more page in
     #: `TotalPages`), while `TotalItems` stays the true, small count: a server paging for ever.
     endless_pages: bool = False
+    #: Times a list drifts between two page requests: once a page is served, a record on it is
+    #: deleted and a new one inserted after it, so `TotalItems` does not change.
+    drift_between_pages: int = 0
+    #: Every list page served adds a page of new records: `TotalItems` grows with every page.
+    growing_total: bool = False
     #: Above 0: answers of HTTP 200 send their body one byte every this many seconds.
     trickle_body_seconds: float = 0.0
     #: Names from `HOSTILE_IDS`: list records at positions 1, 3, 5, ... are served with those

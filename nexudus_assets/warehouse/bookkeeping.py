@@ -90,13 +90,19 @@ class SyncRun:
     finished_at: dt.datetime
     requests: int
     throttled: int
+    #: List pages read, and of them the ones that re-walked the list to see nothing moved past it.
+    pages: int = 0
+    verification_pages: int = 0
+    #: Why the walk could not account for every record (the cursor stayed); None when it could.
+    walk_incomplete: str | None = None
 
 
 def log_sync(conn: duckdb.DuckDBPyConnection, run: SyncRun, result: SyncResult) -> None:
     conn.execute(
         f"""INSERT INTO {SYNC_LOG} (run_id, entity, mode, started_at, finished_at, fetched, inserted,
-                updated, unchanged, deleted, rejected, live_rows, high_water_mark, requests, throttled)
-            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                updated, unchanged, deleted, rejected, live_rows, high_water_mark, requests, throttled, pages,
+                verification_pages, walk_incomplete)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         [
             run.run_id,
             run.entity.table,
@@ -113,5 +119,8 @@ def log_sync(conn: duckdb.DuckDBPyConnection, run: SyncRun, result: SyncResult) 
             result.high_water_mark,
             run.requests,
             run.throttled,
+            run.pages,
+            run.verification_pages,
+            run.walk_incomplete,
         ],
     )

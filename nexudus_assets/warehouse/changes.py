@@ -95,15 +95,17 @@ class StagedChanges:
         )
 
     def _classified_sql(self, *, deduplicate: bool) -> str:
-        """Staging by id (last staged wins), each row marked inserted/updated/unchanged.
+        """Staging by id (latest `UpdatedOn`, then last staged, wins), each marked inserted/updated/unchanged.
 
-        The window that keeps the last staged row of an id holds the whole staging table in
-        memory; staging holds an id twice only after page drift, so it runs only then.
+        An id staged twice is one answered twice in a walk (a step back after drift, or a
+        server repeating it); the copy an older `UpdatedOn` names is the stale one, whichever
+        came last. The window holds the whole staging table in memory, so it runs only then.
         """
         differs = " OR ".join(f"s.{c} IS DISTINCT FROM t.{c}" for c in self._value_columns)
         columns = ", ".join(f"s.{c}" for c in self._columns)
+        latest_first = "ORDER BY updated_on DESC NULLS LAST, _seq DESC"
         staged = (
-            f"(SELECT * FROM {self._staging} QUALIFY row_number() OVER (PARTITION BY id ORDER BY _seq DESC) = 1)"
+            f"(SELECT * FROM {self._staging} QUALIFY row_number() OVER (PARTITION BY id {latest_first}) = 1)"
             if deduplicate
             else self._staging
         )

@@ -20,6 +20,12 @@ Connect = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
 
 log = logging.getLogger(__name__)
 
+#: How far the range filter's bound is moved back beyond the overlap so that no zone the server
+#: may read it in hides a change. The zone is documented nowhere and clients send UTC; a server
+#: reading `12:00` as local time in UTC-12, the westernmost zone, means 12:00 + 12 h UTC.
+#: Zones east of UTC read it earlier, which only re-reads more.
+FILTER_ZONE_MARGIN = dt.timedelta(hours=12)
+
 
 @dataclass
 class LoadReport:
@@ -54,7 +60,8 @@ def load_entity(
     """Sync one entity. Only `publish` touches the live table, in one transaction.
 
     Incremental runs ask for records updated since the high-water mark, floored to the
-    minute (the filter's precision) and moved back by `overlap` for records committed late.
+    minute (the filter's precision) and moved back by `overlap` for records committed late
+    and by `FILTER_ZONE_MARGIN` for a server that reads the bound in another zone.
     A run with no high-water mark yet reads everything. Every write is a transaction of its
     own on one connection, held for the load: each close of a DuckDB file checkpoints it.
     """
@@ -67,7 +74,7 @@ def load_entity(
 
         updated_since = None
         if not full_refresh and high_water_mark is not None:
-            updated_since = high_water_mark.replace(second=0, microsecond=0) - overlap
+            updated_since = high_water_mark.replace(second=0, microsecond=0) - overlap - FILTER_ZONE_MARGIN
         ranges = {"UpdatedOn": (updated_since, None)} if updated_since else None
 
         records: list[NexudusRecord] = []
@@ -108,7 +115,9 @@ def load_entity(
             requests=requests,
             throttled=throttled,
             max_delete_fraction=max_delete_fraction,
-            complete=not paging.ended_short,
+            pages=paging.pages,
+            verification_pages=paging.verification_pages,
+            walk_incomplete=paging.incomplete,
         )
     return LoadReport(
         entity=entity,

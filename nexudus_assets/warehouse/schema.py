@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import types
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -55,9 +56,21 @@ class Kind:
     convert: Callable[[Any], Any] | None = None
 
 
+#: A UTF-16 surrogate code point: in a Python string, always one without its other half.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def to_json(value: Any) -> str:
-    """JSON text of a parsed value; Decimals, datetimes and UUIDs become strings as pydantic writes them."""
-    return json.dumps(value, default=to_jsonable_python)
+    """JSON text of a parsed value; Decimals, datetimes and UUIDs become strings as pydantic writes them.
+
+    DuckDB refuses JSON holding a lone surrogate escape (a .NET string cut mid-emoji, or an
+    invalid UTF-8 byte as the client keeps it), so each becomes U+FFFD: a quarantined record's
+    JSON must be storable, or it would fail every later sync too.
+    """
+    text = json.dumps(value, default=to_jsonable_python)
+    if "\\ud" not in text:
+        return text
+    return _LONE_SURROGATE.sub("\ufffd", json.dumps(value, default=to_jsonable_python, ensure_ascii=False))
 
 
 _DECIMAL_STEP = Decimal("0.0001")
@@ -205,7 +218,10 @@ _BOOKKEEPING_DDL = (
         live_rows BIGINT NOT NULL,
         high_water_mark TIMESTAMP,
         requests BIGINT NOT NULL,
-        throttled BIGINT NOT NULL
+        throttled BIGINT NOT NULL,
+        pages BIGINT,
+        verification_pages BIGINT,
+        walk_incomplete VARCHAR
     )""",
     f"""CREATE TABLE IF NOT EXISTS {REJECTED_RECORDS} (
         entity VARCHAR NOT NULL,
@@ -216,6 +232,10 @@ _BOOKKEEPING_DDL = (
         run_id VARCHAR NOT NULL
     )""",
 )
+
+
+#: `_sync_log` columns a warehouse of an earlier version lacks: the paging of each sync.
+_SYNC_LOG_ADDED = ("pages BIGINT", "verification_pages BIGINT", "walk_incomplete VARCHAR")
 
 
 def ensure_schema(conn: duckdb.DuckDBPyConnection, *, describe_columns: bool = True) -> None:
@@ -232,6 +252,8 @@ def ensure_schema(conn: duckdb.DuckDBPyConnection, *, describe_columns: bool = T
         _move_legacy_tables(conn)
         for ddl in _BOOKKEEPING_DDL:
             conn.execute(ddl)
+        for column in _SYNC_LOG_ADDED:
+            conn.execute(f"ALTER TABLE {SYNC_LOG} ADD COLUMN IF NOT EXISTS {column}")
         for entity in ENTITIES:
             _ensure_table(conn, qualified(entity), table_columns(entity), "id", describe_columns)
             if _ensure_table(conn, history_table(entity), history_columns(entity), None, describe_columns):

@@ -99,14 +99,16 @@ class EntitySync:
         requests: int = 0,
         throttled: int = 0,
         max_delete_fraction: float = 0.5,
-        complete: bool = True,
+        pages: int = 0,
+        verification_pages: int = 0,
+        walk_incomplete: str | None = None,
     ) -> SyncResult:
         """Apply staging to the live table and its history, advance the cursor and log the sync, in one transaction.
 
         Full mode soft-deletes live rows missing from staging; raises DeletionGuardError (and
         writes nothing) when that would hit more than `max_delete_fraction` of the live rows.
-        `complete=False` (the list ended before the count it announced) keeps the cursor where
-        it was: the records not read may be older than the ones that were.
+        `walk_incomplete` (why the walk could not account for every record) keeps the cursor
+        where it was, and goes to the log: the records not read may be older than the ones that were.
         """
         started_at = self._require_begun()
         now = self._clock()
@@ -135,12 +137,24 @@ class EntitySync:
                 high_water_mark=next_high_water_mark(
                     self.mode,
                     read_high_water_mark(conn, self.entity),
-                    counts.newest if complete else None,
+                    counts.newest if walk_incomplete is None else None,
                     started_at,
                 ),
             )
             save_state(conn, self.entity, self.mode, result, now)
-            log_sync(conn, SyncRun(self.run_id, self.entity, self.mode, started_at, now, requests, throttled), result)
+            run = SyncRun(
+                self.run_id,
+                self.entity,
+                self.mode,
+                started_at,
+                now,
+                requests,
+                throttled,
+                pages=pages,
+                verification_pages=verification_pages,
+                walk_incomplete=walk_incomplete,
+            )
+            log_sync(conn, run, result)
             self._staging.drop(conn)
         return result
 
