@@ -2,8 +2,9 @@
 
 `Settings.from_env()` runs when the definitions load. The resources, the schedules, the freshness
 checks, the sensors and the daily metrics are built from what it returns; nothing else reads the
-environment. Secrets are not read at all: they stay `dg.EnvVar`s that Dagster resolves inside
-each run, so no definition, and nothing the UI shows, holds one. README and deploy/.env.example
+environment. Secrets are never kept: they stay `dg.EnvVar`s that Dagster resolves inside each
+run, so no definition, and nothing the UI shows, holds one (the webhook URL's form is checked
+here, without keeping or repeating it). README and deploy/.env.example
 list every variable with its default.
 """
 
