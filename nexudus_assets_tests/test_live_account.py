@@ -171,7 +171,7 @@ def test_a_missing_role_fails_that_entity_alone_naming_the_role(small_account, t
     failures = step_failures(result)
     assert list(failures) == [COWORKER_TIME_PASSES.table]
     message = failures[COWORKER_TIME_PASSES.table]
-    assert "CoworkerTimePass-List" in message and "CoworkerTimePass records" in message
+    assert "CoworkerTimePass-List" in message and "coworker time passes" in message
     assert "billing/coworkertimepasses" in message
     assert project.exact(ACCESS_TOKENS) and project.exact(COWORKER_CONTRACTS)
     # Not remembered as a refused sign-in: the next run reads the others again, and time passes once granted.
