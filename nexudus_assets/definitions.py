@@ -11,7 +11,7 @@ from nexudus_assets.assets.raw import raw_assets
 from nexudus_assets.assets.trends import build_account_metrics_daily
 from nexudus_assets.checks import build_freshness_checks
 from nexudus_assets.jobs import ASSET_JOBS, build_command_job
-from nexudus_assets.resources import AlertWebhookResource, CommandLedgerResource, NexudusApiResource, WarehouseResource
+from nexudus_assets.resources import AlertWebhookResource, CommandLedgerResource, WarehouseResource
 from nexudus_assets.schedules import account_metrics_schedule, build_schedules
 from nexudus_assets.sensors import build_sensors
 from nexudus_assets.settings import Settings
@@ -23,22 +23,7 @@ ACTIONABLE_ASSETS = {insight.name for insight in INSIGHTS if insight.entity is n
 
 def build_resources(settings: Settings) -> dict[str, Any]:
     return {
-        "nexudus_api": NexudusApiResource(
-            base_url=settings.base_url,
-            username=settings.username,
-            password=settings.password,
-            auth=settings.auth,
-            totp=settings.totp,
-            client_id=settings.client_id,
-            throttle_patience=settings.throttle_patience,
-            page_size=settings.page_size,
-            request_deadline=settings.request_deadline,
-            write_deadline=settings.write_deadline,
-            max_body_bytes=settings.max_body_bytes,
-            max_pages=settings.max_pages,
-            pacing=settings.pacing,
-            commands_live=settings.commands_live,
-        ),
+        "nexudus_api": settings.nexudus_api,
         "warehouse": WarehouseResource(
             database=settings.duckdb_path, lock_timeout_seconds=settings.warehouse_lock_timeout_seconds
         ),

@@ -2,8 +2,9 @@
 
 `Settings.from_env()` runs when the definitions load. The resources, the schedules, the freshness
 checks, the sensors and the daily metrics are built from what it returns; nothing else reads the
-environment. Secrets are not read at all: they stay `dg.EnvVar`s that Dagster resolves inside
-each run, so no definition, and nothing the UI shows, holds one. README and deploy/.env.example
+environment. Secrets are never kept: they stay `dg.EnvVar`s that Dagster resolves inside each
+run, so no definition, and nothing the UI shows, holds one (the webhook URL's form is checked
+here, without keeping or repeating it). README and deploy/.env.example
 list every variable with its default.
 """
 
@@ -18,17 +19,9 @@ from typing import TypeVar, get_args
 
 import dagster as dg
 
-from nexudus_assets.nexudus import DEFAULT_BASE_URL
 from nexudus_assets.nexudus.auth import AuthScheme
-from nexudus_assets.nexudus.client import (
-    DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_REQUEST_DEADLINE,
-    DEFAULT_WRITE_DEADLINE,
-    MAX_PAGE_SIZE,
-)
-from nexudus_assets.nexudus.paging import DEFAULT_MAX_PAGES
-from nexudus_assets.nexudus.retry import DEFAULT_THROTTLE_PATIENCE
-from nexudus_assets.resources import Pacing
+from nexudus_assets.nexudus.client import MAX_PAGE_SIZE
+from nexudus_assets.resources import NexudusApiResource, Pacing
 from nexudus_assets.warehouse import DEFAULT_LOCK_TIMEOUT_SECONDS, DEFAULT_WAREHOUSE_PATH, LOCK_TIMEOUT_VARIABLE
 from nexudus_assets.writeback.rules import EXAMPLE_RULES
 
@@ -52,30 +45,17 @@ class SettingsError(ValueError):
 class Settings:
     """The code location's configuration. The defaults are the documented ones."""
 
-    # The Nexudus account.
-    base_url: str = DEFAULT_BASE_URL
-    username: dg.EnvVar = USERNAME
-    password: dg.EnvVar = PASSWORD
-    auth: AuthScheme = "basic"
-    #: Set only when NEXUDUS_TOTP is.
-    totp: dg.EnvVar | None = None
-    #: None: the username, as Nexudus does.
-    client_id: str | None = None
-    throttle_patience: float = DEFAULT_THROTTLE_PATIENCE
-    page_size: int = MAX_PAGE_SIZE
-    request_deadline: float = DEFAULT_REQUEST_DEADLINE
-    #: For commands and PUTs, which are slow.
-    write_deadline: float = DEFAULT_WRITE_DEADLINE
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    max_pages: int = DEFAULT_MAX_PAGES
-    pacing: Pacing = field(default_factory=Pacing)
+    #: The account and how it is talked to. Its defaults are the resource's own, written there
+    #: once (most from the client's constants); only the credentials are filled in here.
+    nexudus_api: NexudusApiResource = field(
+        default_factory=lambda: NexudusApiResource(username=USERNAME, password=PASSWORD)
+    )
     # The warehouse and the command ledger beside it.
     duckdb_path: str = DEFAULT_WAREHOUSE_PATH
     warehouse_lock_timeout_seconds: int = DEFAULT_LOCK_TIMEOUT_SECONDS
     #: None: `<warehouse stem>.ledger.sqlite` beside the warehouse.
     ledger_path: str | None = None
     # Commands and alerts.
-    commands_live: bool = False
     command_rules: Path = EXAMPLE_RULES
     #: Set only when NEXUDUS_ALERT_WEBHOOK_URL is.
     alert_webhook_url: dg.EnvVar | None = None
@@ -97,24 +77,33 @@ class Settings:
         """
         read = _Reader(environ)
         defaults = cls()
+        api = NexudusApiResource.model_fields
         return cls(
-            base_url=read.api_url("NEXUDUS_BASE_URL", defaults.base_url),
-            auth=read.auth("NEXUDUS_AUTH", defaults.auth),
-            totp=read.secret("NEXUDUS_TOTP"),
-            client_id=read.optional_word("NEXUDUS_CLIENT_ID"),
-            throttle_patience=read.number("NEXUDUS_THROTTLE_PATIENCE", defaults.throttle_patience, float, above=0),
-            page_size=read.number("NEXUDUS_PAGE_SIZE", defaults.page_size, int, low=1, high=MAX_PAGE_SIZE),
-            request_deadline=read.number("NEXUDUS_REQUEST_DEADLINE", defaults.request_deadline, float, above=0),
-            write_deadline=read.number("NEXUDUS_WRITE_DEADLINE", defaults.write_deadline, float, above=0),
-            max_body_bytes=read.number("NEXUDUS_MAX_BODY_BYTES", defaults.max_body_bytes, int, low=1),
-            max_pages=read.number("NEXUDUS_MAX_PAGES", defaults.max_pages, int, low=1),
-            pacing=read.pacing(defaults.pacing),
+            nexudus_api=NexudusApiResource(
+                base_url=read.api_url("NEXUDUS_BASE_URL", api["base_url"].default),
+                username=USERNAME,
+                password=PASSWORD,
+                auth=read.auth("NEXUDUS_AUTH", api["auth"].default),
+                totp=read.secret("NEXUDUS_TOTP"),
+                client_id=read.optional_word("NEXUDUS_CLIENT_ID"),
+                throttle_patience=read.number(
+                    "NEXUDUS_THROTTLE_PATIENCE", api["throttle_patience"].default, float, above=0
+                ),
+                page_size=read.number("NEXUDUS_PAGE_SIZE", api["page_size"].default, int, low=1, high=MAX_PAGE_SIZE),
+                request_deadline=read.number(
+                    "NEXUDUS_REQUEST_DEADLINE", api["request_deadline"].default, float, above=0
+                ),
+                write_deadline=read.number("NEXUDUS_WRITE_DEADLINE", api["write_deadline"].default, float, above=0),
+                max_body_bytes=read.number("NEXUDUS_MAX_BODY_BYTES", api["max_body_bytes"].default, int, low=1),
+                max_pages=read.number("NEXUDUS_MAX_PAGES", api["max_pages"].default, int, low=1),
+                pacing=read.pacing(Pacing()),
+                commands_live=read.switch("NEXUDUS_COMMANDS_LIVE", api["commands_live"].default, SWITCH_WORDS),
+            ),
             duckdb_path=read.text("NEXUDUS_DUCKDB_PATH", defaults.duckdb_path),
             warehouse_lock_timeout_seconds=read.number(
                 LOCK_TIMEOUT_VARIABLE, defaults.warehouse_lock_timeout_seconds, int, low=0
             ),
             ledger_path=read.optional("NEXUDUS_LEDGER_PATH"),
-            commands_live=read.switch("NEXUDUS_COMMANDS_LIVE", defaults.commands_live, SWITCH_WORDS),
             command_rules=Path(read.optional("NEXUDUS_COMMAND_RULES") or defaults.command_rules),
             alert_webhook_url=read.webhook_url("NEXUDUS_ALERT_WEBHOOK_URL"),
             # 0, like unset, keeps each sensor's own interval.

@@ -1,10 +1,16 @@
 """The code location against a server that behaves as live accounts do: long throttling, bursts
 of the generic error, a user missing one entity's roles, one token per client_id."""
 
+import datetime as dt
+import email.utils
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import httpx
 import pytest
 
 from nexudus_assets.definitions import build_defs
@@ -13,9 +19,15 @@ from nexudus_assets.nexudus import (
     COWORKER_CONTRACTS,
     COWORKER_TIME_PASSES,
     ENTITIES,
+    NexudusClient,
+    PermissionDeniedError,
+    RateLimits,
     RetryPolicy,
     ServerError,
+    ThrottledError,
 )
+from nexudus_assets.nexudus.auth import required_role
+from nexudus_assets.nexudus.retry import retry_after, wait_in_body
 from nexudus_assets.resources import AlertWebhookResource, NexudusApiResource, Pacing, WarehouseResource
 from nexudus_assets.simulator import DEFAULT_PASSWORD, DEFAULT_USERNAME
 from nexudus_assets_tests.utils import Running, live_rows, metadata, persistent_instance
@@ -159,7 +171,7 @@ def test_a_missing_role_fails_that_entity_alone_naming_the_role(small_account, t
     failures = step_failures(result)
     assert list(failures) == [COWORKER_TIME_PASSES.table]
     message = failures[COWORKER_TIME_PASSES.table]
-    assert "CoworkerTimePass-List" in message and "CoworkerTimePass records" in message
+    assert "CoworkerTimePass-List" in message and "coworker time passes" in message
     assert "billing/coworkertimepasses" in message
     assert project.exact(ACCESS_TOKENS) and project.exact(COWORKER_CONTRACTS)
     # Not remembered as a refused sign-in: the next run reads the others again, and time passes once granted.
@@ -181,3 +193,201 @@ def test_two_syncs_with_one_token_per_client_id_sign_in_once_each(start_simulato
     assert [entry[3] for entry in sign_ins] == [200, 200]
     assert 401 not in running.sim.stats["by_status"]
     assert all(project.exact(entity) for entity in ENTITIES)
+
+
+# -- the same behaviours from a small server written here, independent of the simulator ------
+
+
+class Scripted:
+    """A Nexudus-style server on 127.0.0.1 that plays `script` (status, headers, body) for each
+    request in turn, then answers an empty list envelope; it records each request's path."""
+
+    def __init__(self, script: list[tuple[int, dict[str, str], bytes]]) -> None:
+        self.script = list(script)
+        self.paths: list[str] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                receiver.paths.append(self.path.split("?")[0])
+                status, headers, body = (
+                    receiver.script.pop(0) if receiver.script else (200, {}, b'{"Records":[],"HasNextPage":false}')
+                )
+                self.send_response(status)
+                for name, value in {"Content-Type": "application/json", **headers}.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.server.server_port}/api"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def client(self, **settings: Any) -> NexudusClient:
+        return NexudusClient(
+            self.base_url,
+            "someone@example.com",
+            "pw",
+            **{"limits": RateLimits.unlimited(), "retry": QUICK_DEFAULT_ATTEMPTS, **settings},
+        )
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def scripted():
+    servers: list[Scripted] = []
+
+    def serve(script: list[tuple[int, dict[str, str], bytes]]) -> Scripted:
+        servers.append(Scripted(script))
+        return servers[-1]
+
+    yield serve
+    for server in servers:
+        server.close()
+
+
+WAIT_IN_JSON = b'{"Message":"You must wait before accessing this url again. Wait 0.4 seconds"}'
+WAIT_IN_TEXT = b"You must wait before accessing this url again. Wait 0.4 seconds"
+
+
+@pytest.mark.parametrize("body", [WAIT_IN_JSON, WAIT_IN_TEXT], ids=["json-message", "text"])
+def test_a_429_with_the_wait_only_in_its_body_waits_that_long(scripted, body):
+    server = scripted([(429, {"Content-Type": "text/plain"}, body)] * 3)
+    with server.client() as client:
+        assert client.list_page(ACCESS_TOKENS).records == []
+    assert client.stats.throttled == 3
+    assert client.stats.throttle_wait_seconds == pytest.approx(1.2)
+
+
+def test_retry_after_as_an_http_date_is_waited_until_then(scripted):
+    moment = email.utils.format_datetime(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=2), usegmt=True)
+    server = scripted([(409, {"Retry-After": moment}, b"")])
+    started = time.monotonic()
+    with server.client() as client:
+        client.list_page(ACCESS_TOKENS)
+    assert time.monotonic() - started >= 0.9  # the date has whole seconds: at least one is left
+    assert 0.9 <= client.stats.throttle_wait_seconds <= 2.1
+
+
+def test_throttling_that_names_no_wait_backs_off_and_gives_up_at_the_patience(scripted):
+    server = scripted([(409, {}, b"")] * 1000)
+    patient = RetryPolicy(backoff_initial=0.05, backoff_max=0.2, throttle_patience=1.5)
+    with (
+        server.client(retry=patient) as client,
+        pytest.raises(ThrottledError, match="NEXUDUS_THROTTLE_PATIENCE") as gave_up,
+    ):
+        client.list_page(ACCESS_TOKENS)
+    assert gave_up.value.retryable and not gave_up.value.may_have_been_applied
+    assert 5 <= client.stats.throttled == len(server.paths) < 100  # backed off, not hammered
+
+
+@pytest.mark.parametrize(
+    ("status", "call", "role"),
+    [
+        (401, lambda client: client.get(COWORKER_TIME_PASSES, 5), "CoworkerTimePass-Read"),
+        (403, lambda client: client.list_page(COWORKER_TIME_PASSES), "CoworkerTimePass-List"),
+        (401, lambda client: client.commands(COWORKER_CONTRACTS), "CoworkerContract-List"),
+    ],
+)
+def test_a_refusal_on_one_endpoint_names_its_role_and_spares_the_others(scripted, status, call, role):
+    denied = b'{"Message":"Authorization has been denied for this request."}'
+    server = scripted([(status, {}, denied)])
+    with server.client() as client:
+        with pytest.raises(PermissionDeniedError) as refused:
+            call(client)
+        assert refused.value.role == role and role in str(refused.value)
+        assert not refused.value.retryable
+        assert client.list_page(ACCESS_TOKENS).records == []  # the next endpoint is asked, and answers
+
+
+def test_the_role_each_kind_of_request_needs():
+    assert required_role("GET", "billing/coworkertimepasses") == "CoworkerTimePass-List"
+    assert required_role("GET", "billing/coworkertimepasses/12") == "CoworkerTimePass-Read"
+    assert required_role("PUT", "billing/coworkercontracts") == "CoworkerContract-Edit"
+    assert required_role("POST", "billing/coworkercontracts/runcommand") == "CoworkerContract-Edit"
+    assert required_role("POST", "spaces/accesstokens") == "AccessToken-Create"
+    assert required_role("DELETE", "spaces/accesstokens/3") == "AccessToken-Delete"
+    assert required_role("GET", "token") is None
+
+
+@pytest.mark.parametrize(
+    ("body", "wait"),
+    [
+        (b"You must wait before accessing this url again. Wait 2.5 seconds", 2.5),
+        (b'{"Message":"You must wait before accessing this url again. Wait 3 seconds"}', 3.0),
+        (b"You must wait before accessing this url again.", None),
+        (b"", None),
+    ],
+)
+def test_the_wait_is_read_from_a_throttling_body(body, wait):
+    assert wait_in_body(body) == wait
+
+
+def test_retry_after_reads_seconds_and_http_dates():
+    assert retry_after("3") == 3.0
+    assert retry_after("-2") == 0.0
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past: no wait
+    later = email.utils.format_datetime(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30), usegmt=True)
+    assert 28 <= (retry_after(later) or 0) <= 30
+    assert retry_after("soon") is None and retry_after(None) is None
+
+
+# -- the simulator's live-account switches, as a client sees them on the wire ----------------
+
+
+def basic_get(running: Running, path: str) -> httpx.Response:
+    return httpx.get(f"{running.base_url}/{path}", auth=(DEFAULT_USERNAME, DEFAULT_PASSWORD))
+
+
+def test_the_simulator_throttles_a_stretch_with_the_wait_only_in_the_body(small_account):
+    small_account.sim.faults.update(
+        {"throttle_stretch_seconds": 1, "throttle_stretch_status": 429, "throttle_wait_in_body": True}
+    )
+    throttled = basic_get(small_account, ACCESS_TOKENS.path)
+    assert throttled.status_code == 429 and "Retry-After" not in throttled.headers
+    assert throttled.text.endswith("Wait 1 seconds")
+    time.sleep(1.1)
+    assert basic_get(small_account, ACCESS_TOKENS.path).status_code == 200
+
+
+def test_the_simulator_answers_a_burst_of_the_generic_error_then_recovers(small_account):
+    small_account.sim.faults.update({"error_burst": 5, "error_burst_status": 400})
+    statuses = [basic_get(small_account, ACCESS_TOKENS.path) for _ in range(6)]
+    assert [answer.status_code for answer in statuses] == [400] * 5 + [200]
+    assert "Ooops! There was a problem while running this action" in statuses[0].json()["Message"]
+
+
+def test_the_simulator_denies_one_entity_only(small_account):
+    small_account.sim.faults.update({"denied_entities": ["CoworkerTimePass"]})
+    assert basic_get(small_account, COWORKER_TIME_PASSES.path).status_code == 401
+    assert basic_get(small_account, f"{COWORKER_TIME_PASSES.path}/1").status_code == 401
+    assert basic_get(small_account, COWORKER_CONTRACTS.path).status_code == 200
+
+
+def test_the_simulator_keeps_one_token_per_client_id(start_simulator):
+    running = start_simulator(seed=18, tokens=2, contracts=1, passes=1, one_token_per_client_id=True)
+
+    def sign_in(client_id: str) -> dict[str, Any]:
+        form = {"grant_type": "password", "username": DEFAULT_USERNAME, "password": DEFAULT_PASSWORD}
+        answer: dict[str, Any] = httpx.post(
+            f"{running.base_url}/token", data=form, headers={"client_id": client_id}
+        ).json()
+        return answer
+
+    def answers(token: dict[str, Any]) -> int:
+        headers = {"Authorization": f"Bearer {token['access_token']}"}
+        return httpx.get(f"{running.base_url}/{ACCESS_TOKENS.path}", headers=headers).status_code
+
+    first, other = sign_in("sync"), sign_in("someone-else")
+    second = sign_in("sync")
+    assert (answers(first), answers(second), answers(other)) == (401, 200, 200)
+    refresh = {"grant_type": "refresh_token", "refresh_token": first["refresh_token"]}
+    voided = httpx.post(f"{running.base_url}/token", data=refresh, headers={"client_id": "sync"})
+    assert voided.status_code == 400

@@ -108,7 +108,7 @@ def test_a_value_that_cannot_be_used_is_refused_naming_the_variable(name, value,
 )
 def test_the_base_url_is_https_or_plain_http_to_this_machine_only(url, accepted):
     if accepted:
-        assert Settings.from_env({"NEXUDUS_BASE_URL": url}).base_url == url
+        assert Settings.from_env({"NEXUDUS_BASE_URL": url}).nexudus_api.base_url == url
     else:
         with pytest.raises(SettingsError, match="NEXUDUS_BASE_URL"):
             Settings.from_env({"NEXUDUS_BASE_URL": url})
@@ -116,8 +116,8 @@ def test_the_base_url_is_https_or_plain_http_to_this_machine_only(url, accepted)
 
 @pytest.mark.parametrize(("value", "live"), [("true", True), ("TRUE", True), ("False", False), ("", False)])
 def test_switches_take_true_or_false_in_any_case(value, live):
-    assert Settings.from_env({"NEXUDUS_COMMANDS_LIVE": value}).commands_live is live
-    pacing = Settings.from_env({"NEXUDUS_PACING": value or "on"}).pacing
+    assert Settings.from_env({"NEXUDUS_COMMANDS_LIVE": value}).nexudus_api.commands_live is live
+    pacing = Settings.from_env({"NEXUDUS_PACING": value or "on"}).nexudus_api.pacing
     assert pacing.enabled is (live or not value)
 
 
@@ -146,11 +146,11 @@ def test_optional_settings_read_empty_as_none():
 
 
 def test_pacing_is_a_resource_field_with_the_numbers_from_the_environment():
-    paced = Settings.from_env({"NEXUDUS_MAX_PER_MINUTE": "30", "NEXUDUS_MAX_WRITES_PER_DAY": "7"}).pacing
+    paced = Settings.from_env({"NEXUDUS_MAX_PER_MINUTE": "30", "NEXUDUS_MAX_WRITES_PER_DAY": "7"}).nexudus_api.pacing
     limits = paced.rate_limits()
     assert Window(requests=30, seconds=60) in limits.all_methods
     assert Window(requests=7, seconds=86_400) in limits.writes
-    assert Settings.from_env({"NEXUDUS_PACING": "OFF"}).pacing.rate_limits() == RateLimits.unlimited()
+    assert Settings.from_env({"NEXUDUS_PACING": "OFF"}).nexudus_api.pacing.rate_limits() == RateLimits.unlimited()
     resource = build_resources(Settings.from_env({"NEXUDUS_PACING": "off"}))["nexudus_api"]
     assert resource.pacing == Pacing(enabled=False)
 
@@ -162,7 +162,7 @@ def test_secrets_stay_environment_variables_and_never_reach_the_definitions():
         "NEXUDUS_ALERT_WEBHOOK_URL": "https://hooks.example.com/never-resolved",
     }
     settings = Settings.from_env({**secrets, "NEXUDUS_USERNAME": "ops@example.com"})
-    assert (settings.password, settings.totp, settings.alert_webhook_url) == (
+    assert (settings.nexudus_api.password, settings.nexudus_api.totp, settings.alert_webhook_url) == (
         dg.EnvVar("NEXUDUS_PASSWORD"),
         dg.EnvVar("NEXUDUS_TOTP"),
         dg.EnvVar("NEXUDUS_ALERT_WEBHOOK_URL"),

@@ -597,7 +597,7 @@ class NexudusClient:
                 request=described,
             )
         role = required_role(method, path) or "a role for this endpoint"
-        what = f"{entity.name} records" if entity else "this endpoint"
+        what = f"{entity.name} records ({entity.table.replace('_', ' ')})" if entity else "this endpoint"
         hint = "; if every endpoint refuses, check NEXUDUS_USERNAME/NEXUDUS_PASSWORD" if basic else ""
         return PermissionDeniedError(
             f"{message}: the Nexudus user may not access {what}; it needs the role {role}{hint}",
