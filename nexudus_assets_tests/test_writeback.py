@@ -749,13 +749,16 @@ def test_a_batch_failing_for_some_ids_is_uncertain_for_all_and_not_sent_again(ma
     project = make_project(rules=[TOP_UP], live=True)
     project.run()
     ids = sorted(project.insight_ids("low_minutes_access_tokens"))[:3]
+    before = {i: project.sim.get(ACCESS_TOKENS, i)["MinutesLeft"] for i in ids}
     project.sim.command_quirks.partial_failure = True
     project.sim.faults.failing_command_ids = {ids[1]}
     first = run_command(project, "top_up", ids, raise_on_error=False)
     assert not first.success and "3 may or may not have been changed" in failure(first)
     run_command(project, "top_up", ids, raise_on_error=False)
     [call] = project.sim.commands_run
-    assert call["ids"] == ids and call["applied"] == [ids[0], ids[2]]
+    assert call["ids"] == ids and not call["was_successful"]
+    added = {i: project.sim.get(ACCESS_TOKENS, i)["MinutesLeft"] - before[i] for i in ids}
+    assert added == {ids[0]: 120, ids[1]: 0, ids[2]: 120}, "the others were acted on, once"
     assert {row[2] for row in ledger(project)} == {"uncertain"}
 
 
