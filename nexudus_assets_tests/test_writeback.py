@@ -688,17 +688,23 @@ def test_a_broken_ledger_or_warehouse_alerts_once_and_once_more_when_it_recovers
     assert len(webhook.texts()) == 4 and "runs again" in webhook.texts()[-1]
 
 
-def test_a_rule_the_catalogue_refuses_alerts_once(make_project, webhook):
-    broken = CommandRule(name="broken", asset="low_minutes_access_tokens", command="ACCESSTOKEN_TELEPORT")
-    project = make_project(rules=[broken], live=True, webhook=webhook.url)
+def test_a_rule_the_catalogue_refuses_alerts_once_and_its_recovery(make_project, webhook):
+    project = make_project(rules=[TOP_UP], live=True, webhook=webhook.url)
+    project.sim.command_quirks.unlisted = frozenset({"ACCESSTOKEN_ADD_MINUTES"})
     project.run("nexudus_full_refresh")
-    first = tick(project, "nexudus_rule_broken")
+    first = tick(project, "nexudus_rule_top_up")
     project.run()
-    second = tick(project, "nexudus_rule_broken", cursor=first.cursor)
+    second = tick(project, "nexudus_rule_top_up", cursor=first.cursor)
     assert first.run_requests == second.run_requests == []
     [alert] = webhook.texts()
-    assert "rule broken cannot run" in alert and "not in the catalogue" in alert
+    assert "rule top_up cannot run" in alert and "not in the catalogue" in alert
     assert project.sim.commands_run == []
+    # The command is listed again; the nightly refresh stores it, and the rule runs again.
+    project.sim.command_quirks.unlisted = frozenset()
+    project.run("nexudus_full_refresh")
+    third = tick(project, "nexudus_rule_top_up", cursor=second.cursor)
+    assert len(third.run_requests) == 1
+    assert len(webhook.texts()) == 2 and "rule top_up runs again" in webhook.texts()[-1]
 
 
 # -- what live commands do, taught to the simulator ------------------------------------------
