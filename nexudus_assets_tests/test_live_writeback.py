@@ -403,3 +403,18 @@ def test_a_simulator_process_told_to_answer_nothing_and_fail_partly_gets_each_re
     sent = Counter(record_id for call in commands_received(project) for record_id in call)
     assert sorted(sent) == low and set(sent.values()) == {1}
     assert outcomes(project) == {record_id: ["uncertain"] for record_id in low}
+
+
+def test_a_widening_run_still_going_holds_the_rule_back(live_style):
+    """Such a run publishes the insight's table before its materialization is recorded."""
+    project = live_style({}, rules=[TOP_UP], live=True)
+    project.run()
+    widened = insight_run_config({"low_minutes_access_tokens": {"min_minutes_left": 1_000_000_000}})
+    going = project.instance.create_run_for_job(
+        project.defs.resolve_job_def("nexudus_sync"), run_config=widened, status=dg.DagsterRunStatus.STARTED
+    )
+    held = tick(project, "top_up", None)
+    assert held.run_requests == [] and held.cursor is None
+    assert f"run {going.run_id[:8]} may be rewriting low_minutes_access_tokens" in held.skip_message
+    project.instance.report_run_failed(going)
+    assert len(tick(project, "top_up", None).run_requests) == 1
