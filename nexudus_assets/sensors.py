@@ -21,7 +21,7 @@ from nexudus_assets.jobs import (
 )
 from nexudus_assets.nexudus import Entity
 from nexudus_assets.resources import AlertWebhookResource, CommandLedgerResource, WarehouseResource
-from nexudus_assets.warehouse import WarehouseError, WarehouseNotSyncedError
+from nexudus_assets.warehouse import WarehouseBusyError, WarehouseError, WarehouseNotSyncedError
 from nexudus_assets.warehouse.catalogue import read_catalogue
 from nexudus_assets.writeback.execute import cooldown_key, update_key
 from nexudus_assets.writeback.ledger import LedgerError, existing_ledger
@@ -123,6 +123,9 @@ def build_command_sensor(
                 catalogue = read_catalogue(conn, entity) if rule.command is not None else None
         except WarehouseNotSyncedError:
             return dg.SensorResult(skip_reason="the warehouse is not synced yet; the next tick looks again")
+        except WarehouseBusyError as exc:
+            # A moment's contention while a run publishes, not trouble: the next tick retries.
+            return dg.SensorResult(skip_reason=f"the warehouse is busy now ({exc}); the next tick retries")
         except (duckdb.Error, WarehouseError) as exc:
             # The cursor stays: the next tick retries, and alerts nothing more until it works.
             trouble = Trouble("warehouse", f"the warehouse cannot be read ({exc})")
