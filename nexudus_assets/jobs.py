@@ -124,6 +124,17 @@ def approved_config(rule: CommandRule) -> dict[str, Scalar | None]:
     return config_type.model_validate(rule.insight_config).model_dump()
 
 
+def _config_differs(rule: CommandRule, run: dg.DagsterRun) -> str | None:
+    """How the run's config for the rule's insight differs from what the rule approves; None when it does not."""
+    [group] = insights.insight_run_config({rule.asset: {}})["ops"]
+    ops: Any = run.run_config.get("ops", {})
+    given = ops.get(group, {}).get("config", {}).get(rule.asset, {})
+    used = insights.insight_by_name(rule.asset).config.model_validate(given).model_dump()
+    approved = approved_config(rule)
+    changed = sorted(name for name in approved if used.get(name) != approved[name])
+    return ", ".join(f"{name}={used.get(name)!r} (approved: {approved[name]!r})" for name in changed) or None
+
+
 def unapproved_reason(
     instance: dg.DagsterInstance, rule: CommandRule, materialization: dg.EventLogRecord
 ) -> str | None:
@@ -136,16 +147,24 @@ def unapproved_reason(
     run = instance.get_run_by_id(materialization.run_id) if materialization.run_id else None
     if run is None:
         return f"this materialization of {rule.asset} was reported, not made by a run"
-    [group] = insights.insight_run_config({rule.asset: {}})["ops"]
-    ops: Any = run.run_config.get("ops", {})
-    given = ops.get(group, {}).get("config", {}).get(rule.asset, {})
-    config_type = insights.insight_by_name(rule.asset).config
-    used = config_type.model_validate(given).model_dump()
-    approved = approved_config(rule)
-    if used != approved:
-        changed = sorted(name for name in approved if used.get(name) != approved[name])
-        shown = ", ".join(f"{name}={used.get(name)!r} (approved: {approved[name]!r})" for name in changed)
-        return f"run {run.run_id[:8]} materialized {rule.asset} with {shown}"
+    differs = _config_differs(rule, run)
+    return f"run {run.run_id[:8]} materialized {rule.asset} with {differs}" if differs else None
+
+
+def unapproved_run_in_progress(instance: dg.DagsterInstance, rule: CommandRule) -> str | None:
+    """A run going now with config the rule does not approve: it publishes the insight's table
+    before its materialization is recorded, so what was read may be its table."""
+    going = instance.get_run_records(
+        dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED])
+    )
+    key = dg.AssetKey(rule.asset)
+    for record in going:
+        run = record.dagster_run
+        if run.job_name == COMMAND_JOB or (run.asset_selection is not None and key not in run.asset_selection):
+            continue
+        differs = _config_differs(rule, run)
+        if differs is not None:
+            return f"run {run.run_id[:8]} may be rewriting {rule.asset} with {differs}"
     return None
 
 

@@ -12,10 +12,16 @@ import duckdb
 
 from nexudus_assets.alerts import build_alert_sensor
 from nexudus_assets.assets.insights import INSIGHTS_SCHEMA, insight_by_name
-from nexudus_assets.jobs import COMMAND_OP, approved_config, earlier_live_run, unapproved_reason
+from nexudus_assets.jobs import (
+    COMMAND_OP,
+    approved_config,
+    earlier_live_run,
+    unapproved_reason,
+    unapproved_run_in_progress,
+)
 from nexudus_assets.nexudus import Entity
 from nexudus_assets.resources import AlertWebhookResource, CommandLedgerResource, WarehouseResource
-from nexudus_assets.warehouse import WarehouseError, WarehouseNotSyncedError
+from nexudus_assets.warehouse import WarehouseBusyError, WarehouseError, WarehouseNotSyncedError
 from nexudus_assets.warehouse.catalogue import read_catalogue
 from nexudus_assets.writeback.execute import cooldown_key, update_key
 from nexudus_assets.writeback.ledger import LedgerError, existing_ledger
@@ -117,10 +123,17 @@ def build_command_sensor(
                 catalogue = read_catalogue(conn, entity) if rule.command is not None else None
         except WarehouseNotSyncedError:
             return dg.SensorResult(skip_reason="the warehouse is not synced yet; the next tick looks again")
+        except WarehouseBusyError as exc:
+            # A moment's contention while a run publishes, not trouble: the next tick retries.
+            return dg.SensorResult(skip_reason=f"the warehouse is busy now ({exc}); the next tick retries")
         except (duckdb.Error, WarehouseError) as exc:
             # The cursor stays: the next tick retries, and alerts nothing more until it works.
             trouble = Trouble("warehouse", f"the warehouse cannot be read ({exc})")
             return finish(trouble, f"Not running: {trouble.text}; the next tick retries", after=state.after)
+        widening = unapproved_run_in_progress(context.instance, rule)
+        if widening is not None:
+            # What was read may be that run's table. Its materialization is alerted when it is recorded.
+            return dg.SensorResult(skip_reason=f"Not yet: {widening}; the next tick looks again")
         try:
             blocked = _blocked(
                 ledger.location(warehouse.database), context.instance, rule, entity, update_fields, records, now

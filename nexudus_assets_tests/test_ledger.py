@@ -20,6 +20,7 @@ from nexudus_assets.writeback.ledger import (
     LedgerError,
     LedgerMissingError,
     default_ledger_path,
+    existing_ledger,
     open_ledger,
 )
 from nexudus_assets.writeback.rules import CommandRule
@@ -263,3 +264,34 @@ def test_two_processes_claiming_the_same_records_send_each_command_once(start_si
     assert sent_by[0] and sent_by[1], "one process sent everything: the runs did not race"
     actioned = Counter(row.record_id for row in CommandLedger(path).rows() if row.outcome in ACTIONED)
     assert actioned == Counter(ids), "one actioned row per record"
+
+
+def test_one_call_finishes_record_by_record(ledger):
+    taken = claim(ledger, [1, 2, 3])
+    assert taken.call_id is not None
+    ledger.finish_each(taken.call_id, {1: "failed", 2: "succeeded", 3: "uncertain"}, "partly", NOW)
+    assert {row.record_id: row.outcome for row in ledger.rows()} == {1: "failed", 2: "succeeded", 3: "uncertain"}
+    # The failed one may be tried again; the others rest for the cooldown.
+    assert ledger.blocked_ids(KEY, cooldown=COOLDOWN, max_attempts=3, now=NOW) == {2, 3}
+    # Finishing again changes nothing: only pending rows are finished.
+    ledger.finish_each(taken.call_id, {1: "succeeded"}, "again", NOW)
+    assert {row.record_id: row.outcome for row in ledger.rows()}[1] == "failed"
+
+
+def test_updates_are_blocked_by_their_own_fields_and_values(ledger):
+    first, other = (CooldownKey.of("AccessToken", "PUT", {"UserLimit": limit}) for limit in (3, 4))
+    taken = claim(ledger, [7], key=first)
+    assert taken.call_id is not None
+    ledger.finish(taken.call_id, "succeeded", "updated", NOW)
+    blocked = ledger.blocked_each({7: first, 8: first}, cooldown=COOLDOWN, max_attempts=3, now=NOW)
+    assert blocked == {7}
+    assert ledger.blocked_each({7: other}, cooldown=COOLDOWN, max_attempts=3, now=NOW) == set()
+
+
+def test_an_existing_ledger_is_none_only_when_none_is_expected(tmp_path):
+    path = tmp_path / "w.ledger.sqlite"
+    assert existing_ledger(path, used_before_by=None) is None and not path.exists()
+    with pytest.raises(LedgerMissingError, match="live command run 1234"):
+        existing_ledger(path, used_before_by="live command run 1234")
+    CommandLedger.create(path)
+    assert existing_ledger(path, used_before_by="live command run 1234") is not None

@@ -23,6 +23,7 @@ from nexudus_assets.assets.insights import insight_run_config
 from nexudus_assets.nexudus import ACCESS_TOKENS
 from nexudus_assets.nexudus.client import SYSTEM_FIELDS
 from nexudus_assets.resources import CommandLedgerResource
+from nexudus_assets.simulator.process import running_simulator
 from nexudus_assets.writeback.ledger import CommandLedger, default_ledger_path
 from nexudus_assets.writeback.rules import CommandRule, FromColumn
 from nexudus_assets_tests.utils import Project, Running, Webhook
@@ -381,3 +382,39 @@ def test_a_put_rule_updates_each_listed_record_once_and_keeps_every_other_field(
     found = outcomes(live)
     assert found[changed][-1] == "skipped"
     assert {found[record_id][-1] for record_id in store.puts} == {"succeeded"}
+
+
+def test_a_simulator_process_told_to_answer_nothing_and_fail_partly_gets_each_record_once(tmp_path):
+    """The simulator in a process of its own, its command quirks switched over HTTP as a script would."""
+    with running_simulator(["--seed", "21", "--tokens", "200", "--contracts", "5", "--passes", "5"]) as process:
+        admin = f"{process.base_url.removesuffix('/api')}/_simulator"
+        httpx.post(f"{admin}/command-quirks", json={"answer": "empty", "partial_failure": True}).raise_for_status()
+        recorder = LiveStyleServer(process.base_url, {})
+        try:
+            project = Project(Running(None, recorder.base_url), tmp_path / "nexudus.duckdb", rules=[TOP_UP], live=True)
+            project.server = recorder
+            project.run()
+            low = sorted(project.insight_ids("low_minutes_access_tokens"))
+            faults = {"failing_command_ids": low[1:2]}
+            httpx.post(f"{admin}/faults", json=faults).raise_for_status()
+            cycles(project, "top_up", 3)
+        finally:
+            recorder.close()
+    sent = Counter(record_id for call in commands_received(project) for record_id in call)
+    assert sorted(sent) == low and set(sent.values()) == {1}
+    assert outcomes(project) == {record_id: ["uncertain"] for record_id in low}
+
+
+def test_a_widening_run_still_going_holds_the_rule_back(live_style):
+    """Such a run publishes the insight's table before its materialization is recorded."""
+    project = live_style({}, rules=[TOP_UP], live=True)
+    project.run()
+    widened = insight_run_config({"low_minutes_access_tokens": {"min_minutes_left": 1_000_000_000}})
+    going = project.instance.create_run_for_job(
+        project.defs.resolve_job_def("nexudus_sync"), run_config=widened, status=dg.DagsterRunStatus.STARTED
+    )
+    held = tick(project, "top_up", None)
+    assert held.run_requests == [] and held.cursor is None
+    assert f"run {going.run_id[:8]} may be rewriting low_minutes_access_tokens" in held.skip_message
+    project.instance.report_run_failed(going)
+    assert len(tick(project, "top_up", None).run_requests) == 1

@@ -688,17 +688,23 @@ def test_a_broken_ledger_or_warehouse_alerts_once_and_once_more_when_it_recovers
     assert len(webhook.texts()) == 4 and "runs again" in webhook.texts()[-1]
 
 
-def test_a_rule_the_catalogue_refuses_alerts_once(make_project, webhook):
-    broken = CommandRule(name="broken", asset="low_minutes_access_tokens", command="ACCESSTOKEN_TELEPORT")
-    project = make_project(rules=[broken], live=True, webhook=webhook.url)
+def test_a_rule_the_catalogue_refuses_alerts_once_and_its_recovery(make_project, webhook):
+    project = make_project(rules=[TOP_UP], live=True, webhook=webhook.url)
+    project.sim.command_quirks.unlisted = frozenset({"ACCESSTOKEN_ADD_MINUTES"})
     project.run("nexudus_full_refresh")
-    first = tick(project, "nexudus_rule_broken")
+    first = tick(project, "nexudus_rule_top_up")
     project.run()
-    second = tick(project, "nexudus_rule_broken", cursor=first.cursor)
+    second = tick(project, "nexudus_rule_top_up", cursor=first.cursor)
     assert first.run_requests == second.run_requests == []
     [alert] = webhook.texts()
-    assert "rule broken cannot run" in alert and "not in the catalogue" in alert
+    assert "rule top_up cannot run" in alert and "not in the catalogue" in alert
     assert project.sim.commands_run == []
+    # The command is listed again; the nightly refresh stores it, and the rule runs again.
+    project.sim.command_quirks.unlisted = frozenset()
+    project.run("nexudus_full_refresh")
+    third = tick(project, "nexudus_rule_top_up", cursor=second.cursor)
+    assert len(third.run_requests) == 1
+    assert len(webhook.texts()) == 2 and "rule top_up runs again" in webhook.texts()[-1]
 
 
 # -- what live commands do, taught to the simulator ------------------------------------------
@@ -749,13 +755,16 @@ def test_a_batch_failing_for_some_ids_is_uncertain_for_all_and_not_sent_again(ma
     project = make_project(rules=[TOP_UP], live=True)
     project.run()
     ids = sorted(project.insight_ids("low_minutes_access_tokens"))[:3]
+    before = {i: project.sim.get(ACCESS_TOKENS, i)["MinutesLeft"] for i in ids}
     project.sim.command_quirks.partial_failure = True
     project.sim.faults.failing_command_ids = {ids[1]}
     first = run_command(project, "top_up", ids, raise_on_error=False)
     assert not first.success and "3 may or may not have been changed" in failure(first)
     run_command(project, "top_up", ids, raise_on_error=False)
     [call] = project.sim.commands_run
-    assert call["ids"] == ids and call["applied"] == [ids[0], ids[2]]
+    assert call["ids"] == ids and not call["was_successful"]
+    added = {i: project.sim.get(ACCESS_TOKENS, i)["MinutesLeft"] - before[i] for i in ids}
+    assert added == {ids[0]: 120, ids[1]: 0, ids[2]: 120}, "the others were acted on, once"
     assert {row[2] for row in ledger(project)} == {"uncertain"}
 
 

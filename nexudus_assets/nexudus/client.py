@@ -674,22 +674,26 @@ class NexudusClient:
             return self._receive(
                 method,
                 url,
-                deadline or self.request_deadline,
+                deadline,
                 params=params,
                 json=json,
                 data=data,
                 headers=request_headers,
             )
 
-    def _receive(self, method: str, url: str, allowed: float, **request: Any) -> tuple[httpx.Response, bytes]:
+    def _receive(self, method: str, url: str, deadline: float | None, **request: Any) -> tuple[httpx.Response, bytes]:
         """Send once and read the whole answer, within the request deadline and the size limit.
 
         httpx bounds each read, not their sum: an answer trickling a byte at a time would
         otherwise hold the request open for ever. The deadline is checked as each piece arrives.
+        `deadline` (a write's) replaces the request deadline, and the read timeout with it.
         """
-        deadline = time.monotonic() + allowed
+        allowed = deadline or self.request_deadline
+        ends = time.monotonic() + allowed
         # No single read may outwait the deadline either.
-        timeout = self._http.timeout if allowed == self.request_deadline else httpx.Timeout(allowed)
+        timeout = (
+            self._http.timeout if deadline is None else httpx.Timeout(deadline, connect=self._http.timeout.connect)
+        )
         with self._http.stream(method, url, timeout=timeout, **request) as response:
             self.stats.requests += 1
             declared = response.headers.get("Content-Length", "")
@@ -699,7 +703,7 @@ class NexudusClient:
                 )
             content = bytearray()
             for piece in response.iter_bytes():
-                if time.monotonic() > deadline:
+                if time.monotonic() > ends:
                     raise _DeadlinePassed(
                         f"no complete answer within the {allowed:g}s request deadline",
                         request=response.request,

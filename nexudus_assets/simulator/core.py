@@ -618,8 +618,6 @@ class Simulator:
                     "ids": body.get("Ids"),
                     "parameters": body.get("Parameters"),
                     "was_successful": answer["WasSuccessful"],
-                    # The Ids the command changed: a partial failure changes some.
-                    "applied": list(touched),
                 }
             )
         return answer
