@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         help=f"comma-separated, serve list records with these Ids: {', '.join(HOSTILE_IDS)}",
     )
+    parser.add_argument(
+        "--schema-drift", action="store_true", help="list records carry a number as text with its unit (10 min)"
+    )
     parser.add_argument("--nesting-depth", type=int, default=0, help="nest a field of each list page this deep")
     return parser
 
@@ -79,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         trickle_body_seconds=args.trickle_body_seconds,
         hostile_ids=tuple(args.hostile_ids),
         nesting_depth=args.nesting_depth,
+        schema_drift=args.schema_drift,
         seed=args.seed,
     )
     simulator = Simulator(

@@ -23,7 +23,7 @@ from nexudus_assets.nexudus.entities import (
     Entity,
 )
 from nexudus_assets.simulator import commands
-from nexudus_assets.simulator.data import Generator, World, label, utc_stamp
+from nexudus_assets.simulator.data import Generator, World, drift_schema, label, utc_stamp
 from nexudus_assets.simulator.dialect import Dialect
 from nexudus_assets.simulator.faults import HOSTILE_IDS, Faults
 from nexudus_assets.simulator.limits import Limits, RateLimiter
@@ -291,6 +291,9 @@ class Simulator:
                 records = [self._list_record(table, key) for key in keys[start : start + size]]
             total = len(keys)
         self._replace_ids(records, start, faults.hostile_ids)
+        if faults.schema_drift:
+            for record in records:
+                drift_schema(entity, record)
         if dialect.ids_not_found_404 and query.ids is not None and not total:
             return NOT_FOUND, page
         claimed = total + max(0, faults.total_items_inflation)

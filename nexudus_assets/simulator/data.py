@@ -439,6 +439,20 @@ class Generator:
         return {}
 
 
+#: Per entity, the number a schema-drifted server sends as text, and the unit it appends.
+DRIFTED_FIELDS = {
+    "AccessToken": ("MinutesLeft", "min"),
+    "CoworkerContract": ("Quantity", "seats"),
+    "CoworkerTimePass": ("RemainingUses", "uses"),
+}
+
+
+def drift_schema(entity: Entity, record: dict[str, Any]) -> None:
+    """The record as a server whose schema changed sends it: `MinutesLeft: "10 min"`."""
+    name, unit = DRIFTED_FIELDS[entity.name]
+    record[name] = f"{record.get(name) or 0} {unit}"
+
+
 def _related(records: dict[int, T], record_id: Any) -> T | None:
     # Records edited by tests may point anywhere, or hold something that is not an Id at all.
     return records.get(record_id) if isinstance(record_id, int) else None
