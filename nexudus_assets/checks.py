@@ -195,7 +195,7 @@ def _deleted_description(limits: DriftLimits) -> str:
 
 
 def _percent(part: int, whole: int) -> float:
-    return round(100 * part / whole, 2) if whole else 0.0
+    return 100 * part / whole if whole else 0.0
 
 
 def _rejected_result(
@@ -203,6 +203,7 @@ def _rejected_result(
 ) -> dg.AssetCheckResult:
     percent = _percent(shares.rejected, shares.fetched)
     passed = percent <= limits.max_rejected_percent
+    percent = round(percent, 2)  # shown; the comparison above is exact
     reason, count = most_common_rejection(conn, entity, run_id)
     if reason is None:
         description = f"{shares.rejected} of {shares.fetched} records rejected."
@@ -238,7 +239,7 @@ def _deleted_result(entity: Entity, shares: SyncShares, limits: DriftLimits) -> 
         description=f"{shares.mode} sync marked {shares.deleted} of {shares.live_before} live rows deleted.",
         metadata={
             "mode": shares.mode,
-            "deleted_percent": percent,
+            "deleted_percent": round(percent, 2),
             "limit_percent": limits.max_deleted_percent,
             "deleted": shares.deleted,
             "live_rows_before": shares.live_before,

@@ -2,17 +2,24 @@
 accounts send (a null `Price`, weekly and multi-month plans)."""
 
 import datetime as dt
+import re
+import signal
 from collections import defaultdict
 from decimal import Decimal
 
+import httpx
 import pytest
 
 from nexudus_assets.assets.insights import insight_run_config
+from nexudus_assets.assets.trends import COLUMNS as METRICS_COLUMNS
 from nexudus_assets.checks import DELETED_SHARE, REJECTED_SHARE
 from nexudus_assets.definitions import build_defs
 from nexudus_assets.nexudus import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES, ENTITIES
 from nexudus_assets.settings import Settings
+from nexudus_assets.simulator import DEFAULT_PASSWORD, DEFAULT_USERNAME
+from nexudus_assets.simulator.process import running_simulator
 from nexudus_assets_tests.test_alerts import Sensor
+from nexudus_assets_tests.test_sync_assets import shift_history
 from nexudus_assets_tests.utils import Project, check_outcomes, expected_money
 
 TOKEN_INSIGHTS = {"low_minutes_access_tokens", "expiring_access_tokens", "access_tokens_running_out"}
@@ -266,3 +273,48 @@ def test_an_unknown_price_or_period_is_said_and_left_out_of_the_sums_and_text_fa
         f" FROM insights.{REVENUE} WHERE id = 1399999"
     )
     assert odd == ("every 3 months, monthly, unknown", 6, Decimal("66.3333"), 5)
+
+
+def test_a_metrics_table_an_earlier_version_wrote_gains_the_new_column_and_keeps_its_days(money_project):
+    project = money_project
+    project.run()
+    shift_history(project, 1)  # as if the sync had run yesterday, the last day with a partition
+    yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    earlier_columns = {name: kind for name, (kind, _) in METRICS_COLUMNS.items() if name != "contracts_value_unknown"}
+    with project.warehouse.get_connection() as conn:
+        conn.execute("CREATE SCHEMA IF NOT EXISTS insights")
+        conn.execute(
+            "CREATE TABLE insights.account_metrics_daily ("
+            + ", ".join(f"{name} {kind}" for name, kind in earlier_columns.items())
+            + ")"
+        )
+        conn.execute(
+            "INSERT INTO insights.account_metrics_daily VALUES (DATE '2026-01-05', 'EUR', 123.5, 3, 0, 0, 0, 0)"
+        )
+    project.defs.resolve_job_def("nexudus_account_metrics").execute_in_process(
+        instance=project.instance, partition_key=yesterday.isoformat()
+    )
+    kept = project.query(
+        "SELECT monthly_recurring_revenue, contracts_value_unknown FROM insights.account_metrics_daily"
+        " WHERE day = DATE '2026-01-05'"
+    )
+    assert kept == [(Decimal("123.5"), None)]
+    counted = project.query(
+        "SELECT currency, contracts_value_unknown, monthly_recurring_revenue FROM insights.account_metrics_daily"
+        " WHERE day = ? AND currency IS NOT NULL",
+        [yesterday],
+    )
+    assert {currency for currency, _, _ in counted} == {"EUR", "GBP"}
+    assert all(unknown == 0 and revenue > 0 for _, unknown, revenue in counted)
+
+
+def test_the_simulator_process_sends_drifted_records_when_told():
+    arguments = ["--tokens", "3", "--contracts", "2", "--passes", "2", "--schema-drift"]
+    with running_simulator(arguments) as simulator:
+        auth = (DEFAULT_USERNAME, DEFAULT_PASSWORD)
+        tokens = httpx.get(f"{simulator.base_url}/{ACCESS_TOKENS.path}", auth=auth).json()["Records"]
+        contracts = httpx.get(f"{simulator.base_url}/{COWORKER_CONTRACTS.path}", auth=auth).json()["Records"]
+        simulator.process.send_signal(signal.SIGTERM)
+        assert simulator.process.wait(timeout=5) == 0
+    assert len(tokens) == 3 and all(re.fullmatch(r"\d+ min", token["MinutesLeft"]) for token in tokens)
+    assert all(re.fullmatch(r"\d+ seats", contract["Quantity"]) for contract in contracts)
