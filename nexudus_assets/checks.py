@@ -1,7 +1,8 @@
 """Asset checks on the raw tables, as SQL. ERROR checks block: derived assets never see broken data.
 
-Row checks and the row-count check are evaluated by the raw asset itself, right after it wrote
-the table (check specs on the asset: no step of their own). `synced_recently` stands alone: it
+Row checks, the row-count check and the drift checks (records rejected, records marked deleted)
+are evaluated by the raw asset itself, right after it wrote the table (check specs on the asset:
+no step of their own). `synced_recently` stands alone: it
 runs on its own schedule, to notice a sync that stopped running.
 """
 
@@ -14,6 +15,7 @@ import duckdb
 from nexudus_assets.nexudus import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES, ENTITIES, Entity
 from nexudus_assets.resources import WarehouseResource
 from nexudus_assets.warehouse import SCHEMA, one_row, qualified
+from nexudus_assets.warehouse.bookkeeping import SyncShares, most_common_rejection, sync_shares
 
 ERROR = dg.AssetCheckSeverity.ERROR
 WARN = dg.AssetCheckSeverity.WARN
@@ -163,7 +165,89 @@ def _row_count_result(conn: duckdb.DuckDBPyConnection, entity: Entity) -> dg.Ass
     )
 
 
-def raw_check_specs(entity: Entity) -> list[dg.AssetCheckSpec]:
+@dataclass(frozen=True)
+class DriftLimits:
+    """How much of a sync may go wrong before its drift checks fail, in percent."""
+
+    #: Share of the records received that failed validation (NEXUDUS_MAX_REJECTED_PERCENT).
+    max_rejected_percent: float = 1.0
+    #: Share of the live rows a full refresh marks deleted (NEXUDUS_MAX_DELETED_PERCENT).
+    max_deleted_percent: float = 10.0
+
+
+REJECTED_SHARE = "rejected_within_limit"
+DELETED_SHARE = "deletions_within_limit"
+
+
+def _rejected_description(limits: DriftLimits) -> str:
+    return (
+        f"At most {limits.max_rejected_percent:g}% of the records the sync received failed validation "
+        "(NEXUDUS_MAX_REJECTED_PERCENT); more means the API's records changed shape, and the insights "
+        "would act on frozen data. Names the most common reason from raw._rejected_records."
+    )
+
+
+def _deleted_description(limits: DriftLimits) -> str:
+    return (
+        f"A full refresh marks at most {limits.max_deleted_percent:g}% of the live rows deleted "
+        "(NEXUDUS_MAX_DELETED_PERCENT). Past half, the refresh refuses and writes nothing."
+    )
+
+
+def _percent(part: int, whole: int) -> float:
+    return 100 * part / whole if whole else 0.0
+
+
+def _rejected_result(
+    conn: duckdb.DuckDBPyConnection, entity: Entity, run_id: str, shares: SyncShares, limits: DriftLimits
+) -> dg.AssetCheckResult:
+    percent = _percent(shares.rejected, shares.fetched)
+    passed = percent <= limits.max_rejected_percent
+    percent = round(percent, 2)  # shown; the comparison above is exact
+    reason, count = most_common_rejection(conn, entity, run_id)
+    if reason is None:
+        description = f"{shares.rejected} of {shares.fetched} records rejected."
+    else:
+        description = (
+            f"{shares.rejected} of {shares.fetched} records rejected ({percent:g}%); "
+            f"the most common reason ({count} records): {reason}"
+        )
+    return dg.AssetCheckResult(
+        asset_key=entity.table,
+        check_name=REJECTED_SHARE,
+        passed=passed,
+        severity=ERROR,
+        description=description,
+        metadata={
+            "rejected_percent": percent,
+            "limit_percent": limits.max_rejected_percent,
+            "rejected": shares.rejected,
+            "received": shares.fetched,
+            "most_common_reason": dg.MetadataValue.text(reason or ""),
+            "most_common_reason_records": count,
+        },
+    )
+
+
+def _deleted_result(entity: Entity, shares: SyncShares, limits: DriftLimits) -> dg.AssetCheckResult:
+    percent = _percent(shares.deleted, shares.live_before)
+    return dg.AssetCheckResult(
+        asset_key=entity.table,
+        check_name=DELETED_SHARE,
+        passed=percent <= limits.max_deleted_percent,
+        severity=WARN,
+        description=f"{shares.mode} sync marked {shares.deleted} of {shares.live_before} live rows deleted.",
+        metadata={
+            "mode": shares.mode,
+            "deleted_percent": round(percent, 2),
+            "limit_percent": limits.max_deleted_percent,
+            "deleted": shares.deleted,
+            "live_rows_before": shares.live_before,
+        },
+    )
+
+
+def raw_check_specs(entity: Entity, limits: DriftLimits = DriftLimits()) -> list[dg.AssetCheckSpec]:
     """The checks the raw asset of `entity` evaluates itself; ERROR ones block what is downstream."""
     return [
         *(
@@ -174,13 +258,26 @@ def raw_check_specs(entity: Entity) -> list[dg.AssetCheckSpec]:
             if check.entity == entity
         ),
         dg.AssetCheckSpec(ROW_COUNT_STABLE, asset=entity.table, description=ROW_COUNT_DESCRIPTION),
+        dg.AssetCheckSpec(REJECTED_SHARE, asset=entity.table, description=_rejected_description(limits), blocking=True),
+        dg.AssetCheckSpec(DELETED_SHARE, asset=entity.table, description=_deleted_description(limits)),
     ]
 
 
-def evaluate_raw_checks(conn: duckdb.DuckDBPyConnection, entity: Entity) -> list[dg.AssetCheckResult]:
-    """One result per spec of `raw_check_specs(entity)`, in the same order."""
+def evaluate_raw_checks(
+    conn: duckdb.DuckDBPyConnection, entity: Entity, run_id: str, limits: DriftLimits = DriftLimits()
+) -> list[dg.AssetCheckResult]:
+    """One result per spec of `raw_check_specs(entity, limits)`, in the same order.
+
+    The drift checks read the sync that run `run_id` published last for `entity`.
+    """
     rows = [_row_check_result(conn, check) for check in ROW_CHECKS if check.entity == entity]
-    return [*rows, _row_count_result(conn, entity)]
+    shares = sync_shares(conn, entity, run_id)
+    return [
+        *rows,
+        _row_count_result(conn, entity),
+        _rejected_result(conn, entity, run_id, shares, limits),
+        _deleted_result(entity, shares, limits),
+    ]
 
 
 def build_freshness_checks(max_sync_age_hours: float) -> list[dg.AssetChecksDefinition]:

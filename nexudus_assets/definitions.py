@@ -7,9 +7,9 @@ import dagster as dg
 
 from nexudus_assets.assets.command_catalogue import command_catalogue
 from nexudus_assets.assets.insights import INSIGHTS, insight_assets
-from nexudus_assets.assets.raw import raw_assets
+from nexudus_assets.assets.raw import build_raw_assets
 from nexudus_assets.assets.trends import build_account_metrics_daily
-from nexudus_assets.checks import build_freshness_checks
+from nexudus_assets.checks import DriftLimits, build_freshness_checks
 from nexudus_assets.jobs import ASSET_JOBS, build_command_job
 from nexudus_assets.resources import AlertWebhookResource, CommandLedgerResource, WarehouseResource
 from nexudus_assets.schedules import account_metrics_schedule, build_schedules
@@ -42,13 +42,19 @@ def build_defs(
 ) -> dg.Definitions:
     """`resources` without a `ledger` get the default one, beside the warehouse.
 
-    `settings` gives the schedules, the freshness limit, the sensors' interval and the first
-    daily partition; the documented defaults when None.
+    `settings` gives the schedules, the freshness and drift limits, the sensors' interval and the
+    first daily partition; the documented defaults when None.
     """
     settings = settings or Settings()
     resources = {"ledger": CommandLedgerResource(), **resources}
     command_job = build_command_job(rules, live=resources["nexudus_api"].commands_live)
-    assets = [*raw_assets, command_catalogue, *insight_assets, build_account_metrics_daily(settings.metrics_start_date)]
+    drift = DriftLimits(settings.max_rejected_percent, settings.max_deleted_percent)
+    assets = [
+        *build_raw_assets(drift),
+        command_catalogue,
+        *insight_assets,
+        build_account_metrics_daily(settings.metrics_start_date),
+    ]
     asset_keys = {key for asset in assets for key in asset.keys}
     return dg.Definitions(
         assets=assets,

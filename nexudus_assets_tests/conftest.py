@@ -13,7 +13,7 @@ import yaml
 
 from nexudus_assets.simulator import DEFAULT_PASSWORD, DEFAULT_USERNAME, Simulator, SimulatorServer
 from nexudus_assets_tests.postgres import PostgresMissingError, PostgresServer
-from nexudus_assets_tests.utils import Running
+from nexudus_assets_tests.utils import Running, Webhook
 
 PROJECT = Path(__file__).resolve().parent.parent
 #: What `make dev` uses: run-sharded SQLite under DAGSTER_HOME, the project's run queue.
@@ -78,3 +78,11 @@ def dagster_instance(
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     with dg.DagsterInstance.get() as instance:
         yield instance
+
+
+@pytest.fixture
+def webhook() -> Iterator[Webhook]:
+    """A webhook receiver on 127.0.0.1 for the alert sensor."""
+    receiver = Webhook()
+    yield receiver
+    receiver.close()

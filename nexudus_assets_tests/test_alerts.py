@@ -11,16 +11,9 @@ import pytest
 
 from nexudus_assets.nexudus import ACCESS_TOKENS
 from nexudus_assets.resources import ALERT_DEADLINE_SECONDS, AlertWebhookResource
-from nexudus_assets_tests.utils import DaemonKilled, Project, Webhook
+from nexudus_assets_tests.utils import DaemonKilled, Project
 
 CHECK = "access_tokens.minutes_left_within_included"
-
-
-@pytest.fixture
-def webhook():
-    receiver = Webhook()
-    yield receiver
-    receiver.close()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from nexudus_assets.resources import (
 )
 from nexudus_assets.warehouse import WarehouseFiles, history_table, qualified
 from nexudus_assets.writeback.rules import CommandRule
-from nexudus_assets_tests.utils import Project, check_outcomes, held_open, live_rows, metadata
+from nexudus_assets_tests.utils import Project, check_outcomes, expected_money, held_open, live_rows, metadata
 
 
 @pytest.fixture
@@ -157,10 +157,14 @@ def test_insights_equal_what_the_records_say(project):
         assert ids, f"the data gives {name} nothing to find: the test would prove nothing"
         assert project.insight_ids(name) == ids, name
 
+    # Per month of each plan's invoicing period, the plan's price where the contract has none.
     revenue: dict[int, Decimal] = defaultdict(Decimal)
+    served = {record["Id"]: record for record in sim.records(COWORKER_CONTRACTS)}
     for c in active:
         if c.start_date is None or c.start_date <= as_of:
-            revenue[c.tariff_id] += c.price * c.quantity
+            value, _ = expected_money(sim, served[c.id])
+            assert value is not None, c.id
+            revenue[c.tariff_id] += value
     stored = dict(
         project.query("SELECT id, monthly_recurring_revenue FROM insights.monthly_recurring_revenue_by_tariff")
     )
@@ -218,7 +222,10 @@ def test_each_row_check_fails_on_a_crafted_bad_record_and_errors_block_the_insig
 
 def invoke_check(project, entity, name: str) -> dg.AssetCheckResult:
     with project.warehouse.working_read_connection() as conn:
-        [result] = [r for r in evaluate_raw_checks(conn, entity) if r.check_name == name]
+        [(run_id,)] = conn.execute(
+            "SELECT run_id FROM raw._sync_log WHERE entity = ? ORDER BY finished_at DESC LIMIT 1", [entity.table]
+        ).fetchall()
+        [result] = [r for r in evaluate_raw_checks(conn, entity, run_id) if r.check_name == name]
     return result
 
 
@@ -513,12 +520,15 @@ def test_daily_account_metrics_come_from_the_history_as_of_the_end_of_each_day(s
     # The currency is a display field: list answers carry it, the simulator's stored records do not.
     tariff_currency = dict(project.query(f"SELECT id, tariff_currency_code FROM {qualified(COWORKER_CONTRACTS)}"))
     pass_currency = dict(project.query(f"SELECT id, time_pass_currency_code FROM {qualified(COWORKER_TIME_PASSES)}"))
-    expected: dict = defaultdict(lambda: [Decimal(0), 0, 0, 0, 0, 0])
+    served = {record["Id"]: record for record in sim.records(COWORKER_CONTRACTS)}
+    expected: dict = defaultdict(lambda: [Decimal(0), 0, 0, 0, 0, 0, 0])
     for c in contracts:
         figures = expected[tariff_currency[c.id]]
         if c.active and not c.cancelled and (c.start_date is None or c.start_date < end):
-            figures[0] += c.price * c.quantity
+            value, _ = expected_money(sim, served[c.id])
+            figures[0] += value or 0
             figures[1] += 1
+            figures[6] += value is None  # the contract put verbatim has no plan fields: left out
         figures[2] += on_the_day(c.start_date)
         figures[3] += on_the_day(c.cancellation_date)
     for p in passes:
@@ -530,6 +540,7 @@ def test_daily_account_metrics_come_from_the_history_as_of_the_end_of_each_day(s
     }
     assert stored == expected
     assert expected[None][5] == 28
+    assert sum(figures[6] for figures in expected.values()) == 1, "the verbatim contract's value is unknown"
     assert all(any(figures[index] for figures in expected.values()) for index in range(5)), "a figure found nothing"
 
     shown = metadata(result, "account_metrics_daily")

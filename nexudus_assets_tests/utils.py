@@ -8,6 +8,7 @@ import sys
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -219,3 +220,39 @@ def held_open(path: Path, *, read_only: bool = False) -> Iterator[Holder]:
         assert process.stdin
         process.stdin.close()
         process.wait(timeout=30)
+
+
+def _decimal(value: Any) -> Decimal | None:
+    try:
+        number = Decimal(str(value).strip())
+    except InvalidOperation:
+        return None
+    return number if number.is_finite() else None
+
+
+def _whole(value: Any) -> int | None:
+    number = _decimal(value)
+    return int(number) if number is not None and number >= 0 and number == number.to_integral_value() else None
+
+
+def expected_money(sim: Simulator, record: dict[str, Any]) -> tuple[Decimal | None, str]:
+    """(monthly value, billing period) of a simulator contract as its list serves it, worked out
+    here from the record and its plan, apart from the warehouse's SQL."""
+    contracts = sim.table("CoworkerContract")
+    if record["Id"] in contracts.raw:  # served verbatim: its own plan fields, if it has any
+        plan = (record.get("TariffPrice"), record.get("TariffInvoiceEvery"), record.get("TariffInvoiceEveryWeeks"))
+    else:
+        tariff = sim.world.tariff_by_id.get(record["TariffId"])
+        plan = (tariff.price, tariff.invoice_every, tariff.invoice_every_weeks) if tariff else (None, None, None)
+    price = _decimal(record["Price"]) if record["Price"] is not None else _decimal(plan[0])
+    months, weeks = _whole(plan[1]), _whole(plan[2])
+    if months is not None and months >= 1:
+        period, per_month = ("monthly" if months == 1 else f"every {months} months"), Decimal(1) / months
+    elif months == 0 and weeks is not None and weeks >= 1:
+        period, per_month = ("weekly" if weeks == 1 else f"every {weeks} weeks"), Decimal(52) / (12 * weeks)
+    else:
+        return None, "unknown"
+    if price is None:
+        return None, period
+    value = price * int(record["Quantity"]) * per_month
+    return value.quantize(Decimal("0.0001"), ROUND_HALF_UP), period

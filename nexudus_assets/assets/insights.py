@@ -17,6 +17,7 @@ import duckdb
 from pydantic import Field, create_model
 
 from nexudus_assets.assets.metadata import table_metadata
+from nexudus_assets.assets.revenue import MONEY_COLUMNS, priced
 from nexudus_assets.nexudus import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES, CancellationReason, Entity
 from nexudus_assets.resources import WarehouseResource
 from nexudus_assets.warehouse import ensure_schema, history_table, qualified, transaction
@@ -84,6 +85,7 @@ def _cancellation_reason_name(column: str) -> str:
 
 TOKENS, CONTRACTS, PASSES = (qualified(e) for e in (ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES))
 TOKEN_HISTORY = history_table(ACCESS_TOKENS)
+PRICED_CONTRACTS = f"({priced(CONTRACTS)})"
 _VALID_TOKEN = "(valid_from IS NULL OR valid_from <= $as_of) AND (valid_to IS NULL OR valid_to > $as_of)"
 
 #: Descriptions of the columns several insights share.
@@ -109,7 +111,7 @@ _CONTRACT = {
     "coworker_company_name": "The coworker's company.",
     "tariff_id": "Id of the tariff (plan) the contract is on.",
     "tariff_name": "Name of the tariff.",
-    "monthly_value": "price x quantity: what the contract brings in per month, in the tariff's currency.",
+    **MONEY_COLUMNS,
 }
 _PASS = {
     "coworker_id": "Id of the coworker (member) holding the pass.",
@@ -165,16 +167,19 @@ INSIGHTS: tuple[Insight, ...] = (
     ),
     Insight(
         name="upcoming_contract_renewals",
-        description="Active, uncancelled contracts renewing within `renewal_window_days`, with their monthly value.",
+        description=(
+            "Active, uncancelled contracts renewing within `renewal_window_days`, with their price, the plan's "
+            "invoicing period and the monthly value that makes."
+        ),
         sources=(COWORKER_CONTRACTS,),
         config=RenewalWindowConfig,
         entity=COWORKER_CONTRACTS,
         sql=f"""
             SELECT id, coworker_id, coworker_full_name, coworker_email, coworker_company_name,
-                   tariff_id, tariff_name, tariff_currency_code AS currency, price, quantity,
-                   price * quantity AS monthly_value, renewal_date,
+                   tariff_id, tariff_name, tariff_currency_code AS currency, effective_price, price_source,
+                   billing_period, quantity, monthly_value, renewal_date,
                    date_diff('day', $as_of, renewal_date) AS days_until_renewal
-            FROM {CONTRACTS}
+            FROM {PRICED_CONTRACTS}
             WHERE _deleted_at IS NULL AND active AND NOT cancelled
               AND renewal_date > $as_of AND renewal_date <= $as_of + to_days($renewal_window_days)
             ORDER BY renewal_date, id""",
@@ -192,7 +197,7 @@ INSIGHTS: tuple[Insight, ...] = (
                 )
             },
             "currency": "Currency code of the tariff.",
-            "price": "Price per unit of the contract.",
+            **{name: _CONTRACT[name] for name in ("effective_price", "price_source", "billing_period")},
             "quantity": "Units (seats) on the contract.",
             "monthly_value": _CONTRACT["monthly_value"],
             "renewal_date": "When the contract renews: within `renewal_window_days` after `as_of`.",
@@ -207,10 +212,10 @@ INSIGHTS: tuple[Insight, ...] = (
         entity=COWORKER_CONTRACTS,
         sql=f"""
             SELECT id, coworker_id, coworker_full_name, coworker_email, tariff_id, tariff_name,
-                   price * quantity AS monthly_value, cancellation_date, cancellation_reason,
+                   billing_period, monthly_value, cancellation_date, cancellation_reason,
                    {_cancellation_reason_name("cancellation_reason")} AS cancellation_reason_name,
                    cancellation_notes, date_diff('day', $as_of, cancellation_date) AS days_until_cancellation
-            FROM {CONTRACTS}
+            FROM {PRICED_CONTRACTS}
             WHERE _deleted_at IS NULL
               AND cancellation_date > $as_of
               AND cancellation_date <= $as_of + to_days($cancellation_window_days)
@@ -225,6 +230,7 @@ INSIGHTS: tuple[Insight, ...] = (
                     "coworker_email",
                     "tariff_id",
                     "tariff_name",
+                    "billing_period",
                     "monthly_value",
                 )
             },
@@ -237,15 +243,22 @@ INSIGHTS: tuple[Insight, ...] = (
     ),
     Insight(
         name="monthly_recurring_revenue_by_tariff",
-        description="Monthly recurring revenue (price x quantity) of active, uncancelled contracts, per tariff.",
+        description=(
+            "Monthly recurring revenue of active, uncancelled contracts, per tariff: each contract's price "
+            "(its own, or the plan's when it has none) x quantity, per month of the plan's invoicing period. "
+            "Contracts whose price or period is unknown are counted apart, not summed."
+        ),
         sources=(COWORKER_CONTRACTS,),
         config=InsightConfig,
         entity=None,
         sql=f"""
             SELECT tariff_id AS id, any_value(tariff_name) AS tariff_name,
-                   any_value(tariff_currency_code) AS currency, count(*) AS contracts,
-                   sum(quantity) AS seats, sum(price * quantity) AS monthly_recurring_revenue
-            FROM {CONTRACTS}
+                   any_value(tariff_currency_code) AS currency,
+                   string_agg(DISTINCT billing_period, ', ' ORDER BY billing_period) AS billing_period,
+                   count(*) AS contracts, sum(quantity) AS seats,
+                   sum(monthly_value) AS monthly_recurring_revenue,
+                   count(*) FILTER (WHERE monthly_value IS NULL) AS contracts_value_unknown
+            FROM {PRICED_CONTRACTS}
             WHERE _deleted_at IS NULL AND active AND NOT cancelled
               AND (start_date IS NULL OR start_date <= $as_of)
             GROUP BY tariff_id
@@ -254,9 +267,15 @@ INSIGHTS: tuple[Insight, ...] = (
             "id": "Id of the tariff (plan); not a record a command can act on.",
             "tariff_name": "Name of the tariff.",
             "currency": "Currency code of the tariff.",
+            "billing_period": "The tariff's invoicing period as its contracts carry it (see the contracts' "
+            "billing_period); several, comma-separated, when they disagree.",
             "contracts": "Active, uncancelled contracts on the tariff that have started by `as_of`.",
             "seats": "Their total quantity.",
-            "monthly_recurring_revenue": "Their total price x quantity per month, in the tariff's currency.",
+            "monthly_recurring_revenue": "The sum of their monthly_value (effective price x quantity per month of "
+            "the invoicing period), in the tariff's currency; contracts whose value is unknown are not in it "
+            "(NULL when none is known).",
+            "contracts_value_unknown": "Of the contracts, those left out of monthly_recurring_revenue: their price "
+            "or invoicing period is unknown.",
         },
     ),
     Insight(

@@ -7,7 +7,7 @@ import dagster as dg
 from pydantic import Field
 
 from nexudus_assets.assets.metadata import table_metadata
-from nexudus_assets.checks import evaluate_raw_checks, raw_check_specs
+from nexudus_assets.checks import DriftLimits, evaluate_raw_checks, raw_check_specs
 from nexudus_assets.nexudus import ENTITIES, Entity
 from nexudus_assets.resources import NexudusApiResource, WarehouseResource
 from nexudus_assets.warehouse import history_table, qualified, table_columns
@@ -37,7 +37,7 @@ def column_schema(entity: Entity) -> dg.TableSchema:
     )
 
 
-def build_raw_asset(entity: Entity) -> dg.AssetsDefinition:
+def build_raw_asset(entity: Entity, limits: DriftLimits) -> dg.AssetsDefinition:
     schema = column_schema(entity)
     table = qualified(entity)
 
@@ -53,7 +53,7 @@ def build_raw_asset(entity: Entity) -> dg.AssetsDefinition:
         kinds={"nexudus", "duckdb"},
         owners=["team:data"],
         metadata={"dagster/table_name": table, "dagster/column_schema": schema},
-        check_specs=raw_check_specs(entity),
+        check_specs=raw_check_specs(entity, limits),
     )
     def _raw(
         context: dg.AssetExecutionContext,
@@ -74,7 +74,7 @@ def build_raw_asset(entity: Entity) -> dg.AssetsDefinition:
                 max_delete_fraction=config.max_delete_fraction,
             )
             metadata = table_metadata(conn, table, where="_deleted_at IS NULL", schema=schema)
-            check_results = evaluate_raw_checks(conn, entity)
+            check_results = evaluate_raw_checks(conn, entity, context.run.run_id, limits)
         result = report.result
         context.log.info(
             f"{entity.name}: {report.mode} sync read {result.fetched} records in {report.requests} requests "
@@ -108,4 +108,6 @@ def build_raw_asset(entity: Entity) -> dg.AssetsDefinition:
     return _raw
 
 
-raw_assets = [build_raw_asset(entity) for entity in ENTITIES]
+def build_raw_assets(limits: DriftLimits) -> list[dg.AssetsDefinition]:
+    """One raw asset per entity, their drift checks failing past `limits`."""
+    return [build_raw_asset(entity, limits) for entity in ENTITIES]

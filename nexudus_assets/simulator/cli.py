@@ -96,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         help=f"comma-separated, serve list records with these Ids: {', '.join(HOSTILE_IDS)}",
     )
+    parser.add_argument(
+        "--schema-drift", action="store_true", help="list records carry a number as text with its unit (10 min)"
+    )
     parser.add_argument("--nesting-depth", type=int, default=0, help="nest a field of each list page this deep")
     _add_live_account_switches(parser)
     return parser
@@ -147,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         error_burst=args.error_burst,
         error_burst_status=args.error_burst_status,
         denied_entities=tuple(args.denied_entities),
+        schema_drift=args.schema_drift,
         seed=args.seed,
     )
     simulator = Simulator(

@@ -24,7 +24,15 @@ from nexudus_assets.nexudus.entities import (
     Entity,
 )
 from nexudus_assets.simulator import commands
-from nexudus_assets.simulator.data import Generator, InterleavedIds, World, label, tick_fraction, utc_stamp
+from nexudus_assets.simulator.data import (
+    Generator,
+    InterleavedIds,
+    World,
+    drift_schema,
+    label,
+    tick_fraction,
+    utc_stamp,
+)
 from nexudus_assets.simulator.dialect import Dialect
 from nexudus_assets.simulator.faults import HOSTILE_IDS, Faults
 from nexudus_assets.simulator.limits import Limits, RateLimiter
@@ -321,6 +329,9 @@ class Simulator:
             if query.ids is None and not endless:
                 self._move_between_pages(table, keys[start : start + size], more=start + size < total, size=size)
         self._replace_ids(records, start, faults.hostile_ids)
+        if faults.schema_drift:
+            for record in records:
+                drift_schema(entity, record)
         if dialect.ids_not_found_404 and query.ids is not None and not total:
             return NOT_FOUND, page
         claimed = total + max(0, faults.total_items_inflation)

@@ -4,6 +4,9 @@ records of the three entities that point at them.
 Everything is drawn from the `random.Random` handed in, so (seed, now) always gives the same
 account. Timestamps are naive UTC internally; `CreatedOn`/`UpdatedOn` are written with a
 trailing `Z`, business dates bare (the location's local time), both at seconds precision.
+
+Contracts carry money as live accounts do: about 30% have no `Price` of their own (the plan's
+`TariffPrice` applies), and some plans are invoiced weekly, every two weeks, quarterly or yearly.
 """
 
 from __future__ import annotations
@@ -93,10 +96,25 @@ class Coworker:
 
 @dataclass(frozen=True)
 class Tariff:
+    """A plan: its price is per invoicing period, every `invoice_every` months, or every
+    `invoice_every_weeks` weeks when `invoice_every` is 0 (Nexudus's `InvoiceEvery`/`InvoiceEveryWeeks`)."""
+
     id: int
     business: Business
     name: str
     price: float
+    invoice_every: int = 1
+    invoice_every_weeks: int = 0
+
+
+#: (business, plan) positions whose plan is not monthly, as live accounts have them:
+#: (price per period, invoice_every, invoice_every_weeks).
+OTHER_PERIODS = {
+    (0, 0): (40.0, 0, 1),  # a weekly hot desk
+    (1, 0): (75.0, 0, 2),  # every two weeks
+    (2, 2): (10_200.0, 12, 0),  # a private office invoiced yearly
+    (3, 2): (2_700.0, 3, 0),  # quarterly
+}
 
 
 @dataclass(frozen=True)
@@ -173,7 +191,7 @@ class World:
             Business(id_offset + 1_100_004, "Harbour Loft Bristol", "GBP"),
         ]
         self.tariffs = [
-            Tariff(id_offset + 1_300_000 + 10 * b + t, business, name, price)
+            Tariff(id_offset + 1_300_000 + 10 * b + t, business, name, *OTHER_PERIODS.get((b, t), (price, 1, 0)))
             for b, business in enumerate(self.businesses)
             for t, (name, price) in enumerate(
                 (("Hot Desk", 150.0), ("Dedicated Desk", 300.0), ("Private Office", 950.0))
@@ -306,7 +324,9 @@ class Generator:
         # A contract renews after it starts: at least one billing month in.
         renewal = max(midnight(now) + dt.timedelta(self._between(-60, 120)), add_months(start, 1))
         quantity = self._pick(QUANTITIES)
-        price = tariff.price if self._chance(0.8) else round(tariff.price * 0.9, 2)
+        # Live contracts often carry no price of their own: the plan's applies.
+        roll = self._random()
+        price = None if roll < 0.3 else tariff.price if roll < 0.85 else round(tariff.price * 0.9, 2)
         roll = self._random()
         cancelled, active = roll < 0.15, roll < 0.85
         cancellation_date = None
@@ -350,7 +370,7 @@ class Generator:
             "RenewalDate": local_stamp(renewal),
             "StartDate": local_stamp(start),
             "TariffId": tariff.id,
-            "Value": round(price * quantity, 2),
+            "Value": round((tariff.price if price is None else price) * quantity, 2),
         }
 
     def _time_pass(self, created: dt.datetime, updated: dt.datetime, now: dt.datetime) -> dict[str, Any]:
@@ -449,9 +469,9 @@ class Generator:
                 "CoworkerBillingName": coworker.billing_name if coworker else None,
                 "CoworkerEmail": coworker.email if coworker else None,
                 "TariffName": tariff.name if tariff else None,
-                "TariffInvoiceEvery": "1" if tariff else None,
-                "TariffInvoiceEveryWeeks": "0" if tariff else None,
-                "TariffPrice": f"{tariff.price:.2f}" if tariff else None,
+                "TariffInvoiceEvery": tariff.invoice_every if tariff else None,
+                "TariffInvoiceEveryWeeks": tariff.invoice_every_weeks if tariff else None,
+                "TariffPrice": tariff.price if tariff else None,
                 "TariffCurrency_Code": tariff.business.currency if tariff else None,
                 "NextTariffName": next_tariff.name if next_tariff else None,
             }
@@ -464,6 +484,20 @@ class Generator:
                 "CoworkerFullName": coworker.full_name if coworker else None,
             }
         return {}
+
+
+#: Per entity, the number a schema-drifted server sends as text, and the unit it appends.
+DRIFTED_FIELDS = {
+    "AccessToken": ("MinutesLeft", "min"),
+    "CoworkerContract": ("Quantity", "seats"),
+    "CoworkerTimePass": ("RemainingUses", "uses"),
+}
+
+
+def drift_schema(entity: Entity, record: dict[str, Any]) -> None:
+    """The record as a server whose schema changed sends it: `MinutesLeft: "10 min"`."""
+    name, unit = DRIFTED_FIELDS[entity.name]
+    record[name] = f"{record.get(name) or 0} {unit}"
 
 
 def _related(records: dict[int, T], record_id: Any) -> T | None:

@@ -70,6 +70,9 @@ class Faults:
     hostile_ids: tuple[str, ...] = ()
     #: Above 0: the first record of each list page carries a field nested this many arrays deep.
     nesting_depth: int = 0
+    #: List records carry one number as text with its unit (`MinutesLeft: "10 min"`; see
+    #: `data.DRIFTED_FIELDS`), as after an upstream schema change: every record fails validation.
+    schema_drift: bool = False
     #: Commands naming any of these Ids answer `WasSuccessful: false`.
     failing_command_ids: set[int] = field(default_factory=set)
     #: Whether `POST /api/token` suffers the faults too.

@@ -124,3 +124,46 @@ def log_sync(conn: duckdb.DuckDBPyConnection, run: SyncRun, result: SyncResult) 
             run.walk_incomplete,
         ],
     )
+
+
+@dataclass(frozen=True)
+class SyncShares:
+    """What the drift checks weigh from one logged sync."""
+
+    mode: Mode
+    #: Records received: staged and rejected.
+    fetched: int
+    rejected: int
+    deleted: int
+    #: Live rows before the sync: after it, less the ones it inserted, plus the ones it deleted.
+    live_before: int
+
+
+def sync_shares(conn: duckdb.DuckDBPyConnection, entity: Entity, run_id: str) -> SyncShares:
+    """The last sync run `run_id` logged for `entity` (a retried step logs again)."""
+    row = conn.execute(
+        f"""SELECT mode, fetched, rejected, deleted, live_rows - inserted + deleted FROM {SYNC_LOG}
+            WHERE entity = ? AND run_id = ? ORDER BY finished_at DESC LIMIT 1""",
+        [entity.table, run_id],
+    ).fetchone()
+    if row is None:
+        raise LookupError(f"{entity.table}: run {run_id} logged no sync")
+    mode, fetched, rejected, deleted, live_before = row
+    return SyncShares(mode, int(fetched), int(rejected), int(deleted), int(live_before))
+
+
+#: A rejection's reason without the record it names ("AccessToken 12: field 'MinutesLeft': ..."),
+#: so that the records rejected for the same fault count as one reason.
+_REASON_WITHOUT_RECORD = (
+    "CASE WHEN strpos(reason, 'field ''') > 0 THEN substr(reason, strpos(reason, 'field ''')) ELSE reason END"
+)
+
+
+def most_common_rejection(conn: duckdb.DuckDBPyConnection, entity: Entity, run_id: str) -> tuple[str | None, int]:
+    """The reason most of the run's rejected records of `entity` share, and how many; (None, 0) if none."""
+    row = conn.execute(
+        f"""SELECT {_REASON_WITHOUT_RECORD} AS fault, count(*) AS records FROM {REJECTED_RECORDS}
+            WHERE entity = ? AND run_id = ? GROUP BY fault ORDER BY records DESC, fault LIMIT 1""",
+        [entity.table, run_id],
+    ).fetchone()
+    return (None, 0) if row is None else (str(row[0]), int(row[1]))
