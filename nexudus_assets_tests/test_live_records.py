@@ -296,3 +296,29 @@ def test_a_total_growing_by_a_page_with_every_page_is_stopped_with_the_data_inta
     finally:
         conn.close()
     assert "announced 300 records at first" in incomplete
+
+
+def test_the_simulator_growing_its_total_with_every_page_is_stopped_and_the_next_sync_completes(
+    start_simulator, tmp_path
+):
+    running = start_simulator(seed=73, tokens=300, contracts=1, passes=1, dialect=DIALECTS["live"])
+    database = tmp_path / "w.duckdb"
+    running.sim.faults.growing_total = True
+    at_start = {record["Id"] for record in running.sim.records(ACCESS_TOKENS)}
+    with running.client() as client:
+        grown = load_entity(client, lambda: connect(str(database)), ACCESS_TOKENS, run_id="growing")
+    assert grown.requests == 3 + EXTRA_PAGES and "at first" in str(grown.paging.incomplete)
+    assert grown.result.high_water_mark is None
+    running.sim.faults.growing_total = False
+    with running.client() as client:
+        settled = load_entity(client, lambda: connect(str(database)), ACCESS_TOKENS, run_id="settled")
+    assert settled.paging.incomplete is None and settled.result.high_water_mark is not None
+    conn = connect(str(database), read_only=True)
+    try:
+        stored_ids = {
+            record_id for (record_id,) in conn.execute(f"SELECT id FROM {qualified(ACCESS_TOKENS)}").fetchall()
+        }
+    finally:
+        conn.close()
+    upstream = {record["Id"] for record in running.sim.records(ACCESS_TOKENS)}
+    assert at_start <= upstream and stored_ids == upstream - {min(at_start)}  # the one cut mid-emoji is quarantined

@@ -347,3 +347,11 @@ def test_a_record_answered_twice_in_the_first_pass_is_handed_over_twice():
     )
     handed = [record for page in PageNumberPaginator(fetch=answers, size=2) for record in page]
     assert [record.get("V") for record in handed if record["Id"] == 1] == ["old", "new"]
+
+
+def test_a_list_short_of_its_total_is_read_again_before_the_walk_is_called_short():
+    # The record counted in `TotalItems` arrives with the second read: the walk is complete.
+    answers = scripted([Page(records=[{"Id": 1}], total_items=2)], then=ListServer([1, 2], 5))
+    paginator = PageNumberPaginator(fetch=answers, size=5)
+    assert sorted(record["Id"] for page in paginator for record in page) == [1, 2]
+    assert paginator.summary.incomplete is None

@@ -349,9 +349,11 @@ class NexudusClient:
         page_size: int | None = None,
         summary: PagingSummary | None = None,
     ) -> Iterator[RecordPage]:
-        """Every matching record once, page by page, in Id order; bad records come back rejected.
+        """Every matching record, page by page, in Id order; bad records come back rejected.
 
-        `ids` looks records up by Id (in chunks, so any number of Ids fits the URL).
+        A record the server answers twice in a walk (a step back after drift re-reads a page)
+        comes twice: the copy with the latest `UpdatedOn` is the one to keep. `ids` looks
+        records up by Id (in chunks, so any number of Ids fits the URL).
         """
         summary = summary or PagingSummary()
         if ids is None:

@@ -169,9 +169,8 @@ class PageNumberPaginator:
         total = summary.total_items
         counted = total is None or outcome.distinct >= total
         if summary.passes == 1 and outcome.pages == 1 and not outcome.total_moved:
-            # One page read in one answer: nothing can have moved past it.
-            if not counted:
-                summary.incomplete = f"the list ended after {outcome.distinct} of the {total} records it announced"
+            # One page read in one answer: nothing can have moved past it. Short of its total,
+            # a second pass tells a record added meanwhile from a count that is wrong.
             return not counted
         if summary.passes > 1 and not outcome.new and not outcome.total_moved:
             if not counted:
@@ -181,9 +180,13 @@ class PageNumberPaginator:
                 )
             return False
         if summary.passes >= MAX_PASSES:
+            found = (
+                f"still found {outcome.new} records the earlier ones had not"
+                if outcome.new
+                else "still saw its TotalItems change"
+            )
             summary.incomplete = (
-                f"the list kept changing while it was read: pass {summary.passes} of {MAX_PASSES}"
-                f" still found {outcome.new} records the earlier ones had not"
+                f"the list kept changing while it was read: pass {summary.passes} of {MAX_PASSES} {found}"
                 + ("" if counted else f" and ended after {outcome.distinct} of the {total} it announced")
             )
             return False

@@ -144,7 +144,7 @@ class Simulator:
         self.world = World(random.Random(f"{seed}:world"), id_offset=LONG_RELATION_OFFSET if long_ids else 0)
         # Each entity draws from its own stream so that one entity's count leaves the others alone.
         self._mutator = Generator(random.Random(f"{seed}:mutations"), self.world)
-        self._tables: dict[str, Table] = {}
+        self._tables: dict[Entity, Table] = {}
         self._interleaved: dict[Entity, InterleavedIds] = {}
         for entity, count in (
             (ACCESS_TOKENS, tokens),
@@ -159,9 +159,9 @@ class Simulator:
                 if long_ids:
                     record["Id"] = self._interleaved[entity].take(generator.rng)
                 table.add(record["Id"], record)
-            self._tables[entity.name] = table
+            self._tables[entity] = table
         if self.dialect.lone_surrogate and tokens:
-            tokens_table = self._tables[ACCESS_TOKENS.name]
+            tokens_table = self._tables[ACCESS_TOKENS]
             tokens_table[tokens_table.ordered_keys()[0]]["Description"] = CUT_MID_EMOJI
 
     # ---------------------------------------------------------------- data access for tests
@@ -169,10 +169,10 @@ class Simulator:
     def table(self, entity: Entity | str) -> Table:
         """An entity by `Entity`, its name (`AccessToken`) or its table (`access_tokens`)."""
         if isinstance(entity, Entity):
-            return self._tables[entity.name]
+            return self._tables[entity]
         for candidate in ENTITIES:
             if entity in (candidate.name, candidate.table):
-                return self._tables[candidate.name]
+                return self._tables[candidate]
         raise KeyError(f"unknown entity {entity!r}")
 
     def records(self, entity: Entity | str) -> list[dict[str, Any]]:
