@@ -611,7 +611,7 @@ def test_rule_sensors_read_while_an_analyst_holds_the_file_and_say_when_nothing_
     def tick():
         context = dg.build_sensor_context(
             instance=project.instance,
-            resources={"warehouse": project.warehouse, "ledger": CommandLedgerResource()},
+            resources={"warehouse": project.warehouse, "alerts": project.alerts, "ledger": CommandLedgerResource()},
         )
         return sensor.evaluate_tick(context)
 

@@ -17,6 +17,7 @@ from nexudus_assets.resources import CommandLedgerResource
 from nexudus_assets.sensors import build_command_sensor
 from nexudus_assets.simulator import DEFAULT_PASSWORD, DEFAULT_USERNAME
 from nexudus_assets.simulator.commands import ANSWER_STYLES
+from nexudus_assets.warehouse import WarehouseFiles
 from nexudus_assets.writeback.ledger import CommandLedger, default_ledger_path
 from nexudus_assets.writeback.plan import check_rule, plan_calls
 from nexudus_assets.writeback.rules import CommandRule, FromColumn, RuleError, load_rules
@@ -676,14 +677,17 @@ def test_a_broken_ledger_or_warehouse_alerts_once_and_once_more_when_it_recovers
     assert "rule extend runs again" in webhook.texts()[-1] and len(webhook.texts()) == 2
 
     project.run()
-    warehouse = Path(project.database)
-    published = warehouse.read_bytes()
-    warehouse.write_bytes(b"this is not a warehouse" * 1000)
+    # Readers fall back to the working file when the published one will not open: break both.
+    files = WarehouseFiles(Path(project.database))
+    saved_files = {path: path.read_bytes() for path in (files.published, files.working)}
+    for path in saved_files:
+        path.write_bytes(b"this is not a warehouse" * 1000)
     unreadable = tick(project, "nexudus_rule_extend", cursor=recovered.cursor)
     assert unreadable.run_requests == [] and "the warehouse cannot be read" in unreadable.skip_message
     tick(project, "nexudus_rule_extend", cursor=unreadable.cursor)
     assert len(webhook.texts()) == 3 and "cannot run: the warehouse cannot be read" in webhook.texts()[-1]
-    warehouse.write_bytes(published)
+    for path, content in saved_files.items():
+        path.write_bytes(content)
     tick(project, "nexudus_rule_extend", cursor=unreadable.cursor)
     assert len(webhook.texts()) == 4 and "runs again" in webhook.texts()[-1]
 
