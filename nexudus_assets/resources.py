@@ -92,6 +92,14 @@ class NexudusApiResource(dg.ConfigurableResource):
         default=DEFAULT_THROTTLE_PATIENCE,
         description="NEXUDUS_THROTTLE_PATIENCE: seconds one request keeps waiting while the server throttles.",
     )
+    retry_attempts: int = Field(
+        default=RetryPolicy.max_attempts,
+        description="Attempts at one read that fails (no answer, 5xx, the generic error) before the step fails.",
+    )
+    retry_backoff_seconds: float = Field(
+        default=RetryPolicy.backoff_initial,
+        description="The first wait before a failed read is tried again; each later wait doubles, with jitter.",
+    )
     commands_live: bool = Field(
         default=False, description="Send commands to Nexudus (NEXUDUS_COMMANDS_LIVE=true); otherwise dry runs."
     )
@@ -123,7 +131,11 @@ class NexudusApiResource(dg.ConfigurableResource):
             max_body_bytes=self.max_body_bytes,
             max_pages=self.max_pages,
             limits=self.pacing.rate_limits(),
-            retry=RetryPolicy(throttle_patience=self.throttle_patience),
+            retry=RetryPolicy(
+                max_attempts=self.retry_attempts,
+                backoff_initial=self.retry_backoff_seconds,
+                throttle_patience=self.throttle_patience,
+            ),
             session=self._session,
         )
 

@@ -92,6 +92,8 @@ class Project:
             page_size=page_size,
             commands_live=live,
             pacing=Pacing(enabled=False),
+            # The simulators fail on purpose, not in bursts that last: retrying at once keeps tests short.
+            retry_backoff_seconds=FAST_RETRY.backoff_initial,
         )
         self.defs = build_defs(
             {"nexudus_api": self.nexudus_api, "warehouse": self.warehouse, "alerts": self.alerts}, tuple(rules)
