@@ -15,7 +15,9 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from nexudus_assets.nexudus.entities import ENTITIES, Entity, entity_of
+from nexudus_assets.simulator.commands import CommandQuirks
 from nexudus_assets.simulator.core import Simulator
+from nexudus_assets.simulator.faults import Faults
 from nexudus_assets.simulator.sign_in import TokenError
 
 log = logging.getLogger(__name__)
@@ -265,20 +267,18 @@ def _admin(sim: Simulator, request: Request) -> Reply:
     if action == "reset-stats" and request.method == "POST":
         sim.reset_stats()
         return json_reply(200, sim.stats)
-    if action == "faults" and request.method in ("GET", "POST"):
+    switchable: dict[str, tuple[str, Faults | CommandQuirks]] = {
+        "faults": ("faults", sim.faults),
+        "command-quirks": ("command quirks", sim.command_quirks),
+    }
+    if action in switchable and request.method in ("GET", "POST"):
+        described, switches = switchable[action]
         if request.method == "POST":
             try:
-                sim.faults.update(body if isinstance(body, dict) else {})
+                switches.update(body if isinstance(body, dict) else {})
             except (KeyError, TypeError, ValueError) as bad:
-                return json_reply(400, {"Message": f"Cannot set faults: {bad}"})
-        return json_reply(200, sim.faults.to_dict())
-    if action == "command-quirks" and request.method in ("GET", "POST"):
-        if request.method == "POST":
-            try:
-                sim.command_quirks.update(body if isinstance(body, dict) else {})
-            except (KeyError, TypeError, ValueError) as bad:
-                return json_reply(400, {"Message": f"Cannot set command quirks: {bad}"})
-        return json_reply(200, sim.command_quirks.to_dict())
+                return json_reply(400, {"Message": f"Cannot set {described}: {bad}"})
+        return json_reply(200, switches.to_dict())
     if action == "mutate" and request.method == "POST" and isinstance(body, dict):
         try:
             counts = {name: int(body.get(name, 0)) for name in ("update", "insert", "delete")}
