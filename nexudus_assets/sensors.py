@@ -93,11 +93,9 @@ def build_command_sensor(
             """Alert a new trouble or a recovery; the cursor moves only once the alert is delivered."""
             try:
                 if trouble is not None and trouble.kind != state.trouble:
-                    alerts.send(
-                        f":rotating_light: Nexudus write-back rule {rule.name} cannot run: {trouble.text}", context.log
-                    )
+                    alerts.send(f"Nexudus write-back rule {rule.name} cannot run: {trouble.text}", context.log)
                 elif trouble is None and state.trouble is not None:
-                    alerts.send(f":white_check_mark: Nexudus write-back rule {rule.name} runs again.", context.log)
+                    alerts.send(f"Nexudus write-back rule {rule.name} runs again.", context.log)
             except RuntimeError as undelivered:
                 return dg.SensorResult(skip_reason=f"{skip or trouble}; the alert was not delivered ({undelivered})")
             next_state = RuleSensorState(after=after, trouble=trouble.kind if trouble else None)
