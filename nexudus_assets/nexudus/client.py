@@ -461,11 +461,8 @@ class NexudusClient:
                 f"(UpdatedOn {seen} then, {current.updated_on} now); read it again"
             )
         object_names = {legacy: wire for wire, legacy in entity.model.legacy_list_names().items()}
-        body = {
-            object_names.get(key, key): value
-            for key, value in current_raw.items()
-            if object_names.get(key, key) not in SYSTEM_FIELDS
-        }
+        as_object = ((object_names.get(key, key), value) for key, value in current_raw.items())
+        body = {name: value for name, value in as_object if name not in SYSTEM_FIELDS}
         body.update(changes)
         body["Id"] = record_id
         answer = self._call("PUT", entity.path, json=body, replay_safe=True, deadline=self.write_deadline)

@@ -87,9 +87,7 @@ def _failure_outcomes(error: NexudusError, ids: Sequence[int]) -> dict[int, Outc
     A `WasSuccessful: false` over several Ids may have acted on some: all are uncertain unless
     the answer names the failed ones (its `Errors` whose `AttemptedValue` is an Id sent).
     """
-    said_false = isinstance(error, RequestRefusedError) and isinstance(error.answer, ActionResult)
-    if said_false and len(ids) > 1:
-        assert isinstance(error, RequestRefusedError)
+    if isinstance(error, RequestRefusedError) and isinstance(error.answer, ActionResult) and len(ids) > 1:
         named = {valid_id(problem.attempted_value) for problem in error.errors} & set(ids)
         if not named:
             return dict.fromkeys(ids, "uncertain")
