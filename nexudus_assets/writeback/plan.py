@@ -222,12 +222,12 @@ def _wire_value(value: Any) -> Any:
 
 def _field_checks(entity: Entity) -> dict[str, TypeAdapter[Any]]:
     """Each writable wire name -> its model field's type, with the model's own validators."""
-    fields = {info.alias: info for info in entity.model.model_fields.values() if info.alias}
+    field_names = {wire: name for name, wire in entity.model.wire_names().items()}
     checks: dict[str, TypeAdapter[Any]] = {}
     for wire in entity.put_fields:
-        if wire in fields:
+        if wire in field_names:
             # The field's annotation with its validators, as the model applies them.
-            info = fields[wire]
+            info = entity.model.model_fields[field_names[wire]]
             form: Any = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
             checks[wire] = TypeAdapter(form)
     return checks
