@@ -9,7 +9,7 @@ from nexudus_assets.assets.command_catalogue import command_catalogue
 from nexudus_assets.assets.insights import INSIGHTS, insight_assets
 from nexudus_assets.assets.raw import build_raw_assets
 from nexudus_assets.assets.trends import build_account_metrics_daily
-from nexudus_assets.checks import DriftLimits, build_freshness_checks
+from nexudus_assets.checks import build_freshness_checks
 from nexudus_assets.jobs import ASSET_JOBS, build_command_job
 from nexudus_assets.resources import AlertWebhookResource, CommandLedgerResource, WarehouseResource
 from nexudus_assets.schedules import account_metrics_schedule, build_schedules
@@ -48,9 +48,8 @@ def build_defs(
     settings = settings or Settings()
     resources = {"ledger": CommandLedgerResource(), **resources}
     command_job = build_command_job(rules, live=resources["nexudus_api"].commands_live)
-    drift = DriftLimits(settings.max_rejected_percent, settings.max_deleted_percent)
     assets = [
-        *build_raw_assets(drift),
+        *build_raw_assets(settings.drift_limits),
         command_catalogue,
         *insight_assets,
         build_account_metrics_daily(settings.metrics_start_date),

@@ -19,6 +19,7 @@ from typing import TypeVar, get_args
 
 import dagster as dg
 
+from nexudus_assets.checks import DriftLimits
 from nexudus_assets.nexudus.auth import AuthScheme
 from nexudus_assets.nexudus.client import MAX_PAGE_SIZE
 from nexudus_assets.resources import NexudusApiResource, Pacing
@@ -66,9 +67,8 @@ class Settings:
     full_refresh_cron: str = "30 2 * * *"
     freshness_cron: str = "45 * * * *"
     max_sync_age_hours: float = 3.0
-    # The drift checks of each sync, in percent.
-    max_rejected_percent: float = 1.0
-    max_deleted_percent: float = 10.0
+    #: The drift checks of each sync; their defaults are written there once.
+    drift_limits: DriftLimits = field(default_factory=DriftLimits)
     metrics_start_date: str = "2026-01-01"
 
     @classmethod
@@ -115,11 +115,13 @@ class Settings:
             full_refresh_cron=read.text("NEXUDUS_FULL_REFRESH_CRON", defaults.full_refresh_cron),
             freshness_cron=read.text("NEXUDUS_FRESHNESS_CRON", defaults.freshness_cron),
             max_sync_age_hours=read.number("NEXUDUS_MAX_SYNC_AGE_HOURS", defaults.max_sync_age_hours, float, above=0),
-            max_rejected_percent=read.number(
-                "NEXUDUS_MAX_REJECTED_PERCENT", defaults.max_rejected_percent, float, low=0, high=100
-            ),
-            max_deleted_percent=read.number(
-                "NEXUDUS_MAX_DELETED_PERCENT", defaults.max_deleted_percent, float, low=0, high=100
+            drift_limits=DriftLimits(
+                max_rejected_percent=read.number(
+                    "NEXUDUS_MAX_REJECTED_PERCENT", defaults.drift_limits.max_rejected_percent, float, low=0, high=100
+                ),
+                max_deleted_percent=read.number(
+                    "NEXUDUS_MAX_DELETED_PERCENT", defaults.drift_limits.max_deleted_percent, float, low=0, high=100
+                ),
             ),
             metrics_start_date=read.date("NEXUDUS_METRICS_START_DATE", defaults.metrics_start_date),
         )
