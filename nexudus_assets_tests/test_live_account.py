@@ -3,6 +3,8 @@ of the generic error, a user missing one entity's roles, one token per client_id
 
 import datetime as dt
 import email.utils
+import json
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,6 +27,7 @@ from nexudus_assets.nexudus import (
     RetryPolicy,
     ServerError,
     ThrottledError,
+    TransportError,
 )
 from nexudus_assets.nexudus.auth import required_role
 from nexudus_assets.nexudus.retry import retry_after, wait_in_body
@@ -161,6 +164,37 @@ def test_the_generic_error_on_a_write_is_not_sent_again_and_may_have_been_applie
     assert [entry[3] for entry in small_account.sim.request_log if entry[1].endswith("runcommand")] == [status]
 
 
+def test_a_replayable_write_that_kept_failing_may_have_been_applied_and_a_read_may_not(small_account, scripted):
+    record = json.dumps(small_account.sim.records(ACCESS_TOKENS)[0]).encode()
+    attempts = QUICK_DEFAULT_ATTEMPTS.max_attempts
+    # The update reads the record, then PUTs it: a PUT is replayed, and any attempt may have changed it.
+    server = scripted([(200, {}, record)] + [(500, {}, b"")] * attempts + [(500, {}, b"")] * attempts)
+    with server.client() as client:
+        with pytest.raises(ServerError) as put_failed:
+            client.update(ACCESS_TOKENS, 1, {"MinutesIncluded": 5})
+        with pytest.raises(ServerError) as get_failed:
+            client.get(ACCESS_TOKENS, 1)
+    assert put_failed.value.may_have_been_applied and str(put_failed.value).startswith("PUT")
+    assert not get_failed.value.may_have_been_applied and str(get_failed.value).startswith("GET")
+    assert server.methods == ["GET"] + ["PUT"] * attempts + ["GET"] * attempts
+
+
+def test_a_write_that_never_reached_the_server_was_not_applied():
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        closed_port = unused.getsockname()[1]
+    client = NexudusClient(
+        f"http://127.0.0.1:{closed_port}/api",
+        DEFAULT_USERNAME,
+        DEFAULT_PASSWORD,
+        limits=RateLimits.unlimited(),
+        retry=QUICK_DEFAULT_ATTEMPTS,
+    )
+    with client, pytest.raises(TransportError) as failed:
+        client.run_command(ACCESS_TOKENS, "SomeCommand", [1], [])
+    assert failed.value.retryable and not failed.value.may_have_been_applied
+
+
 @pytest.mark.parametrize("auth", ["basic", "bearer"])
 def test_a_missing_role_fails_that_entity_alone_naming_the_role(small_account, tmp_path, auth):
     project = LiveProject(small_account, tmp_path, auth=auth)
@@ -200,16 +234,19 @@ def test_two_syncs_with_one_token_per_client_id_sign_in_once_each(start_simulato
 
 class Scripted:
     """A Nexudus-style server on 127.0.0.1 that plays `script` (status, headers, body) for each
-    request in turn, then answers an empty list envelope; it records each request's path."""
+    request in turn, then answers an empty list envelope; it records each request's path and method."""
 
     def __init__(self, script: list[tuple[int, dict[str, str], bytes]]) -> None:
         self.script = list(script)
         self.paths: list[str] = []
+        self.methods: list[str] = []
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 receiver.paths.append(self.path.split("?")[0])
+                receiver.methods.append(self.command)
                 status, headers, body = (
                     receiver.script.pop(0) if receiver.script else (200, {}, b'{"Records":[],"HasNextPage":false}')
                 )
@@ -219,6 +256,8 @@ class Scripted:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            do_PUT = do_POST = do_GET
 
             def log_message(self, *args: object) -> None:
                 pass

@@ -514,7 +514,9 @@ class NexudusClient:
         try:
             result = ActionResult.model_validate(answer if isinstance(answer, dict) else {})
         except PydanticValidationError as exc:
-            raise ResponseFormatError(f"{method} /{path}: unexpected answer ({exc.errors()[0]['msg']})") from None
+            raise ResponseFormatError(
+                f"{method} /{path}: unexpected answer ({exc.errors()[0]['msg']})", may_have_been_applied=True
+            ) from None
         if not result.was_successful:
             raise RequestRefusedError(
                 result.message or "the server answered WasSuccessful: false",
@@ -566,6 +568,7 @@ class NexudusClient:
                     replay_safe=safe,
                     auth_headers=self._auth_headers,
                     deadline=deadline,
+                    writes=method in WRITE_METHODS,
                 )
                 if answer.status == 401 and not reauthenticated and self._auth.invalidate():
                     reauthenticated = True
@@ -578,7 +581,7 @@ class NexudusClient:
                 if answer.status == 404 and method == "DELETE" and answer.retried:
                     # An earlier attempt got no answer: it deleted the record.
                     return {"WasSuccessful": True, "Message": "The record was deleted (first answer lost)."}
-                raise _error_for(answer, described)
+                raise _error_for(answer, described, writes=method in WRITE_METHODS)
         except SignInRefusedError as refused:
             REFUSED_SIGN_INS.remember(self._account, refused)
             raise
@@ -617,9 +620,13 @@ class NexudusClient:
         headers: Mapping[str, str] | None = None,
         auth_headers: Callable[[], dict[str, str]] | None = None,
         deadline: float | None = None,
+        writes: bool = False,
     ) -> _Answer:
-        """Send until an answer worth returning comes: throttling waited out, failures retried where safe."""
-        attempts = Attempts(self.retry, f"{method} {httpx.URL(url).path}", replay_safe)
+        """Send until an answer worth returning comes: throttling waited out, failures retried where safe.
+
+        `writes`: the request changes account data, so its errors say whether it may have been applied.
+        """
+        attempts = Attempts(self.retry, f"{method} {httpx.URL(url).path}", replay_safe, writes=writes)
         while True:
             try:
                 response, content = self._attempt(
@@ -644,7 +651,7 @@ class NexudusClient:
                 problem = str(exc) if isinstance(exc, _DeadlinePassed) else type(exc).__name__
                 failure = attempts.unanswered(problem, never_sent=isinstance(exc, NEVER_SENT))
             except _UnusableAnswer as exc:
-                raise ResponseFormatError(f"{attempts.described}: {exc}") from None
+                raise ResponseFormatError(f"{attempts.described}: {exc}", may_have_been_applied=writes) from None
             except RetryableFailure as retryable:
                 failure = retryable
             self.stats.retries += 1
@@ -754,10 +761,10 @@ def _accepted(response: httpx.Response, content: bytes, attempts: Attempts) -> _
     try:
         return _Answer(status, _parse_json(response, content), response, content, retried)
     except _UnusableAnswer as exc:
-        raise ResponseFormatError(f"{attempts.described}: {exc}") from None
+        raise ResponseFormatError(f"{attempts.described}: {exc}", may_have_been_applied=attempts.writes) from None
     except ResponseFormatError as exc:
         if not attempts.replay_safe:
-            raise ResponseFormatError(f"{attempts.described}: {exc}") from None
+            raise ResponseFormatError(f"{attempts.described}: {exc}", may_have_been_applied=attempts.writes) from None
         raise RetryableFailure(ResponseFormatError, str(exc)) from None
 
 
@@ -837,7 +844,11 @@ def _is_generic_failure(content: bytes) -> bool:
     return isinstance(message, str) and GENERIC_FAILURE_TEXT in message.lower()
 
 
-def _error_for(answer: _Answer, described: str) -> APIError:
+def _error_for(answer: _Answer, described: str, *, writes: bool) -> APIError:
+    """The error an answer of 300 or more (other than throttling, 401 and 403) stands for.
+
+    A 4xx refused the request; a write answered 3xx (a redirect, not followed) may have been applied.
+    """
     status = answer.status
     message = _message(answer.content) or answer.response.reason_phrase or "error"
     if status == 404:
@@ -848,7 +859,7 @@ def _error_for(answer: _Answer, described: str) -> APIError:
         if isinstance(body, dict) and isinstance(body.get("Errors"), list):
             errors = [FieldError.model_validate(item) for item in body["Errors"] if isinstance(item, dict)]
         return RequestRefusedError(message, errors=errors, status_code=status, request=described, answer=body)
-    return APIError(message, status_code=status, request=described)
+    return APIError(message, status_code=status, request=described, may_have_been_applied=writes and status < 400)
 
 
 __all__ = [

@@ -19,6 +19,11 @@ class NexudusError(Exception):
     retryable: bool = False
     may_have_been_applied: bool = False
 
+    def __init__(self, *args: object, may_have_been_applied: bool | None = None) -> None:
+        super().__init__(*args)
+        if may_have_been_applied is not None:
+            self.may_have_been_applied = may_have_been_applied
+
 
 class TransportError(NexudusError):
     """The request did not complete (connection refused, dropped, timed out) after retries."""
@@ -49,11 +54,9 @@ class APIError(NexudusError):
         self.reason = message
         self.status_code = status_code
         self.request = request
-        if may_have_been_applied is not None:
-            self.may_have_been_applied = may_have_been_applied
         prefix = f"{request}: " if request else ""
         suffix = f" (HTTP {status_code})" if status_code is not None else ""
-        super().__init__(f"{prefix}{message}{suffix}")
+        super().__init__(f"{prefix}{message}{suffix}", may_have_been_applied=may_have_been_applied)
 
 
 class AuthenticationError(APIError):

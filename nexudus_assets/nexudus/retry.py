@@ -61,10 +61,12 @@ class RetryPolicy:
 class RetryableFailure(Exception):
     """An attempt failed in a way another attempt may mend; `error` is raised when none does."""
 
-    def __init__(self, error: type[NexudusError], problem: str) -> None:
+    def __init__(self, error: type[NexudusError], problem: str, *, reached_server: bool = True) -> None:
         super().__init__(problem)
         self.error = error
         self.problem = problem
+        #: The server got the request (it answered, or went silent after it was sent).
+        self.reached_server = reached_server
 
 
 @dataclass
@@ -75,8 +77,13 @@ class Attempts:
     described: str
     #: Whether sending the request twice does no harm (a read, a PUT of the whole record).
     replay_safe: bool
+    #: Whether the request writes account data (not a read, not a sign-in): then an attempt that
+    #: reached the server and failed may have changed it, retried or not.
+    writes: bool = False
     started: float = field(default_factory=time.monotonic)
     failures: int = 0
+    #: A failed attempt reached the server.
+    reached_server: bool = False
     throttled: int = 0
     #: Seconds waited on throttling answers so far.
     throttle_waited: float = 0.0
@@ -88,7 +95,7 @@ class Attempts:
             raise UncertainOutcomeError(
                 f"{self.described}: no answer ({problem}); it may have been applied, so it was not retried"
             ) from None
-        return RetryableFailure(TransportError, problem)
+        return RetryableFailure(TransportError, problem, reached_server=not never_sent)
 
     def throttling_wait(self, response: httpx.Response, body: bytes) -> float:
         """Seconds to wait out a throttling answer; raises ThrottledError once patience runs out.
@@ -114,10 +121,12 @@ class Attempts:
     def backoff_wait(self, failure: RetryableFailure) -> float:
         """Seconds to back off before the next attempt; raises the failure's error past the bounds."""
         self.failures += 1
+        self.reached_server = self.reached_server or failure.reached_server
         wait = self.policy.backoff(self.failures)
         if self.failures >= self.policy.max_attempts or self._past_bounds(wait):
             raise failure.error(
-                f"{self.described}: gave up after {self.failures} attempts, the last one got {failure.problem}"
+                f"{self.described}: gave up after {self.failures} attempts, the last one got {failure.problem}",
+                may_have_been_applied=self.writes and self.reached_server,
             )
         log.warning("%s: %s; retry %d in %.2fs", self.described, failure.problem, self.failures, wait)
         return wait

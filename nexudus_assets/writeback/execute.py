@@ -10,17 +10,12 @@ from typing import Any
 
 from nexudus_assets.nexudus import (
     ActionResult,
-    AuthenticationError,
     CommandDescription,
     Entity,
     NexudusClient,
     NexudusError,
-    NotFoundError,
     RequestRefusedError,
     StaleRecordError,
-    ThrottledError,
-    TransportError,
-    UncertainOutcomeError,
 )
 from nexudus_assets.nexudus.models import valid_id
 from nexudus_assets.writeback.ledger import CommandLedger, CooldownKey, Outcome
@@ -82,23 +77,19 @@ def update_key(entity: Entity, changes: Mapping[str, Any]) -> CooldownKey:
 
 
 def _failure_outcomes(error: NexudusError, ids: Sequence[int]) -> dict[int, Outcome]:
-    """Each record's outcome after the client raised; the one place that reads the client's error classes.
+    """Each record's outcome after the client raised, read from the error's `may_have_been_applied`.
 
     A `WasSuccessful: false` over several Ids may have acted on some: all are uncertain unless
     the answer names the failed ones (its `Errors` whose `AttemptedValue` is an Id sent).
+    Otherwise a call that cannot have been applied failed, and a later tick may retry it; one
+    that may have been applied is uncertain, and never sent again.
     """
     if isinstance(error, RequestRefusedError) and isinstance(error.answer, ActionResult) and len(ids) > 1:
         named = {valid_id(problem.attempted_value) for problem in error.errors} & set(ids)
         if not named:
             return dict.fromkeys(ids, "uncertain")
         return {record_id: "failed" if record_id in named else "succeeded" for record_id in ids}
-    # Refused by the server, or never sent: nothing happened, so a later tick may retry.
-    if isinstance(error, RequestRefusedError | AuthenticationError | NotFoundError | ThrottledError):
-        return dict.fromkeys(ids, "failed")
-    if isinstance(error, TransportError) and not isinstance(error, UncertainOutcomeError):
-        return dict.fromkeys(ids, "failed")
-    # An answer that says nothing reliable (5xx, lost, unreadable): it may have been applied.
-    return dict.fromkeys(ids, "uncertain")
+    return dict.fromkeys(ids, "uncertain" if error.may_have_been_applied else "failed")
 
 
 def _min_records(command: CommandDescription) -> int:
