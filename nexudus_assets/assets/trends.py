@@ -127,6 +127,11 @@ def _figures(minutes_consumed: str, *, reconstructed: bool) -> str:
     )
 
 
+_MINUTES_DROPPED_ON_THE_DAY = (
+    "SELECT coalesce(sum(minutes_dropped) FILTER (WHERE minutes_dropped > 0 AND _valid_from >= $day_start), 0)"
+    " FROM token_versions"
+)
+
 METRICS_SQL = f"""
     WITH contracts AS (
         SELECT tariff_currency_code AS currency, monthly_value, start_date, cancellation_date,
@@ -146,13 +151,7 @@ METRICS_SQL = f"""
         FROM {history_table(ACCESS_TOKENS)}
         WHERE _valid_from < $day_end
     ),
-    {
-    _figures(
-        "SELECT coalesce(sum(minutes_dropped) FILTER (WHERE minutes_dropped > 0 AND _valid_from >= $day_start), 0)"
-        " FROM token_versions",
-        reconstructed=False,
-    )
-}"""
+    {_figures(_MINUTES_DROPPED_ON_THE_DAY, reconstructed=False)}"""
 
 
 def _first_versions(source: str) -> str:
