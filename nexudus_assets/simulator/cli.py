@@ -26,6 +26,13 @@ def _hostile_id_names(text: str) -> list[str]:
     return names
 
 
+def _changes_per_minute(text: str) -> float:
+    rate = float(text)
+    if not rate >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be 0 or more changes a minute, not {text}")
+    return rate
+
+
 def _dialect(args: argparse.Namespace) -> Dialect:
     """The named dialect with the switches given on the command line."""
     switches = {
@@ -104,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_live_account_switches(parser)
     parser.add_argument(
         "--live-changes",
-        type=float,
+        type=_changes_per_minute,
         default=0.0,
         metavar="PER_MINUTE",
         help="the account changes as time passes, this many changes a minute: token minutes used, contracts "
