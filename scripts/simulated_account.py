@@ -25,14 +25,17 @@ LIVE_ACCOUNT = [*ACCOUNT, "--live-changes", str(LIVE_CHANGES_PER_MINUTE)]
 LIVE_SYNC_CRON = "*/5 * * * *"
 #: Where the UI shows what the simulated account did, printed by `make demo` and `make dev`.
 UI = "http://127.0.0.1:3000"
-WHERE_TO_LOOK = f"""Where to look in the Dagster UI ({UI}, `make dev`):
-  {UI}/locations/nexudus_assets/jobs/nexudus_sync   the sync job and its runs (Runs tab)
-  {UI}/assets/access_tokens                         the raw tables, their checks and plots (also coworker_contracts,
-                                                     coworker_time_passes)
-  {UI}/assets/access_tokens_running_out             tokens whose minutes run out within a week: filled once two
-                                                     syncs of the live account in `make dev` have seen minutes used
-  {UI}/assets/account_metrics_daily                 "Materialize all", the whole range: a year of daily revenue and
-                                                     contracts in one run; then its Plots tab"""
+WHERE_TO_LOOK = f"""Where to look in the Dagster UI (`make dev`, {UI}):
+  the nexudus_sync job and its runs
+      {UI}/locations/nexudus_assets/jobs/nexudus_sync
+  the raw tables (access_tokens, coworker_contracts, coworker_time_passes): rows, checks, plots
+      {UI}/assets/access_tokens
+  access_tokens_running_out: tokens whose minutes run out within a week, once two syncs of the
+  live account in `make dev` have seen minutes used (a few minutes)
+      {UI}/assets/access_tokens_running_out
+  account_metrics_daily: "Materialize all", the whole range, is one run; then its Plots tab shows
+  a year of daily revenue and contracts
+      {UI}/assets/account_metrics_daily"""
 
 
 def use_project_instance() -> None:
