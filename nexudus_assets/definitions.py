@@ -1,5 +1,6 @@
 """The code location: the environment read once into `Settings`, and everything built from it into one `defs`."""
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -8,7 +9,7 @@ import dagster as dg
 from nexudus_assets.assets.command_catalogue import command_catalogue
 from nexudus_assets.assets.insights import INSIGHTS, insight_assets
 from nexudus_assets.assets.raw import build_raw_assets
-from nexudus_assets.assets.trends import build_account_metrics_daily
+from nexudus_assets.assets.trends import build_account_metrics_daily, default_start_date
 from nexudus_assets.checks import build_freshness_checks
 from nexudus_assets.jobs import ASSET_JOBS, build_command_job
 from nexudus_assets.resources import AlertWebhookResource, CommandLedgerResource, WarehouseResource
@@ -52,7 +53,9 @@ def build_defs(
         *build_raw_assets(settings.drift_limits),
         command_catalogue,
         *insight_assets,
-        build_account_metrics_daily(settings.metrics_start_date),
+        build_account_metrics_daily(
+            settings.metrics_start_date or default_start_date(resources["warehouse"], dt.datetime.now(dt.UTC).date())
+        ),
     ]
     asset_keys = {key for asset in assets for key in asset.keys}
     return dg.Definitions(

@@ -59,7 +59,10 @@ nexudus_freshness = dg.define_asset_job(
 nexudus_account_metrics = dg.define_asset_job(
     name="nexudus_account_metrics",
     selection=dg.AssetSelection.assets(trends.NAME),
-    description="The account's figures for one day (a partition), from the synced history. Calls no API.",
+    description=(
+        "The account's figures per day (a partition, or a range of them in one run), from the synced history;"
+        " days before the first sync reconstructed from the records' dates. Calls no API."
+    ),
     executor_def=dg.in_process_executor,
 )
 

@@ -69,7 +69,9 @@ class Settings:
     max_sync_age_hours: float = 3.0
     #: The drift checks of each sync; their defaults are written there once.
     drift_limits: DriftLimits = field(default_factory=DriftLimits)
-    metrics_start_date: str = "2026-01-01"
+    #: None: a year before the warehouse's first sync, found when the definitions load (see
+    #: `nexudus_assets.assets.trends.default_start_date`).
+    metrics_start_date: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
@@ -123,7 +125,7 @@ class Settings:
                     "NEXUDUS_MAX_DELETED_PERCENT", defaults.drift_limits.max_deleted_percent, float, low=0, high=100
                 ),
             ),
-            metrics_start_date=read.date("NEXUDUS_METRICS_START_DATE", defaults.metrics_start_date),
+            metrics_start_date=read.optional_date("NEXUDUS_METRICS_START_DATE"),
         )
 
 
@@ -226,8 +228,11 @@ class _Reader:
             raise SettingsError(f"{name} must be {' and '.join(bounds)}, not {text!r}")
         return value
 
-    def date(self, name: str, default: str) -> str:
-        value = self.text(name, default)
+    def optional_date(self, name: str) -> str | None:
+        """YYYY-MM-DD; unset: None. Empty is refused: a date is what the setting needs."""
+        value = self._environ.get(name)
+        if value is None:
+            return None
         try:
             dt.datetime.strptime(value, "%Y-%m-%d")
         except ValueError:

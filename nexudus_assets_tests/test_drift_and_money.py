@@ -280,7 +280,8 @@ def test_a_metrics_table_an_earlier_version_wrote_gains_the_new_column_and_keeps
     project.run()
     shift_history(project, 1)  # as if the sync had run yesterday, the last day with a partition
     yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
-    earlier_columns = {name: kind for name, (kind, _) in METRICS_COLUMNS.items() if name != "contracts_value_unknown"}
+    added_since = ("contracts_value_unknown", "reconstructed")
+    earlier_columns = {name: kind for name, (kind, _) in METRICS_COLUMNS.items() if name not in added_since}
     with project.warehouse.get_connection() as conn:
         conn.execute("CREATE SCHEMA IF NOT EXISTS insights")
         conn.execute(
@@ -295,10 +296,10 @@ def test_a_metrics_table_an_earlier_version_wrote_gains_the_new_column_and_keeps
         instance=project.instance, partition_key=yesterday.isoformat()
     )
     kept = project.query(
-        "SELECT monthly_recurring_revenue, contracts_value_unknown FROM insights.account_metrics_daily"
+        "SELECT monthly_recurring_revenue, contracts_value_unknown, reconstructed FROM insights.account_metrics_daily"
         " WHERE day = DATE '2026-01-05'"
     )
-    assert kept == [(Decimal("123.5"), None)]
+    assert kept == [(Decimal("123.5"), None, None)]
     counted = project.query(
         "SELECT currency, contracts_value_unknown, monthly_recurring_revenue FROM insights.account_metrics_daily"
         " WHERE day = ? AND currency IS NOT NULL",

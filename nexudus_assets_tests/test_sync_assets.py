@@ -534,11 +534,10 @@ def test_daily_account_metrics_come_from_the_history_as_of_the_end_of_each_day(s
     for p in passes:
         expected[pass_currency[p.id]][4] += on_the_day(p.used_date)
     expected[None][5] = 7 * len(drained)  # the top-up is not subtracted
-    stored = {
-        row[1]: [row[2], *row[3:]]
-        for row in project.query("SELECT * FROM insights.account_metrics_daily WHERE day = ?", [day])
-    }
+    rows = project.query("SELECT * FROM insights.account_metrics_daily WHERE day = ?", [day])
+    stored = {row[1]: [row[2], *row[3:-1]] for row in rows}
     assert stored == expected
+    assert [row[-1] for row in rows] == [False] * len(rows), "a day after the first sync comes from the history"
     assert expected[None][5] == 28
     assert sum(figures[6] for figures in expected.values()) == 1, "the verbatim contract's value is unknown"
     assert all(any(figures[index] for figures in expected.values()) for index in range(5)), "a figure found nothing"
@@ -552,13 +551,18 @@ def test_daily_account_metrics_come_from_the_history_as_of_the_end_of_each_day(s
             assert isinstance(value, dg.FloatMetadataValue) and value.value == float(figures[0])
     assert isinstance(event.metadata["passes_used"], dg.IntMetadataValue)
 
-    # The day before the first sync: nothing known yet; only the row for token minutes, at zero.
-    run_metrics(project, day - dt.timedelta(days=1))
-    assert project.query(
-        "SELECT currency, monthly_recurring_revenue, active_contracts, minutes_consumed"
+    # The day before the first sync is reconstructed from the records' dates; token minutes are unknown then.
+    before = run_metrics(project, day - dt.timedelta(days=1))
+    reconstructed = project.query(
+        "SELECT currency, active_contracts, minutes_consumed, reconstructed"
         " FROM insights.account_metrics_daily WHERE day = ?",
         [day - dt.timedelta(days=1)],
-    ) == [(None, Decimal(0), 0, 0)]
+    )
+    assert all(flag for *_, flag in reconstructed) and (None, 0, None, True) in reconstructed
+    assert sum(active for _, active, _, _ in reconstructed) > 0
+    shown = metadata(before, "account_metrics_daily")
+    assert shown["reconstructed"] is True and "minutes_consumed" not in shown
+    assert shown["dagster/partition_row_count"] == len(reconstructed)
     assert project.query("SELECT count(DISTINCT day) FROM insights.account_metrics_daily") == [(2,)]
 
 

@@ -12,7 +12,7 @@ import time
 import uuid
 
 import dagster as dg
-from simulated_account import ACCOUNT_SUMMARY, PROJECT, simulated_account, use_project_instance
+from simulated_account import ACCOUNT_SUMMARY, PROJECT, WHERE_TO_LOOK, simulated_account, use_project_instance
 
 from nexudus_assets.report import print_report
 
@@ -59,6 +59,7 @@ def main() -> int:
     print(f"The job succeeded in {seconds:.1f}s (full log in {RUN_LOG}).\n")
     print_report(database)
     print_check_results(demo_id)
+    print(f"\n{WHERE_TO_LOOK}")
     return 0
 
 

@@ -7,7 +7,16 @@ import os
 import subprocess
 import sys
 
-from simulated_account import ACCOUNT_SUMMARY, PROJECT, simulated_account, use_project_instance
+from simulated_account import (
+    ACCOUNT_SUMMARY,
+    LIVE_ACCOUNT,
+    LIVE_CHANGES_PER_MINUTE,
+    LIVE_SYNC_CRON,
+    PROJECT,
+    WHERE_TO_LOOK,
+    simulated_account,
+    use_project_instance,
+)
 
 DEV_COMMAND = [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", "3000"]
 
@@ -20,8 +29,13 @@ def main() -> int:
     print(
         f"NEXUDUS_BASE_URL is not set: starting the simulator ({ACCOUNT_SUMMARY}) and pointing the code location at it."
     )
-    with simulated_account() as env:
+    with simulated_account(LIVE_ACCOUNT) as env:
+        env.setdefault("NEXUDUS_SYNC_CRON", LIVE_SYNC_CRON)
         print(f"Warehouse: {env['NEXUDUS_DUCKDB_PATH']}; Dagster instance: {env['DAGSTER_HOME']}.")
+        print(
+            f"The simulated account changes {LIVE_CHANGES_PER_MINUTE} times a minute; nexudus_sync runs on"
+            f" `{env['NEXUDUS_SYNC_CRON']}` (NEXUDUS_SYNC_CRON).\n{WHERE_TO_LOOK}"
+        )
         try:
             return subprocess.call(DEV_COMMAND, env=env, cwd=PROJECT)
         except KeyboardInterrupt:

@@ -13,6 +13,7 @@ from nexudus_assets.simulator.core import Simulator
 from nexudus_assets.simulator.dialect import DIALECTS, Dialect
 from nexudus_assets.simulator.faults import Faults
 from nexudus_assets.simulator.limits import Limits
+from nexudus_assets.simulator.live import LiveChanges
 from nexudus_assets.simulator.server import SimulatorServer
 from nexudus_assets.simulator.sign_in import DEFAULT_PASSWORD, DEFAULT_USERNAME
 
@@ -23,6 +24,7 @@ __all__ = [
     "Dialect",
     "Faults",
     "Limits",
+    "LiveChanges",
     "Simulator",
     "SimulatorServer",
 ]

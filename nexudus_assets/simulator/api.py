@@ -78,6 +78,7 @@ def handle(sim: Simulator, request: Request) -> Reply:
     if request.path.startswith("/_simulator/"):
         return _admin(sim, request)
     try:
+        sim.catch_up()
         reply = _api(sim, request)
     except Exception:
         log.exception("simulator failed on %s %s", request.method, request.path)

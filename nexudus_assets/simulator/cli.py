@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from nexudus_assets.simulator.core import Simulator
 from nexudus_assets.simulator.dialect import DIALECTS, Dialect
 from nexudus_assets.simulator.faults import HOSTILE_IDS, Faults
+from nexudus_assets.simulator.live import LiveChanges
 from nexudus_assets.simulator.process import LISTENING_ON
 from nexudus_assets.simulator.server import SimulatorServer
 from nexudus_assets.simulator.sign_in import DEFAULT_PASSWORD, DEFAULT_USERNAME
@@ -23,6 +24,13 @@ def _hostile_id_names(text: str) -> list[str]:
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown {', '.join(unknown)}; known: {', '.join(HOSTILE_IDS)}")
     return names
+
+
+def _changes_per_minute(text: str) -> float:
+    rate = float(text)
+    if not rate >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be 0 or more changes a minute, not {text}")
+    return rate
 
 
 def _dialect(args: argparse.Namespace) -> Dialect:
@@ -101,6 +109,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--nesting-depth", type=int, default=0, help="nest a field of each list page this deep")
     _add_live_account_switches(parser)
+    parser.add_argument(
+        "--live-changes",
+        type=_changes_per_minute,
+        default=0.0,
+        metavar="PER_MINUTE",
+        help="the account changes as time passes, this many changes a minute: token minutes used, contracts "
+        "renewed, cancelled and started, passes bought and used (0: it stands still)",
+    )
     return parser
 
 
@@ -167,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         enforce_limits=args.enforce_limits,
         faults=faults,
         dialect=_dialect(args),
+        live_changes=LiveChanges(per_minute=args.live_changes),
     )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

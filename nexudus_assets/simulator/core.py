@@ -36,6 +36,7 @@ from nexudus_assets.simulator.data import (
 from nexudus_assets.simulator.dialect import Dialect
 from nexudus_assets.simulator.faults import HOSTILE_IDS, Faults
 from nexudus_assets.simulator.limits import Limits, RateLimiter
+from nexudus_assets.simulator.live import Clock, LiveAccount, LiveChanges
 from nexudus_assets.simulator.sign_in import DEFAULT_PASSWORD, DEFAULT_USERNAME, Accounts
 from nexudus_assets.simulator.store import Table, coerce
 
@@ -120,7 +121,10 @@ class Simulator:
         faults: Faults | None = None,
         limits: Limits | None = None,
         dialect: Dialect | None = None,
+        live_changes: LiveChanges | None = None,
+        clock: Clock | None = None,
     ) -> None:
+        """`live_changes`: the account changes as `clock` (naive UTC; the wall clock by default) moves on."""
         if list_shape not in ("legacy", "modern"):
             raise ValueError(f"list_shape must be 'legacy' or 'modern', not {list_shape!r}")
         self.now = _naive_utc(now)
@@ -163,6 +167,21 @@ class Simulator:
         if self.dialect.lone_surrogate and tokens:
             tokens_table = self._tables[ACCESS_TOKENS]
             tokens_table[tokens_table.ordered_keys()[0]]["Description"] = CUT_MID_EMOJI
+        self.live = LiveAccount(
+            live_changes or LiveChanges(),
+            clock or _utc_now,
+            seed,
+            Generator(random.Random(f"{seed}:live-records"), self.world),
+            self._tables,
+            self._next_id,
+        )
+
+    def catch_up(self) -> int:
+        """Apply the live changes that have fallen due by the clock; returns how many. Every API request does."""
+        if not self.live.changes.enabled:
+            return 0
+        with self._lock:
+            return self.live.catch_up()
 
     # ---------------------------------------------------------------- data access for tests
 
