@@ -68,9 +68,12 @@ ASSET_JOBS = (nexudus_sync, nexudus_full_refresh, nexudus_freshness, nexudus_acc
 
 COMMAND_JOB = "nexudus_command"
 COMMAND_OP = "run_nexudus_command"
-#: On every run of the command job: "true" when it sends commands to Nexudus. A live run that
-#: started is the Dagster instance's evidence that a ledger existed, should it go missing.
+#: On every run of the command job: "true" when NEXUDUS_COMMANDS_LIVE=true, so that its rules with
+#: `live: true` send commands to Nexudus. A live run that started is the Dagster instance's
+#: evidence that a ledger existed, should it go missing.
 LIVE_TAG = "nexudus/live"
+#: On a rule sensor's run request that will record instead of sending: why.
+DRY_RUN_REASON_TAG = "nexudus/dry_run_reason"
 _STARTED = [
     dg.DagsterRunStatus.STARTED,
     dg.DagsterRunStatus.SUCCESS,
@@ -174,7 +177,10 @@ def build_command_job(rules: Sequence[CommandRule], *, live: bool) -> dg.JobDefi
 
     @dg.op(
         name=COMMAND_OP,
-        description="Runs a rule's Nexudus command on the given records: dry run unless NEXUDUS_COMMANDS_LIVE=true.",
+        description=(
+            "Runs a rule's Nexudus command on the given records: a dry run unless NEXUDUS_COMMANDS_LIVE=true "
+            "and the rule says `live: true`."
+        ),
     )
     def run_nexudus_command(
         context: dg.OpExecutionContext,
@@ -214,6 +220,9 @@ def build_command_job(rules: Sequence[CommandRule], *, live: bool) -> dg.JobDefi
             refusal = f"{rule.asset} was materialized again while it was read; the rule's sensor looks at it next"
         if refusal is not None:
             raise dg.Failure(description=f"Nothing was sent. Not approved by rule {rule.name!r}: {refusal}")
+        dry_run_reason = rule.dry_run_reason(nexudus_api.commands_live)
+        if dry_run_reason is not None:
+            context.log.info(f"DRY RUN of rule {rule.name!r}: {dry_run_reason}; nothing is sent to Nexudus")
         try:
             with nexudus_api.get_client() as client:
                 report: CommandReport
@@ -226,7 +235,7 @@ def build_command_job(rules: Sequence[CommandRule], *, live: bool) -> dg.JobDefi
                         config.record_ids,
                         seen=seen,
                         columns=columns,
-                        live=nexudus_api.commands_live,
+                        live=dry_run_reason is None,
                         run_id=context.run.run_id,
                     )
                 else:
@@ -237,7 +246,7 @@ def build_command_job(rules: Sequence[CommandRule], *, live: bool) -> dg.JobDefi
                         entity,
                         config.record_ids,
                         insight_ids=set(seen),
-                        live=nexudus_api.commands_live,
+                        live=dry_run_reason is None,
                         run_id=context.run.run_id,
                     )
         except RuleError as exc:
@@ -250,6 +259,7 @@ def build_command_job(rules: Sequence[CommandRule], *, live: bool) -> dg.JobDefi
             "rule": rule.name,
             "command": report.command_key,
             "dry_run": report.dry_run,
+            **({"dry_run_reason": dry_run_reason} if dry_run_reason is not None else {}),
             "calls": report.calls,
             "succeeded": len(report.succeeded),
             "failed": len(report.failed),
