@@ -197,7 +197,12 @@ def build_command_job(rules: Sequence[CommandRule], *, live: bool) -> dg.JobDefi
         ledger_path = ledger.location(warehouse.database)
         try:
             # First, before anything can fail: a run tagged live has always opened (or made) the ledger.
-            command_ledger = open_ledger(ledger_path, used_before_by=earlier_live_run(context.instance, context.run_id))
+            command_ledger = open_ledger(
+                ledger_path,
+                used_before_by=earlier_live_run(context.instance, context.run_id),
+                account=nexudus_api.account(),
+            )
+            command_ledger.account_recorded()  # another account's ledger: refused before anything is read or sent
         except LedgerError as exc:
             raise dg.Failure(description=f"Nothing was sent. {exc}") from None
         rule = by_name.get(config.rule)
