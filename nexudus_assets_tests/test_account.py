@@ -15,7 +15,7 @@ from nexudus_assets.simulator import DEFAULT_PASSWORD
 from nexudus_assets.simulator.faults import Faults
 from nexudus_assets.warehouse import WarehouseFiles
 from nexudus_assets.warehouse.bookkeeping import warehouse_account
-from nexudus_assets.writeback.ledger import CommandLedger, CooldownKey, default_ledger_path
+from nexudus_assets.writeback.ledger import CommandLedger, CooldownKey, LedgerAccountError, default_ledger_path
 from nexudus_assets.writeback.rules import CommandRule
 from nexudus_assets_tests.utils import Project
 
@@ -196,3 +196,25 @@ def test_moving_a_warehouse_and_its_ledger_on_purpose(start_simulator, tmp_path)
 )
 def test_an_account_is_its_base_url_and_user_as_nexudus_reads_them(one, other, same):
     assert (Account.of(*one) == Account.of(*other)) is same
+
+
+def test_a_ledger_records_its_account_at_the_first_write_and_refuses_another(tmp_path):
+    first = Account.of("https://spaces.nexudus.com/api", FIRST_USER)
+    second = Account.of("https://spaces.nexudus.com/api", SECOND_USER)
+    path = tmp_path / "warehouse.ledger.sqlite"
+    key = CooldownKey.of("AccessToken", "ACCESSTOKEN_ADD_MINUTES", {"Minutes": 1})
+    CommandLedger.create(path)
+    assert CommandLedger(path).account_recorded() is None  # made, nothing written yet
+    CommandLedger(path, account=first).record(
+        key, [[1]], rule="r", run_id="a", dry_run=True, outcome="dry_run", message="dry", now=NOW
+    )
+    assert CommandLedger(path).account_recorded() == first
+    before = digest(path)
+    other = CommandLedger(path, account=second)
+    with pytest.raises(LedgerAccountError) as refused:
+        other.claim(
+            key, [2], rule="r", run_id="b", cooldown=dt.timedelta(hours=1), max_attempts=1, min_records=1, now=NOW
+        )
+    assert str(first) in str(refused.value) and str(second) in str(refused.value)
+    assert "nothing was written" in str(refused.value)
+    assert digest(path) == before and [row.run_id for row in CommandLedger(path).rows()] == ["a"]
