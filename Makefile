@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: install postgresql demo lint test deploy-check dev bench clean
+.PHONY: install postgresql demo lint test deploy-check dev bench clean account
 
 install: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
 
@@ -53,6 +53,11 @@ test: install postgresql
 ## deploy-check: deploy/ checked, and the code location loaded as deployed (gRPC, PostgreSQL)
 deploy-check: install postgresql
 	$(BIN)/python scripts/deploy_check.py
+
+## account: check a real account (read-only) and make its own instance, warehouse and ledger under accounts/
+##          (NAME=<folder>, default from NEXUDUS_USERNAME); uses the NEXUDUS_* variables set
+account: install
+	$(BIN)/python -m nexudus_assets.account check $(if $(NAME),--name $(NAME))
 
 ## dev: the Dagster UI on http://127.0.0.1:3000 (with the simulator unless NEXUDUS_BASE_URL is set)
 dev: install

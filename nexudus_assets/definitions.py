@@ -48,7 +48,8 @@ def build_defs(
     """
     settings = settings or Settings()
     resources = {"ledger": CommandLedgerResource(), **resources}
-    command_job = build_command_job(rules, live=resources["nexudus_api"].commands_live)
+    commands_live = resources["nexudus_api"].commands_live
+    command_job = build_command_job(rules, live=commands_live)
     assets = [
         *build_raw_assets(settings.drift_limits),
         command_catalogue,
@@ -68,6 +69,7 @@ def build_defs(
             command_job,
             asset_keys,
             {*(job.name for job in ASSET_JOBS), command_job.name, "__ASSET_JOB"},
+            commands_live=commands_live,
             minimum_interval_seconds=settings.sensor_interval_seconds,
         ),
         resources=resources,

@@ -71,9 +71,12 @@ ASSET_JOBS = (nexudus_sync, nexudus_full_refresh, nexudus_freshness, nexudus_acc
 
 COMMAND_JOB = "nexudus_command"
 COMMAND_OP = "run_nexudus_command"
-#: On every run of the command job: "true" when it sends commands to Nexudus. A live run that
-#: started is the Dagster instance's evidence that a ledger existed, should it go missing.
+#: On every run of the command job: "true" when NEXUDUS_COMMANDS_LIVE=true, so that its rules with
+#: `live: true` send commands to Nexudus. A live run that started is the Dagster instance's
+#: evidence that a ledger existed, should it go missing.
 LIVE_TAG = "nexudus/live"
+#: On a rule sensor's run request that will record instead of sending: why.
+DRY_RUN_REASON_TAG = "nexudus/dry_run_reason"
 _STARTED = [
     dg.DagsterRunStatus.STARTED,
     dg.DagsterRunStatus.SUCCESS,
@@ -177,7 +180,10 @@ def build_command_job(rules: Sequence[CommandRule], *, live: bool) -> dg.JobDefi
 
     @dg.op(
         name=COMMAND_OP,
-        description="Runs a rule's Nexudus command on the given records: dry run unless NEXUDUS_COMMANDS_LIVE=true.",
+        description=(
+            "Runs a rule's Nexudus command on the given records: a dry run unless NEXUDUS_COMMANDS_LIVE=true "
+            "and the rule says `live: true`."
+        ),
     )
     def run_nexudus_command(
         context: dg.OpExecutionContext,
@@ -194,7 +200,12 @@ def build_command_job(rules: Sequence[CommandRule], *, live: bool) -> dg.JobDefi
         ledger_path = ledger.location(warehouse.database)
         try:
             # First, before anything can fail: a run tagged live has always opened (or made) the ledger.
-            command_ledger = open_ledger(ledger_path, used_before_by=earlier_live_run(context.instance, context.run_id))
+            command_ledger = open_ledger(
+                ledger_path,
+                used_before_by=earlier_live_run(context.instance, context.run_id),
+                account=nexudus_api.account(),
+            )
+            command_ledger.account_recorded()  # another account's ledger: refused before anything is read or sent
         except LedgerError as exc:
             raise dg.Failure(description=f"Nothing was sent. {exc}") from None
         rule = by_name.get(config.rule)
@@ -217,6 +228,9 @@ def build_command_job(rules: Sequence[CommandRule], *, live: bool) -> dg.JobDefi
             refusal = f"{rule.asset} was materialized again while it was read; the rule's sensor looks at it next"
         if refusal is not None:
             raise dg.Failure(description=f"Nothing was sent. Not approved by rule {rule.name!r}: {refusal}")
+        dry_run_reason = rule.dry_run_reason(nexudus_api.commands_live)
+        if dry_run_reason is not None:
+            context.log.info(f"DRY RUN of rule {rule.name!r}: {dry_run_reason}; nothing is sent to Nexudus")
         try:
             with nexudus_api.get_client() as client:
                 report: CommandReport
@@ -229,7 +243,7 @@ def build_command_job(rules: Sequence[CommandRule], *, live: bool) -> dg.JobDefi
                         config.record_ids,
                         seen=seen,
                         columns=columns,
-                        live=nexudus_api.commands_live,
+                        live=dry_run_reason is None,
                         run_id=context.run.run_id,
                     )
                 else:
@@ -240,7 +254,7 @@ def build_command_job(rules: Sequence[CommandRule], *, live: bool) -> dg.JobDefi
                         entity,
                         config.record_ids,
                         insight_ids=set(seen),
-                        live=nexudus_api.commands_live,
+                        live=dry_run_reason is None,
                         run_id=context.run.run_id,
                     )
         except RuleError as exc:
@@ -253,6 +267,7 @@ def build_command_job(rules: Sequence[CommandRule], *, live: bool) -> dg.JobDefi
             "rule": rule.name,
             "command": report.command_key,
             "dry_run": report.dry_run,
+            **({"dry_run_reason": dry_run_reason} if dry_run_reason is not None else {}),
             "calls": report.calls,
             "succeeded": len(report.succeeded),
             "failed": len(report.failed),

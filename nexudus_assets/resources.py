@@ -16,6 +16,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field, PrivateAttr, SecretStr
 
 from nexudus_assets.nexudus import DEFAULT_BASE_URL, NexudusClient, RateLimits, RetryPolicy, Window
+from nexudus_assets.nexudus.account import Account
 from nexudus_assets.nexudus.auth import AuthScheme, BearerAuth, Credentials
 from nexudus_assets.nexudus.client import (
     DEFAULT_MAX_BODY_BYTES,
@@ -116,6 +117,10 @@ class NexudusApiResource(dg.ConfigurableResource):
                 self.username, SecretStr(self.password), SecretStr(self.totp) if self.totp else None
             )
             self._session = BearerAuth(credentials, client_id=self.client_id)
+
+    def account(self) -> Account:
+        """The account the resource talks to, as warehouses and ledgers record it."""
+        return Account.of(self.base_url, self.username)
 
     def get_client(self) -> NexudusClient:
         return NexudusClient(

@@ -14,6 +14,7 @@ from nexudus_assets.alerts import build_alert_sensor
 from nexudus_assets.assets.insights import INSIGHTS_SCHEMA, insight_by_name
 from nexudus_assets.jobs import (
     COMMAND_OP,
+    DRY_RUN_REASON_TAG,
     approved_config,
     earlier_live_run,
     unapproved_reason,
@@ -59,14 +60,17 @@ class Trouble:
 
 
 def build_command_sensor(
-    rule: CommandRule, job: dg.JobDefinition, minimum_interval_seconds: int = 60
+    rule: CommandRule, job: dg.JobDefinition, *, commands_live: bool, minimum_interval_seconds: int = 60
 ) -> dg.SensorDefinition:
+    """`commands_live`: NEXUDUS_COMMANDS_LIVE as the code location loaded it."""
     insight = insight_by_name(rule.asset)
     entity = insight.entity
     assert entity is not None
     approved_config(rule)  # a rule pinning config the insight does not take fails the definitions
     update_fields = check_update(rule, entity, insight.columns) if rule.update is not None else None
     what = f"set {', '.join(rule.update)} by PUT" if rule.update is not None else f"run {rule.command}"
+    dry_run_reason = rule.dry_run_reason(commands_live)
+    mode = f"Dry runs only ({dry_run_reason})." if dry_run_reason is not None else "LIVE: sends to Nexudus."
 
     @dg.sensor(
         name=f"nexudus_rule_{rule.name}",
@@ -77,6 +81,7 @@ def build_command_sensor(
             f"On each new materialization of `{rule.asset}` made with the config the rule approves, asks "
             f"`{job.name}` to {what} on its records, less those the command ledger shows actioned the same way in "
             f"the last {rule.cooldown_hours:g} h, or out of attempts. Alerts when it cannot run, and when it can again."
+            f" {mode}"
         ),
     )
     def _rule_sensor(
@@ -148,11 +153,17 @@ def build_command_sensor(
         if not pending:
             skip = f"{len(records)} record(s) in {rule.asset}, all actioned within the cooldown or out of attempts"
             return finish(None, skip, after=storage_id)
+        tags = {"nexudus/rule": rule.name, "nexudus/records": str(len(pending))}
+        if dry_run_reason is not None:
+            tags[DRY_RUN_REASON_TAG] = dry_run_reason
+            context.log.info(f"{rule.name}: a dry run for {len(pending)} record(s): {dry_run_reason}")
+        else:
+            context.log.info(f"{rule.name}: a LIVE run for {len(pending)} record(s): commands go to Nexudus")
         request = dg.RunRequest(
             # One run per materialization, however often the daemon retries the tick.
             run_key=f"{rule.name}:{storage_id}",
             run_config={"ops": {COMMAND_OP: {"config": {"rule": rule.name, "record_ids": pending}}}},
-            tags={"nexudus/rule": rule.name, "nexudus/records": str(len(pending))},
+            tags=tags,
         )
         return finish(None, None, after=storage_id, requests=[request])
 
@@ -192,11 +203,13 @@ def build_sensors(
     command_job: dg.JobDefinition,
     asset_keys: Collection[dg.AssetKey],
     job_names: Collection[str],
+    *,
+    commands_live: bool,
     minimum_interval_seconds: int | None = None,
 ) -> list[dg.SensorDefinition]:
     """`minimum_interval_seconds` overrides every sensor's own interval (60 s for rules, 30 s for alerts)."""
     interval = {"minimum_interval_seconds": minimum_interval_seconds} if minimum_interval_seconds else {}
     return [
-        *(build_command_sensor(rule, command_job, **interval) for rule in rules),
+        *(build_command_sensor(rule, command_job, commands_live=commands_live, **interval) for rule in rules),
         build_alert_sensor(asset_keys, job_names, **interval),
     ]

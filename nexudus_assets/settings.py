@@ -9,7 +9,6 @@ list every variable with its default.
 """
 
 import datetime as dt
-import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -18,9 +17,11 @@ from pathlib import Path
 from typing import TypeVar, get_args
 
 import dagster as dg
+from pydantic import SecretStr
 
 from nexudus_assets.checks import DriftLimits
-from nexudus_assets.nexudus.auth import AuthScheme
+from nexudus_assets.nexudus.account import is_loopback
+from nexudus_assets.nexudus.auth import AuthScheme, Credentials
 from nexudus_assets.nexudus.client import MAX_PAGE_SIZE
 from nexudus_assets.resources import NexudusApiResource, Pacing
 from nexudus_assets.warehouse import DEFAULT_LOCK_TIMEOUT_SECONDS, DEFAULT_WAREHOUSE_PATH, LOCK_TIMEOUT_VARIABLE
@@ -129,6 +130,19 @@ class Settings:
         )
 
 
+def account_credentials(environ: Mapping[str, str] = os.environ) -> Credentials:
+    """The credentials themselves, for a command run outside Dagster (the account check); never printed."""
+    missing = [name for name in ("NEXUDUS_USERNAME", "NEXUDUS_PASSWORD") if not environ.get(name)]
+    if missing:
+        raise SettingsError(f"{' and '.join(missing)} must be set to reach the account")
+    totp = environ.get("NEXUDUS_TOTP")
+    return Credentials(
+        username=environ["NEXUDUS_USERNAME"],
+        password=SecretStr(environ["NEXUDUS_PASSWORD"]),
+        totp=SecretStr(totp) if totp else None,
+    )
+
+
 class _Reader:
     def __init__(self, environ: Mapping[str, str]) -> None:
         self._environ = environ
@@ -160,7 +174,7 @@ class _Reader:
         """`https://`, or `http://` to this machine only (a simulator): Basic credentials never travel in clear."""
         value = self.text(name, default)
         scheme, host = _url_parts(name, value)
-        if scheme == "https" or (scheme == "http" and _is_loopback(host)):
+        if scheme == "https" or (scheme == "http" and is_loopback(host)):
             return value
         raise SettingsError(
             f"{name} must start with https:// (http:// only to a loopback address such as 127.0.0.1), not {value!r}"
@@ -267,12 +281,3 @@ def _url_parts(name: str, value: str) -> tuple[str, str]:
     if found is None:
         raise SettingsError(f"{name} must be an absolute URL such as https://spaces.nexudus.com/api, not {value!r}")
     return found["scheme"].lower(), found["host"].strip("[]").lower()
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

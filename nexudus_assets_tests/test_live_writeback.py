@@ -34,11 +34,13 @@ TOP_UP = CommandRule(
     command="ACCESSTOKEN_ADD_MINUTES",
     parameters={"Minutes": 120},
     batch_size=3,
+    live=True,
 )
 LABEL_LOW = CommandRule(
     name="label_low",
     asset="low_minutes_access_tokens",
     update={"Description": FromColumn(column="access_code"), "UserLimit": 3},
+    live=True,
 )
 
 #: (method, path) -> handler(body) returning (status, raw answer bytes); any other request is passed on.

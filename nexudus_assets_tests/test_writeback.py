@@ -30,6 +30,7 @@ TOP_UP = CommandRule(
     command="ACCESSTOKEN_ADD_MINUTES",
     parameters={"Minutes": 120},
     batch_size=10,
+    live=True,
 )
 EXTEND = CommandRule(
     name="extend",
@@ -37,8 +38,9 @@ EXTEND = CommandRule(
     command="ACCESSTOKEN_EXTEND_VALIDITY",
     parameters={"Days": 7},
     max_attempts=2,
+    live=True,
 )
-MERGE = CommandRule(name="merge", asset="low_minutes_access_tokens", command="ACCESSTOKEN_MERGE")
+MERGE = CommandRule(name="merge", asset="low_minutes_access_tokens", command="ACCESSTOKEN_MERGE", live=True)
 
 
 # -- the rules file --------------------------------------------------------------------------
@@ -826,7 +828,7 @@ def test_the_commented_update_example_is_a_valid_rule(tmp_path):
 
 def sensor_for(candidate: CommandRule) -> dg.SensorDefinition:
     """The rule's sensor, built as the definitions build it: RuleError when the rule does not fit."""
-    return build_command_sensor(candidate, build_command_job((candidate,), live=False))
+    return build_command_sensor(candidate, build_command_job((candidate,), live=False), commands_live=False)
 
 
 def test_an_update_rule_with_a_field_nexudus_does_not_take_fails_the_definitions():

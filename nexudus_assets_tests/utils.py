@@ -76,6 +76,7 @@ class Project:
         rules: Iterable[CommandRule] = (),
         live: bool = False,
         webhook: str | None = None,
+        username: str = DEFAULT_USERNAME,
         password: str = DEFAULT_PASSWORD,
         lock_timeout_seconds: int = 120,
         instance: dg.DagsterInstance | None = None,
@@ -87,7 +88,7 @@ class Project:
         self.alerts = AlertWebhookResource(url=webhook)
         self.nexudus_api = NexudusApiResource(
             base_url=running.base_url,
-            username=DEFAULT_USERNAME,
+            username=username,
             password=password,
             page_size=page_size,
             commands_live=live,

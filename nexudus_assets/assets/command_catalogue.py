@@ -26,7 +26,7 @@ def command_catalogue(nexudus_api: NexudusApiResource, warehouse: WarehouseResou
     with nexudus_api.get_client() as client:
         catalogue = {entity: client.commands(entity) for entity in ENTITIES}
     with warehouse.get_connection() as conn:
-        store_catalogue(conn, catalogue, dt.datetime.now(dt.UTC).replace(tzinfo=None))
+        store_catalogue(conn, catalogue, dt.datetime.now(dt.UTC).replace(tzinfo=None), nexudus_api.account())
         metadata = table_metadata(conn, CATALOGUE_TABLE)
     return dg.MaterializeResult(
         metadata={**metadata, **{f"commands_{entity.table}": len(catalogue[entity]) for entity in ENTITIES}}

@@ -26,6 +26,7 @@ JSON = "application/json; charset=utf-8"
 WRITES = frozenset({"POST", "PUT", "DELETE"})
 THROTTLED_TEXT = b"You must wait before accessing this url again."
 DENIED = {"Message": "Authorization has been denied for this request."}
+FORBIDDEN = {"Message": "You do not have permission to access this resource."}
 SERVER_ERROR = {"Message": "An error has occurred."}
 #: The generic failure live accounts answer in bursts, as a 500 and sometimes as a 400.
 GENERIC_FAILURE = {"Message": "Ooops! There was a problem while running this action. Please try again later."}
@@ -114,6 +115,8 @@ def _answer(sim: Simulator, request: Request) -> Reply:
         user = sim.accounts.authenticate(request.headers.get("Authorization"))
         if user is None or _denied(sim, request):
             return json_reply(401, DENIED)
+        if _forbidden(sim, request):
+            return json_reply(403, FORBIDDEN)
         wait = sim.limiter.admit(user, request.method in WRITES) if sim.enforce_limits else None
         reply = throttled(sim, wait) if wait is not None else _route(sim, request, user)
     if malformed:
@@ -127,6 +130,21 @@ def _denied(sim: Simulator, request: Request) -> bool:
         return False
     entity = entity_of(request.path[len("/api/") :])
     return entity is not None and entity.name in sim.faults.denied_entities
+
+
+def _forbidden(sim: Simulator, request: Request) -> bool:
+    """Whether `Faults.forbidden_endpoints` refuses this request: its entity, or its entity's commands."""
+    if not sim.faults.forbidden_endpoints:
+        return False
+    rest = request.path[len("/api/") :].lower().strip("/")
+    entity = entity_of(rest)
+    if entity is None:
+        return False
+    tail = rest[len(entity.path) :].strip("/")
+    is_command = tail in ("commands", "runcommand", "runacommand")
+    return entity.name in sim.faults.forbidden_endpoints or (
+        is_command and f"{entity.name}/commands" in sim.faults.forbidden_endpoints
+    )
 
 
 def _fault(sim: Simulator) -> Reply | bool:

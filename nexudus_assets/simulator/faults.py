@@ -47,6 +47,9 @@ class Faults:
     error_burst_status: int = 500
     #: Entity names (`CoworkerTimePass`) whose endpoints answer 401: a user missing their roles.
     denied_entities: tuple[str, ...] = ()
+    #: Answered 403 instead: an entity's every endpoint (`CoworkerTimePass`), or only its command
+    #: catalogue and commands (`CoworkerTimePass/commands`), as a server refusing a role by 403 does.
+    forbidden_endpoints: tuple[str, ...] = ()
     #: The request is read, then the connection is closed without an answer.
     drop_rate: float = 0.0
     #: 200 whose JSON body is cut short.
@@ -82,6 +85,7 @@ class Faults:
     def __post_init__(self) -> None:
         self.hostile_ids = _hostile_ids(self.hostile_ids)
         self.denied_entities = tuple(self.denied_entities)
+        self.forbidden_endpoints = tuple(self.forbidden_endpoints)
         self._rng = random.Random(self.seed)
         self._lock = threading.Lock()
         self._stretch_started: float | None = None
@@ -132,10 +136,10 @@ class Faults:
                 self.failing_command_ids = {int(i) for i in value}
             elif name == "hostile_ids":
                 self.hostile_ids = _hostile_ids(value)
-            elif name == "denied_entities":
+            elif name in ("denied_entities", "forbidden_endpoints"):
                 if isinstance(value, str):
-                    raise ValueError("denied_entities is a list of entity names, not one string")
-                self.denied_entities = tuple(str(entity) for entity in value)
+                    raise ValueError(f"{name} is a list of names, not one string")
+                setattr(self, name, tuple(str(entity) for entity in value))
             elif name == "throttle_stretch_seconds":
                 with self._lock:
                     self.throttle_stretch_seconds = float(value)
@@ -148,6 +152,7 @@ class Faults:
         settings["failing_command_ids"] = sorted(self.failing_command_ids)
         settings["hostile_ids"] = list(self.hostile_ids)
         settings["denied_entities"] = list(self.denied_entities)
+        settings["forbidden_endpoints"] = list(self.forbidden_endpoints)
         return settings
 
 

@@ -1,5 +1,6 @@
 """What the warehouse records about each sync: the cursor per entity (`raw._sync_state`), one log
-row per published sync (`raw._sync_log`), and the rejections of a run."""
+row per published sync (`raw._sync_log`), the rejections of a run, and the account it all came
+from (`raw._account`)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,69 @@ from typing import Literal
 
 import duckdb
 
+from nexudus_assets.nexudus.account import Account
 from nexudus_assets.nexudus.entities import Entity
-from nexudus_assets.warehouse.schema import REJECTED_RECORDS, SCHEMA, SYNC_LOG, SYNC_STATE, one_row
+from nexudus_assets.warehouse.schema import ACCOUNT_RECORD, REJECTED_RECORDS, SYNC_LOG, SYNC_STATE, one_row, transaction
 
 Mode = Literal["incremental", "full"]
+
+
+class WarehouseAccountError(RuntimeError):
+    """The warehouse holds another account's records; the message names both accounts."""
+
+
+def _table_exists(conn: duckdb.DuckDBPyConnection, qualified_name: str) -> bool:
+    schema, name = qualified_name.split(".")
+    (exists,) = one_row(
+        conn,
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+        [schema, name],
+    )
+    return bool(exists)
+
+
+def warehouse_account(conn: duckdb.DuckDBPyConnection) -> Account | None:
+    """The account the warehouse belongs to; None before its first write."""
+    if not _table_exists(conn, ACCOUNT_RECORD):
+        return None
+    row = conn.execute(f"SELECT base_url, username FROM {ACCOUNT_RECORD}").fetchone()
+    return Account(base_url=row[0], username=row[1]) if row else None
+
+
+def refuse_other_account(conn: duckdb.DuckDBPyConnection, account: Account) -> None:
+    """WarehouseAccountError when the warehouse belongs to another account; writes nothing."""
+    recorded = warehouse_account(conn)
+    if recorded is not None and recorded != account:
+        raise WarehouseAccountError(
+            f"this warehouse belongs to the Nexudus account {recorded}, and this run is for {account}; "
+            "nothing was written. Point NEXUDUS_DUCKDB_PATH at that account's warehouse (`make account` "
+            "makes one per account), or, if the account itself moved, see the README's \"Moving a "
+            'warehouse to another account"'
+        )
+
+
+def claim_for_account(conn: duckdb.DuckDBPyConnection, account: Account) -> None:
+    """Inside the caller's transaction: record `account` in a warehouse that has none, refuse another one."""
+    refuse_other_account(conn, account)
+    if warehouse_account(conn) is None:
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {ACCOUNT_RECORD} "
+            "(base_url VARCHAR NOT NULL, username VARCHAR NOT NULL, recorded_at TIMESTAMP NOT NULL)"
+        )
+        conn.execute(
+            f"INSERT INTO {ACCOUNT_RECORD} VALUES (?, ?, ?)",
+            [account.base_url, account.username, dt.datetime.now(dt.UTC).replace(tzinfo=None)],
+        )
+
+
+def move_to_account(conn: duckdb.DuckDBPyConnection, account: Account) -> Account | None:
+    """Record `account` in place of the one recorded, in one transaction; returns the one it replaced."""
+    with transaction(conn):
+        recorded = warehouse_account(conn)
+        if recorded is not None:
+            conn.execute(f"DELETE FROM {ACCOUNT_RECORD}")
+        claim_for_account(conn, account)
+    return recorded
 
 
 @dataclass(frozen=True)
@@ -32,12 +92,7 @@ class SyncResult:
 
 def read_high_water_mark(conn: duckdb.DuckDBPyConnection, entity: Entity) -> dt.datetime | None:
     """The entity's published cursor; None before its first sync."""
-    (exists,) = one_row(
-        conn,
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
-        [SCHEMA, SYNC_STATE.removeprefix(f"{SCHEMA}.")],
-    )
-    if not exists:
+    if not _table_exists(conn, SYNC_STATE):
         return None
     rows = conn.execute(f"SELECT high_water_mark FROM {SYNC_STATE} WHERE entity = ?", [entity.table]).fetchall()
     return rows[0][0] if rows else None

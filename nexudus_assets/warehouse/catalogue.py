@@ -9,15 +9,20 @@ from collections.abc import Mapping, Sequence
 import duckdb
 
 from nexudus_assets.nexudus import CommandDescription, Entity
+from nexudus_assets.nexudus.account import Account
+from nexudus_assets.warehouse.bookkeeping import claim_for_account, refuse_other_account
 from nexudus_assets.warehouse.schema import SCHEMA, ensure_schema, one_row, transaction
 
 CATALOGUE_TABLE = f"{SCHEMA}.commands"
 
 
 def store_catalogue(
-    conn: duckdb.DuckDBPyConnection, catalogue: Mapping[Entity, Sequence[CommandDescription]], now: dt.datetime
+    conn: duckdb.DuckDBPyConnection,
+    catalogue: Mapping[Entity, Sequence[CommandDescription]],
+    now: dt.datetime,
+    account: Account,
 ) -> None:
-    """Replace the whole catalogue in one transaction."""
+    """Replace the whole catalogue of `account` in one transaction; another account's warehouse is refused."""
     rows = [
         (
             entity.name,
@@ -34,9 +39,11 @@ def store_catalogue(
         for entity, commands in catalogue.items()
         for command in commands
     ]
+    refuse_other_account(conn, account)
     # The schema first: a warehouse of an earlier version moves its tables, this one included.
     ensure_schema(conn)
     with transaction(conn):
+        claim_for_account(conn, account)
         conn.execute(
             f"""CREATE OR REPLACE TABLE {CATALOGUE_TABLE} (
                 entity VARCHAR NOT NULL, key VARCHAR NOT NULL, name VARCHAR,

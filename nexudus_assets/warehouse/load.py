@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 import duckdb
 
 from nexudus_assets.nexudus import Entity, NexudusClient, NexudusRecord, PagingSummary
+from nexudus_assets.nexudus.account import Account
 from nexudus_assets.warehouse.bookkeeping import SyncResult, read_high_water_mark
 from nexudus_assets.warehouse.staging import RejectedRecord
 from nexudus_assets.warehouse.sync import EntitySync
@@ -67,7 +68,8 @@ def load_entity(
     """
     started = time.monotonic()
     before = replace(client.stats)
-    sync = EntitySync(entity, run_id=run_id, mode="full" if full_refresh else "incremental")
+    account = Account.of(client.base_url, client.username)
+    sync = EntitySync(entity, run_id=run_id, mode="full" if full_refresh else "incremental", account=account)
     with connect() as conn:
         sync.begin(conn)
         high_water_mark = read_high_water_mark(conn, entity)

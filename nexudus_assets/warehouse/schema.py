@@ -35,6 +35,8 @@ SYNC_STATE = f"{SCHEMA}._sync_state"
 SYNC_LOG = f"{SCHEMA}._sync_log"
 #: Records that failed validation, kept verbatim.
 REJECTED_RECORDS = f"{SCHEMA}._rejected_records"
+#: The Nexudus account the warehouse belongs to, one row, written with the first data it holds.
+ACCOUNT_RECORD = f"{SCHEMA}._account"
 
 
 @dataclass(frozen=True)

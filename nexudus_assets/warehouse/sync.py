@@ -13,15 +13,18 @@ from collections.abc import Sequence
 
 import duckdb
 
+from nexudus_assets.nexudus.account import Account
 from nexudus_assets.nexudus.entities import Entity
 from nexudus_assets.nexudus.models import NexudusRecord
 from nexudus_assets.warehouse.bookkeeping import (
     Mode,
     SyncResult,
     SyncRun,
+    claim_for_account,
     log_sync,
     next_high_water_mark,
     read_high_water_mark,
+    refuse_other_account,
     rejected_in_run,
     save_state,
 )
@@ -50,12 +53,24 @@ class EntitySync:
     calls may use different (short-lived) connections to the same database file.
     """
 
-    def __init__(self, entity: Entity, *, run_id: str, mode: Mode, now: dt.datetime | None = None) -> None:
+    def __init__(
+        self,
+        entity: Entity,
+        *,
+        run_id: str,
+        mode: Mode,
+        account: Account | None = None,
+        now: dt.datetime | None = None,
+    ) -> None:
+        """`account`: where the records come from. The warehouse records it with its first data, and a
+        warehouse of another account is refused (WarehouseAccountError) before anything is written.
+        None only where no account is involved (records made up by the caller)."""
         if mode not in ("incremental", "full"):
             raise ValueError(f"mode must be 'incremental' or 'full', not {mode!r}")
         self.entity = entity
         self.run_id = run_id
         self.mode = mode
+        self.account = account
         self._now = _utc_naive(now) if now is not None else None
         self._staging = Staging(entity, run_id)
         self._changes = StagedChanges(entity, self._staging.table, run_id)
@@ -71,6 +86,8 @@ class EntitySync:
 
     def begin(self, conn: duckdb.DuckDBPyConnection) -> None:
         """Ensure the schema and start an empty staging table, discarding a killed run's leftovers."""
+        if self.account is not None:
+            refuse_other_account(conn, self.account)
         ensure_schema(conn)
         self._staging.create(conn)
         self._started_at = self._clock()
@@ -113,6 +130,8 @@ class EntitySync:
         started_at = self._require_begun()
         now = self._clock()
         with transaction(conn):
+            if self.account is not None:
+                claim_for_account(conn, self.account)
             live_before = self._live_rows(conn)
             deleted = self._changes.count_missing(conn) if self.mode == "full" else 0
             if live_before >= _GUARD_MIN_LIVE_ROWS and deleted > max_delete_fraction * live_before:

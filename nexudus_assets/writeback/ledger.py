@@ -24,6 +24,11 @@ lives follows from that:
 - Dry runs are recorded (`dry_run`) and never block; neither do `failed` (retried up to
   `max_attempts` within the cooldown), `skipped` and `refused` rows.
 
+- A ledger belongs to one account (base URL and user, never the password): the first write
+  records it in table `account`, and a ledger opened for another account refuses every write,
+  naming both. The cooldown of one account says nothing about another's records, whose ids may
+  be the same numbers.
+
 Back the ledger up with the warehouse. A missing ledger is never replaced silently (the command
 job refuses once the Dagster instance holds a live command run); to start afresh on purpose:
 
@@ -43,6 +48,8 @@ from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
+
+from nexudus_assets.nexudus.account import Account
 
 Outcome = Literal["dry_run", "pending", "succeeded", "failed", "uncertain", "skipped", "refused"]
 #: Outcomes after which the record may have changed in Nexudus: it rests for the cooldown.
@@ -83,6 +90,18 @@ class LedgerError(RuntimeError):
 
 class LedgerMissingError(LedgerError):
     """The ledger is gone although commands were recorded in one before."""
+
+
+class LedgerAccountError(LedgerError):
+    """The ledger records another account's commands; the message names both accounts."""
+
+
+#: The account a ledger belongs to: one row, written in the transaction of its first write.
+ACCOUNT_TABLE = "account"
+_ACCOUNT_SCHEMA = (
+    f"CREATE TABLE IF NOT EXISTS {ACCOUNT_TABLE} "
+    "(base_url TEXT NOT NULL, username TEXT NOT NULL, recorded_at TEXT NOT NULL)"
+)
 
 
 def default_ledger_path(warehouse: str | Path) -> Path:
@@ -148,10 +167,17 @@ def _moment(text: str) -> dt.datetime:
 
 
 class CommandLedger:
-    """An existing ledger file. Every operation opens its own short-lived connection."""
+    """An existing ledger file. Every operation opens its own short-lived connection.
 
-    def __init__(self, path: str | Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
+    `account`: the account the commands are for. Every write records it in a ledger that has none,
+    and refuses (LedgerAccountError) in a ledger of another account. None only for readers.
+    """
+
+    def __init__(
+        self, path: str | Path, *, account: Account | None = None, busy_timeout: float = DEFAULT_BUSY_TIMEOUT
+    ) -> None:
         self.path = Path(path)
+        self.account = account
         self.busy_timeout = busy_timeout
         if not self.path.is_file():
             raise LedgerMissingError(f"no command ledger at {self.path}")
@@ -159,7 +185,9 @@ class CommandLedger:
             self._check_format(conn)
 
     @classmethod
-    def create(cls, path: str | Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> CommandLedger:
+    def create(
+        cls, path: str | Path, *, account: Account | None = None, busy_timeout: float = DEFAULT_BUSY_TIMEOUT
+    ) -> CommandLedger:
         """Creates an empty ledger at `path`, or opens the one already there."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -184,7 +212,7 @@ class CommandLedger:
                     raise
         except sqlite3.Error as exc:
             raise LedgerError(f"the command ledger {path} cannot be created: {exc}") from None
-        return cls(path, busy_timeout=busy_timeout)
+        return cls(path, account=account, busy_timeout=busy_timeout)
 
     def _check_format(self, conn: sqlite3.Connection) -> None:
         [application_id] = conn.execute("PRAGMA application_id").fetchone()
@@ -210,12 +238,56 @@ class CommandLedger:
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"the command ledger {self.path} cannot be read: {exc}") from None
 
+    @staticmethod
+    def _recorded_account(conn: sqlite3.Connection) -> Account | None:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", [ACCOUNT_TABLE]).fetchone():
+            return None
+        row = conn.execute(f"SELECT base_url, username FROM {ACCOUNT_TABLE}").fetchone()
+        return Account(base_url=row[0], username=row[1]) if row else None
+
+    def _refuse_other_account(self, conn: sqlite3.Connection) -> Account | None:
+        recorded = self._recorded_account(conn)
+        if self.account is not None and recorded is not None and recorded != self.account:
+            raise LedgerAccountError(
+                f"the command ledger {self.path} belongs to the Nexudus account {recorded}, and this run is for "
+                f"{self.account}; nothing was written or sent. Point NEXUDUS_LEDGER_PATH at that account's "
+                "ledger (`make account` makes one per account), or, if the account itself moved, see the "
+                'README\'s "Moving a warehouse to another account"'
+            )
+        return recorded
+
+    def account_recorded(self) -> Account | None:
+        """The account the ledger belongs to (None before its first write); LedgerAccountError if not `account`."""
+        with self._connection() as conn:
+            return self._refuse_other_account(conn)
+
+    def move_to(self, account: Account) -> Account | None:
+        """Record `account` in place of the one recorded, in one transaction; returns the one it replaced."""
+        with self._write(for_account=False) as conn:
+            recorded = self._recorded_account(conn)
+            if recorded is not None:
+                conn.execute(f"DELETE FROM {ACCOUNT_TABLE}")
+            self._record_account(conn, account)
+        return recorded
+
+    @staticmethod
+    def _record_account(conn: sqlite3.Connection, account: Account) -> None:
+        conn.execute(_ACCOUNT_SCHEMA)
+        conn.execute(
+            f"INSERT INTO {ACCOUNT_TABLE} VALUES (?, ?, ?)",
+            [account.base_url, account.username, _stamp(dt.datetime.now(dt.UTC).replace(tzinfo=None))],
+        )
+
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One transaction holding the write lock from its first statement: reads in it stay true."""
+    def _write(self, *, for_account: bool = True) -> Iterator[sqlite3.Connection]:
+        """One transaction holding the write lock from its first statement: reads in it stay true.
+
+        `for_account`: it begins by recording the ledger's account, or refusing when it is another one."""
         with self._connection() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
+                if for_account and self.account is not None and self._refuse_other_account(conn) is None:
+                    self._record_account(conn, self.account)
                 yield conn
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -430,7 +502,9 @@ class CommandLedger:
         ]
 
 
-def existing_ledger(path: str | Path, *, used_before_by: str | None) -> CommandLedger | None:
+def existing_ledger(
+    path: str | Path, *, used_before_by: str | None, account: Account | None = None
+) -> CommandLedger | None:
     """The ledger at `path`; None when there is none yet and none is expected.
 
     `used_before_by` names evidence that commands were recorded in a ledger before (a live
@@ -438,7 +512,7 @@ def existing_ledger(path: str | Path, *, used_before_by: str | None) -> CommandL
     """
     path = Path(path)
     if path.exists():
-        return CommandLedger(path)
+        return CommandLedger(path, account=account)
     if used_before_by is not None:
         raise LedgerMissingError(
             f"the command ledger is missing: expected at {path}, but {used_before_by} recorded commands in it. "
@@ -450,9 +524,11 @@ def existing_ledger(path: str | Path, *, used_before_by: str | None) -> CommandL
     return None
 
 
-def open_ledger(path: str | Path, *, used_before_by: str | None) -> CommandLedger:
+def open_ledger(path: str | Path, *, used_before_by: str | None, account: Account | None = None) -> CommandLedger:
     """The ledger at `path`, created when there is none yet (see `existing_ledger`)."""
-    return existing_ledger(path, used_before_by=used_before_by) or CommandLedger.create(path)
+    return existing_ledger(path, used_before_by=used_before_by, account=account) or CommandLedger.create(
+        path, account=account
+    )
 
 
 def main(argv: Sequence[str]) -> int:

@@ -87,6 +87,21 @@ class CommandRule(BaseModel):
     batch_size: int = Field(
         default=DEFAULT_BATCH_SIZE, ge=1, le=MAX_BATCH_SIZE, description="Ids per call for commands that take many."
     )
+    live: bool = Field(
+        default=False,
+        description=(
+            "Send for real when NEXUDUS_COMMANDS_LIVE=true as well; without it the rule's runs stay dry runs. "
+            "Both are needed, so switching the variable on acts only on the rules chosen for it."
+        ),
+    )
+
+    def dry_run_reason(self, commands_live: bool) -> str | None:
+        """Why the rule's runs record instead of sending; None when they send."""
+        if not commands_live:
+            return "NEXUDUS_COMMANDS_LIVE is not true"
+        if not self.live:
+            return f"rule {self.name!r} does not say `live: true`"
+        return None
 
     @property
     def action(self) -> str:
