@@ -1,5 +1,7 @@
 """The code location: the environment read once into `Settings`, and everything built from it into one `defs`."""
 
+import datetime as dt
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,6 +39,19 @@ def resources_from_env() -> dict[str, Any]:
     return build_resources(Settings.from_env())
 
 
+def with_sync_freshness(raw_assets: Sequence[dg.AssetsDefinition], hours: float) -> list[dg.AssetsDefinition]:
+    """Each raw asset fresh for `hours` after its last materialization, as the UI shows it.
+
+    Dagster's daemon evaluates the policy and the asset pages show it; it alerts nobody. The
+    `synced_recently` checks, run by the `nexudus_freshness` job, stay the ones that alert (through
+    the alert sensor), on the same limit.
+    """
+    policy = dg.FreshnessPolicy.time_window(fail_window=dt.timedelta(hours=hours))
+    return [
+        asset.map_asset_specs(lambda spec: spec.replace_attributes(freshness_policy=policy)) for asset in raw_assets
+    ]
+
+
 def build_defs(
     resources: Mapping[str, Any], rules: Sequence[CommandRule], settings: Settings | None = None
 ) -> dg.Definitions:
@@ -49,14 +64,20 @@ def build_defs(
     resources = {"ledger": CommandLedgerResource(), **resources}
     command_job = build_command_job(rules, live=resources["nexudus_api"].commands_live)
     assets = [
-        *build_raw_assets(settings.drift_limits),
+        *with_sync_freshness(build_raw_assets(settings.drift_limits), settings.max_sync_age_hours),
         command_catalogue,
         *insight_assets,
         build_account_metrics_daily(settings.metrics_start_date),
     ]
     asset_keys = {key for asset in assets for key in asset.keys}
+    with warnings.catch_warnings():
+        # Dagster 1.13 marks `with_source_code_references` beta and warns on every load; the links
+        # are metadata for the UI, which nothing here reads.
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        # Each asset's page links to the file and line that define it.
+        referenced_assets = dg.with_source_code_references(assets)
     return dg.Definitions(
-        assets=assets,
+        assets=referenced_assets,
         asset_checks=build_freshness_checks(settings.max_sync_age_hours),
         jobs=[*ASSET_JOBS, command_job],
         schedules=[*build_schedules(settings), account_metrics_schedule],
