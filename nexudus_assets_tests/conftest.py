@@ -17,7 +17,7 @@ from nexudus_assets_tests.utils import Running, Webhook
 
 PROJECT = Path(__file__).resolve().parent.parent
 #: What `make dev` uses: run-sharded SQLite under DAGSTER_HOME, the project's run queue.
-LOCAL_INSTANCE = PROJECT / "dagster.yaml"
+LOCAL_INSTANCE = PROJECT / "local" / "dagster.yaml"
 #: The deployed instance; the tests take its PostgreSQL storage section.
 DEPLOYED_INSTANCE = PROJECT / "deploy" / "dagster.yaml"
 

@@ -23,7 +23,7 @@ from nexudus_assets_tests.utils import Webhook
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 #: What `make dev` uses (SQLite, one event database per run), and what production uses.
-INSTANCES = {"sqlite": REPOSITORY / "dagster.yaml", "postgres": REPOSITORY / "deploy" / "dagster.yaml"}
+INSTANCES = {"sqlite": REPOSITORY / "local" / "dagster.yaml", "postgres": REPOSITORY / "deploy" / "dagster.yaml"}
 CHECK = "access_tokens.minutes_left_within_included"
 NEVER = "0 0 1 1 *"
 #: The waits cover one cron minute, a run, and a sensor interval, on a loaded 2-core machine.

@@ -525,7 +525,7 @@ def test_a_list_shorter_than_its_total_items_still_syncs_every_record_and_delete
 def dagster_env(base_url: str, database: Path, home: Path, **extra: str) -> dict[str, str]:
     """The environment of `dagster job execute` against the simulator, with its own DAGSTER_HOME."""
     home.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(REPO / "local" / "dagster.yaml", home / "dagster.yaml")
     env = {key: value for key, value in os.environ.items() if not key.startswith(("NEXUDUS_", "DAGSTER_"))}
     env.update(
         NEXUDUS_BASE_URL=base_url,
