@@ -2,6 +2,7 @@
 
 import datetime as dt
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -82,15 +83,18 @@ def test_loading_the_definitions_warns_of_nothing():
     assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
 
 
-def test_dg_checks_the_project_without_a_warning():
+def test_dg_checks_the_project_without_a_warning(tmp_path):
     """`dg check defs`, as `make lint` runs it: the project as pyproject.toml's [tool.dg] names it."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copyfile(PROJECT / "local" / "dagster.yaml", home / "dagster.yaml")
     finished = subprocess.run(
         [str(Path(sys.executable).parent / "dg"), "check", "defs"],
         capture_output=True,
         text=True,
         timeout=180,
         cwd=PROJECT,
-        env={**os.environ, "VIRTUAL_ENV": sys.prefix},
+        env={**os.environ, "VIRTUAL_ENV": sys.prefix, "DAGSTER_HOME": str(home)},
     )
     output = finished.stdout + finished.stderr
     assert finished.returncode == 0, output[-2000:]

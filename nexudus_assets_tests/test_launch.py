@@ -1,10 +1,12 @@
 """Runs launched from the command line (`make demo`, scripts/run_job.py) as the UI launches them:
 with their repository origin, so the UI lists them under their job."""
 
+import datetime as dt
 import os
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from nexudus_assets.simulator import DEFAULT_PASSWORD, DEFAULT_USERNAME
 from nexudus_assets_tests.deployment import LOCATION, REPOSITORY, Deployment
@@ -42,6 +44,17 @@ def test_a_launched_sync_carries_its_origin_and_shows_on_its_job_page(
     # Its materializations are the asset pages' latest.
     [latest] = dagster_instance.fetch_materializations(dg.AssetKey("access_tokens"), limit=1).records
     assert latest.run_id == run.run_id
+
+    # One day of the account metrics, as the README runs it; today has no partition until it ends.
+    today = dt.datetime.now(dt.UTC).date()
+    with pytest.raises(ValueError, match=f"'{today}' is not a partition of nexudus_account_metrics"):
+        launch("nexudus_account_metrics", env=env, partition=today.isoformat())
+    day = (today - dt.timedelta(days=1)).isoformat()
+    with log_path.open("a") as log:
+        metrics = launch("nexudus_account_metrics", env=env, partition=day, output=log)
+    assert metrics.status == dg.DagsterRunStatus.SUCCESS, log_path.read_text()[-3000:]
+    [day_made] = dagster_instance.fetch_materializations(dg.AssetKey("account_metrics_daily"), limit=1).records
+    assert day_made.run_id == metrics.run_id and day_made.partition_key == day
 
     # The job page of the UI reads the job's runs of its repository through this query.
     (tmp_path / "ui").mkdir()

@@ -28,6 +28,9 @@ from typing import IO, Any
 import dagster as dg
 import yaml
 
+from nexudus_assets.definitions import load_defs
+from nexudus_assets.settings import Settings
+
 PROJECT = Path(__file__).resolve().parent.parent
 WORKSPACE = PROJECT / "workspace.yaml"
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
@@ -63,24 +66,41 @@ def launcher_instance(home: Path) -> dict[str, Any]:
     return settings
 
 
+def partition_tags(job_name: str, partition: str | None, env: Mapping[str, str]) -> dict[str, str]:
+    """The tag that makes a run compute one partition; ValueError for a day the job has no partition
+    for (the launch itself would accept it and run the job unpartitioned)."""
+    if partition is None:
+        return {}
+    partitions = load_defs(Settings.from_env(env)).resolve_job_def(job_name).partitions_def
+    if partitions is None:
+        raise ValueError(f"{job_name} has no partitions")
+    if not partitions.has_partition_key(partition):
+        keys = partitions.get_partition_keys()
+        span = f"{keys[0]} to {keys[-1]}" if keys else "none yet"
+        raise ValueError(f"{partition!r} is not a partition of {job_name} (it has {span})")
+    return {"dagster/partition": partition}
+
+
 def launch(
     job_name: str,
     *,
     env: Mapping[str, str],
+    partition: str | None = None,
     tags: Mapping[str, str] | None = None,
     output: IO[str] | None = None,
 ) -> dg.DagsterRun:
     """Launches `job_name` on the instance at env["DAGSTER_HOME"] and returns its run once it has ended.
 
-    `env`: the code location's environment (the NEXUDUS_* variables). `output`: where the launch
-    and the run print; by default, this process's output.
+    `env`: the code location's environment (the NEXUDUS_* variables). `partition`: the day, for a
+    partitioned job. `output`: where the launch and the run print; by default, this process's output.
     """
+    tags = {**(tags or {}), **partition_tags(job_name, partition, env)}
     home = Path(env["DAGSTER_HOME"])
     run_id = str(uuid.uuid4())
     with tempfile.TemporaryDirectory(prefix="nexudus-launch-") as launcher_home:
         (Path(launcher_home) / "dagster.yaml").write_text(yaml.safe_dump(launcher_instance(home), sort_keys=False))
         command = [sys.executable, "-m", "dagster", "job", "launch", "-w", str(WORKSPACE), "-j", job_name]
-        command += ["--run-id", run_id, "--tags", json.dumps(dict(tags or {}))]
+        command += ["--run-id", run_id, "--tags", json.dumps(tags)]
         launched = subprocess.run(
             command, env={**env, "DAGSTER_HOME": launcher_home}, cwd=PROJECT, stdout=output, stderr=subprocess.STDOUT
         )
@@ -103,8 +123,11 @@ def main() -> int:
     if "DAGSTER_HOME" not in os.environ:
         print("Set DAGSTER_HOME to the Dagster instance the run belongs to.", file=sys.stderr)
         return 2
-    tags = {"dagster/partition": arguments.partition} if arguments.partition else {}
-    run = launch(arguments.job, env=os.environ, tags=tags)
+    try:
+        run = launch(arguments.job, env=os.environ, partition=arguments.partition)
+    except ValueError as refused:
+        print(refused, file=sys.stderr)
+        return 2
     print(f"Run {run.run_id} of {run.job_name}: {run.status.value}.")
     return 0 if run.status == dg.DagsterRunStatus.SUCCESS else 1
 
