@@ -3,6 +3,7 @@
 import datetime as dt
 import warnings
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -19,6 +20,8 @@ from nexudus_assets.sensors import build_sensors
 from nexudus_assets.settings import Settings
 from nexudus_assets.writeback.rules import CommandRule, load_rules
 
+#: The repository's root, as the code's own path gives it: a file's path below it is its path in git.
+REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 #: Insights whose `id` is a Nexudus record id: the ones a command rule can act on.
 ACTIONABLE_ASSETS = {insight.name for insight in INSIGHTS if insight.entity is not None}
 
@@ -71,11 +74,20 @@ def build_defs(
     ]
     asset_keys = {key for asset in assets for key in asset.keys}
     with warnings.catch_warnings():
-        # Dagster 1.13 marks `with_source_code_references` beta and warns on every load; the links
-        # are metadata for the UI, which nothing here reads.
+        # Dagster 1.13 marks the code references beta and warns on every load; the links are
+        # metadata for the UI, which nothing here reads.
         warnings.simplefilter("ignore", dg.BetaWarning)
-        # Each asset's page links to the file and line that define it.
+        # Each asset's page links to the file and line that define it: in git when configured.
         referenced_assets = dg.with_source_code_references(assets)
+        if settings.source_git_url is not None:
+            referenced_assets = dg.link_code_references_to_git(
+                referenced_assets,
+                git_url=settings.source_git_url,
+                git_branch=settings.source_git_branch,
+                file_path_mapping=dg.AnchorBasedFilePathMapping(
+                    local_file_anchor=REPOSITORY_ROOT, file_anchor_path_in_repository=""
+                ),
+            )
     return dg.Definitions(
         assets=referenced_assets,
         asset_checks=build_freshness_checks(settings.max_sync_age_hours),

@@ -70,6 +70,9 @@ class Settings:
     #: The drift checks of each sync; their defaults are written there once.
     drift_limits: DriftLimits = field(default_factory=DriftLimits)
     metrics_start_date: str = "2026-01-01"
+    #: The repository the code is browsed in; None: asset pages link to the local files.
+    source_git_url: str | None = None
+    source_git_branch: str = "main"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
@@ -124,6 +127,8 @@ class Settings:
                 ),
             ),
             metrics_start_date=read.date("NEXUDUS_METRICS_START_DATE", defaults.metrics_start_date),
+            source_git_url=read.optional_word("NEXUDUS_SOURCE_GIT_URL"),
+            source_git_branch=read.text("NEXUDUS_SOURCE_GIT_BRANCH", defaults.source_git_branch),
         )
 
 

@@ -123,6 +123,18 @@ def test_every_asset_links_to_the_line_that_defines_it():
         assert line.lstrip().startswith(("def ", "@")), (key, line)
 
 
+def test_with_a_repository_configured_the_assets_link_to_git():
+    settings = Settings.from_env(
+        {"NEXUDUS_SOURCE_GIT_URL": "https://github.com/example/nexudus-assets", "NEXUDUS_SOURCE_GIT_BRANCH": "prod"}
+    )
+    graph = load_defs(settings).resolve_asset_graph()
+    [reference] = graph.get(dg.AssetKey("access_tokens")).metadata["dagster/code_references"].code_references
+    assert isinstance(reference, dg.UrlCodeReference)
+    assert reference.url.startswith(
+        "https://github.com/example/nexudus-assets/tree/prod/nexudus_assets/assets/raw.py#L"
+    )
+
+
 def test_asset_graph_snapshot():
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
