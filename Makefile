@@ -3,15 +3,18 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
+# `dg` runs the project with the environment it finds active: this one, as if activated.
+export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 
 .PHONY: install postgresql demo lint test deploy-check dev bench clean account
 
 install: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt holds the tested versions of everything installed, pip included.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
 $(DAGSTER_HOME)/dagster.yaml:
@@ -38,12 +41,13 @@ postgresql:
 demo: install
 	$(BIN)/python scripts/demo.py
 
-## lint: ruff (lint and format) on the code, mypy on the package
+## lint: ruff (lint and format) on the code, mypy on the package, `dg check defs` on the definitions
 LINTED := nexudus_assets nexudus_assets_tests scripts
 lint: install
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
+	$(BIN)/dg check defs
 
 ## test: the test suite (the long reliability cases run with `make bench`), then deploy-check
 test: install postgresql
@@ -65,7 +69,7 @@ dev: install
 
 ## bench: performance and long reliability runs (installs dlt for the comparison)
 bench: install
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/pytest -n 2 -q -m slow
 

@@ -74,7 +74,9 @@ def build_command_sensor(
 
     @dg.sensor(
         name=f"nexudus_rule_{rule.name}",
-        job=job,
+        # By name: a sensor holding the job's definition is rebuilt when the definitions bind
+        # the job's resources, and Dagster 1.13 then warns that sensor owners are in beta.
+        job_name=job.name,
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=minimum_interval_seconds,
         description=(

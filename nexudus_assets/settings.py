@@ -73,6 +73,9 @@ class Settings:
     #: None: a year before the warehouse's first sync, found when the definitions load (see
     #: `nexudus_assets.assets.trends.default_start_date`).
     metrics_start_date: str | None = None
+    #: The repository the code is browsed in; None: asset pages link to the local files.
+    source_git_url: str | None = None
+    source_git_branch: str = "main"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
@@ -127,6 +130,8 @@ class Settings:
                 ),
             ),
             metrics_start_date=read.optional_date("NEXUDUS_METRICS_START_DATE"),
+            source_git_url=read.optional_word("NEXUDUS_SOURCE_GIT_URL"),
+            source_git_branch=read.text("NEXUDUS_SOURCE_GIT_BRANCH", defaults.source_git_branch),
         )
 
 

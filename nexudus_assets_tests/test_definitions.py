@@ -1,11 +1,19 @@
 """The code location loads, and its asset graph is what the README promises (a snapshot)."""
 
+import datetime as dt
+import os
+import shutil
 import subprocess
 import sys
+import warnings
+from pathlib import Path
 
 import dagster as dg
 
-from nexudus_assets.definitions import defs
+from nexudus_assets.definitions import defs, load_defs
+from nexudus_assets.settings import Settings
+
+PROJECT = Path(__file__).resolve().parent.parent
 
 RAW = {"access_tokens", "coworker_contracts", "coworker_time_passes"}
 LINEAGE = {
@@ -64,6 +72,67 @@ def test_the_cli_validates_the_code_location():
         timeout=120,
     )
     assert finished.returncode == 0, finished.stderr[-2000:]
+
+
+def test_loading_the_definitions_warns_of_nothing():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = load_defs(Settings.from_env())
+        dg.Definitions.validate_loadable(loaded)
+        loaded.get_repository_def().get_all_jobs()
+    assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
+
+
+def test_dg_checks_the_project_without_a_warning(tmp_path):
+    """`dg check defs`, as `make lint` runs it: the project as pyproject.toml's [tool.dg] names it."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copyfile(PROJECT / "dagster.yaml", home / "dagster.yaml")
+    finished = subprocess.run(
+        [str(Path(sys.executable).parent / "dg"), "check", "defs"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=PROJECT,
+        env={**os.environ, "VIRTUAL_ENV": sys.prefix, "DAGSTER_HOME": str(home)},
+    )
+    output = finished.stdout + finished.stderr
+    assert finished.returncode == 0, output[-2000:]
+    assert "All definitions loaded successfully" in output
+    assert "warning" not in output.lower(), output[-2000:]
+
+
+def test_the_raw_assets_show_freshness_on_the_sync_age_limit():
+    graph = load_defs(Settings(max_sync_age_hours=5)).resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        policy = graph.get(key).freshness_policy
+        if key.to_user_string() in RAW:
+            assert isinstance(policy, dg.FreshnessPolicy)
+            assert policy.fail_window.to_timedelta() == dt.timedelta(hours=5)
+        else:
+            assert policy is None, key
+
+
+def test_every_asset_links_to_the_line_that_defines_it():
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        [reference] = graph.get(key).metadata["dagster/code_references"].code_references
+        source = Path(reference.file_path)
+        assert source.is_relative_to(PROJECT / "nexudus_assets"), reference
+        line = source.read_text().splitlines()[reference.line_number - 1]
+        assert line.lstrip().startswith(("def ", "@")), (key, line)
+
+
+def test_with_a_repository_configured_the_assets_link_to_git():
+    settings = Settings.from_env(
+        {"NEXUDUS_SOURCE_GIT_URL": "https://github.com/example/nexudus-assets", "NEXUDUS_SOURCE_GIT_BRANCH": "prod"}
+    )
+    graph = load_defs(settings).resolve_asset_graph()
+    [reference] = graph.get(dg.AssetKey("access_tokens")).metadata["dagster/code_references"].code_references
+    assert isinstance(reference, dg.UrlCodeReference)
+    assert reference.url.startswith(
+        "https://github.com/example/nexudus-assets/tree/prod/nexudus_assets/assets/raw.py#L"
+    )
 
 
 def test_asset_graph_snapshot():

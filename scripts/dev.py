@@ -1,11 +1,18 @@
 """`make dev`: the Dagster UI, against NEXUDUS_BASE_URL if set, else against the simulator.
 
 With the simulator it uses the same account, Dagster instance and warehouse file as `make demo`.
+It starts what `dg dev` starts, the webserver and the daemon on the workspace, as two processes of
+its own: `dg dev` (and `dagster dev`) always start in the project folder and warn there that its
+`dagster.yaml` is not DAGSTER_HOME's, which is false here (.dagster_home/dagster.yaml links to it,
+and an account made by `make account` links to it too).
 """
 
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Mapping
+from pathlib import Path
 
 from simulated_account import (
     ACCOUNT_SUMMARY,
@@ -18,14 +25,37 @@ from simulated_account import (
     use_project_instance,
 )
 
-DEV_COMMAND = [sys.executable, "-m", "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", "3000"]
+BIN = Path(sys.executable).parent
+WORKSPACE = ["-w", str(PROJECT / "workspace.yaml")]
+WEBSERVER = [str(BIN / "dagster-webserver"), *WORKSPACE, "-h", "127.0.0.1", "-p", "3000"]
+DAEMON = [str(BIN / "dagster-daemon"), "run", *WORKSPACE]
+
+
+def serve(env: Mapping[str, str]) -> int:
+    """The daemon and the webserver until the webserver ends, Ctrl-C or SIGTERM; both stopped either way."""
+    # SIGTERM (a service manager, `timeout`) unwinds like Ctrl-C, so neither process outlives this one.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    daemon = subprocess.Popen(DAEMON, env=env, cwd=PROJECT)
+    webserver = subprocess.Popen(WEBSERVER, env=env, cwd=PROJECT)
+    try:
+        return webserver.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for process in (webserver, daemon):
+            process.terminate()
+        for process in (webserver, daemon):
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
 
 def main() -> int:
     use_project_instance()
     if os.environ.get("NEXUDUS_BASE_URL"):
         print(f"Using the Nexudus account at {os.environ['NEXUDUS_BASE_URL']} (no simulator).")
-        return subprocess.call(DEV_COMMAND, cwd=PROJECT)
+        return serve(os.environ)
     print(
         f"NEXUDUS_BASE_URL is not set: starting the simulator ({ACCOUNT_SUMMARY}) and pointing the code location at it."
     )
@@ -36,10 +66,7 @@ def main() -> int:
             f"The simulated account changes {LIVE_CHANGES_PER_MINUTE} times a minute; nexudus_sync runs on"
             f" `{env['NEXUDUS_SYNC_CRON']}` (NEXUDUS_SYNC_CRON).\n{WHERE_TO_LOOK}"
         )
-        try:
-            return subprocess.call(DEV_COMMAND, env=env, cwd=PROJECT)
-        except KeyboardInterrupt:
-            return 0
+        return serve(env)
 
 
 if __name__ == "__main__":
