@@ -546,8 +546,8 @@ def build_insights_asset(insights: Sequence[Insight], schemas: Mapping[str, dg.T
                         },
                     )
                 )
-        # Reported once the warehouse is published: a rule sensor that sees a materialization
-        # reads a snapshot that holds it.
+        # Reported once the tables are committed. The run publishes them when it ends; a rule
+        # sensor waits for that before it reads them (`WarehouseResource.has_unpublished_changes`).
         yield from results
 
     return _insights

@@ -218,7 +218,7 @@ class WarehouseFiles:
             raise unreadable[0]
         raise WarehouseBusyError(
             f"The warehouse cannot be read now: {'; '.join(holders + [str(e) for e in unreadable])}. A run"
-            " publishes a fresh copy when it finishes a step; try again then. Open the published file read-only"
+            " publishes a fresh copy when it finishes; try again then. Open the published file read-only"
             " (`duckdb -readonly`) to never stand in the way."
         )
 
