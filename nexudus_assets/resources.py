@@ -225,9 +225,10 @@ class WarehouseResource(DuckDBResource):
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """Read-write, on the working file; published when the block ends without error, or in a
         run when the run's execution ends."""
+        # Set first: a step that fails after committing leaves what it committed to publish.
+        self._wrote = self._wrote or self._in_run
         with self._files().write(publish=not self._in_run) as conn:
             yield conn
-        self._wrote = self._in_run
 
     def has_unpublished_changes(self) -> bool:
         """Whether a run wrote (and recorded materializations of) what the published file does not hold yet."""

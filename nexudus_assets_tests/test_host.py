@@ -129,11 +129,15 @@ def test_a_run_publishes_once_when_its_execution_ends_failed_step_or_not(tmp_pat
             conn.execute("INSERT INTO main.t VALUES (2)")
         raise RuntimeError("fails after its write committed")
 
+    @dg.asset
+    def only_write_fails(warehouse: WarehouseResource) -> None:
+        with warehouse.get_connection() as conn:
+            conn.execute("CREATE TABLE main.committed AS SELECT 1 AS a")
+            raise RuntimeError("fails inside its write session, after a commit")
+
+    instance = persistent_instance(tmp_path)
     result = dg.materialize(
-        [first, second],
-        resources={"warehouse": warehouse},
-        instance=persistent_instance(tmp_path),
-        raise_on_error=False,
+        [first, second], resources={"warehouse": warehouse}, instance=instance, raise_on_error=False
     )
 
     assert not result.success and published_during_the_run == [False]
@@ -145,6 +149,14 @@ def test_a_run_publishes_once_when_its_execution_ends_failed_step_or_not(tmp_pat
         conn.execute("INSERT INTO main.t VALUES (3)")
     with duckdb.connect(str(files.published), read_only=True) as conn:
         assert conn.execute("SELECT count(*) FROM main.t").fetchall() == [(3,)]
+
+    # A run whose one write fails midway still publishes what that write committed.
+    failed = dg.materialize(
+        [only_write_fails], resources={"warehouse": warehouse}, instance=instance, raise_on_error=False
+    )
+    assert not failed.success and not files.has_unpublished_changes()
+    with duckdb.connect(str(files.published), read_only=True) as conn:
+        assert conn.execute("SELECT a FROM main.committed").fetchall() == [(1,)]
 
 
 def test_a_rule_waits_for_the_publish_of_the_run_that_made_its_insight(project: Project) -> None:

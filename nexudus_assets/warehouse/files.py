@@ -128,13 +128,16 @@ class WarehouseFiles:
         """A read-write connection to the working file, published when the block ends without error.
 
         `publish=False` leaves the publish to `publish_pending` (once per run instead of once per
-        session): the changes are marked as unpublished instead. Waits up to `lock_timeout_seconds`
+        session), and marks the working file as unpublished, failed session or not. Waits up to `lock_timeout_seconds`
         for another write session or a process holding the working file, then raises
         WarehouseBusyError naming the holder.
         """
         deadline = time.monotonic() + self.lock_timeout_seconds
         with self._session(deadline) as seeded:
             conn = self._open_working(deadline, read_only=False, seeded=seeded)
+            if not publish:
+                # Before anything commits: what a session commits before it fails is published too.
+                self._mark_unpublished()
             try:
                 yield conn
                 # Everything goes into the main file, so the copy needs no WAL beside it.
@@ -145,8 +148,6 @@ class WarehouseFiles:
             # locks on it, DuckDB's included, so the file is read only once DuckDB is done with it.
             if publish:
                 self._publish()
-            else:
-                self._mark_unpublished()
 
     def publish_pending(self) -> bool:
         """Publishes the working file if write sessions left changes unpublished; True if it did.
