@@ -30,8 +30,8 @@ the published file (a log written in the short moment between the two) reads the
 
 The files hold members' names and access codes: what a run creates (the working file, its log,
 its spills, a first published file, the lock, the mark) is private to the user running it (0600),
-whatever the umask. A publish gives the new file the mode (and, where allowed, the group) of the file it
-replaces, so an operator's `chmod 640` and `chgrp analysts` survive every sync.
+whatever the umask. A publish gives the new file the mode (and, where allowed, the group) of the
+file it replaces, so an operator's `chmod 640` and `chgrp analysts` survive every sync.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ class WarehouseFiles:
 
     @property
     def unpublished(self) -> Path:
-        """Present while the working file holds committed changes the published file lacks."""
+        """Present while the working file may hold committed changes the published file lacks."""
         return self.published.with_name(f".{self.published.stem}.unpublished")
 
     @contextmanager
@@ -128,9 +128,9 @@ class WarehouseFiles:
         """A read-write connection to the working file, published when the block ends without error.
 
         `publish=False` leaves the publish to `publish_pending` (once per run instead of once per
-        session), and marks the working file as unpublished, failed session or not. Waits up to `lock_timeout_seconds`
-        for another write session or a process holding the working file, then raises
-        WarehouseBusyError naming the holder.
+        session), and marks the working file as unpublished, whether the session fails or not.
+        Waits up to `lock_timeout_seconds` for another write session or a process holding the
+        working file, then raises WarehouseBusyError naming the holder.
         """
         deadline = time.monotonic() + self.lock_timeout_seconds
         with self._session(deadline) as seeded:
@@ -153,7 +153,8 @@ class WarehouseFiles:
         """Publishes the working file if write sessions left changes unpublished; True if it did.
 
         Takes the session lock like a write session (and waits for one the same way). What a
-        session killed midway wrote is not in the working file: each session is one transaction.
+        session failed or was killed before committing is not in the working file: DuckDB keeps
+        only committed transactions.
         """
         if not self.unpublished.exists():
             return False
@@ -162,7 +163,7 @@ class WarehouseFiles:
             if not self.unpublished.exists():  # another process published them meanwhile
                 return False
             if any(log.exists() for log in self.logs_of(self.working)):
-                # A session that failed after committing leaves its commits in the log: into the file first.
+                # A session that failed after committing may leave its commits in the log: into the file first.
                 self._open_working(deadline, read_only=False, seeded=False).close()
             self._publish()
         return True
