@@ -153,8 +153,8 @@ class WarehouseFiles:
         """Publishes the working file if write sessions left changes unpublished; True if it did.
 
         Takes the session lock like a write session (and waits for one the same way). What a
-        session failed or was killed before committing is not in the working file: DuckDB keeps
-        only committed transactions.
+        session had not committed when it failed or was killed is not in the working file: DuckDB
+        keeps only committed transactions.
         """
         if not self.unpublished.exists():
             return False
