@@ -167,10 +167,10 @@ def _median_tick(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, curs
                  resources: dict[str, Any], rounds: int) -> float:
     timings = []
     for _ in range(rounds):
-        context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
-        begun = time.perf_counter()
-        sensor.evaluate_tick(context)
-        timings.append(time.perf_counter() - begun)
+        with dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+            begun = time.perf_counter()
+            sensor.evaluate_tick(context)
+            timings.append(time.perf_counter() - begun)
     return statistics.median(timings)
 
 

@@ -158,8 +158,8 @@ def unapproved_reason(
 
 
 def unapproved_run_in_progress(instance: dg.DagsterInstance, rule: CommandRule) -> str | None:
-    """A run going now with config the rule does not approve: it publishes the insight's table
-    before its materialization is recorded, so what was read may be its table."""
+    """A run going now with config the rule does not approve: once it has published (it does when
+    it ends), what was read may be its table before its materialization is found."""
     going = instance.get_run_records(
         dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED])
     )

@@ -195,7 +195,10 @@ class AlertWebhookResource(dg.ConfigurableResource):
 class WarehouseResource(DuckDBResource):
     """The warehouse file people open (`database`), and the private working file beside it that runs write.
 
-    A connection lasts one piece of work (a load, a check, an insight). See
+    A connection lasts one piece of work (a load, a check, an insight). In a run (the jobs run in
+    one process, so the resource is set up once per run) the working file is published once, when
+    the run's execution ends, whether or not a step failed: every write session is one transaction,
+    so what committed is consistent. Outside a run each write session publishes at its end. See
     `nexudus_assets.warehouse.files` for how the two files relate.
     """
 
@@ -207,14 +210,34 @@ class WarehouseResource(DuckDBResource):
         ),
     )
 
+    _in_run: bool = PrivateAttr(default=False)
+    _wrote: bool = PrivateAttr(default=False)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._in_run = context.run is not None
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        # Only runs that wrote: one that only reads (the command job, the freshness checks) must
+        # not wait on the session lock of a sync going on. A killed run's changes go out with
+        # the next run that writes.
+        if self._wrote and self._files().publish_pending() and context.log is not None:
+            context.log.info(f"published the warehouse to {self.database}")
+
     def _files(self) -> WarehouseFiles:
         return WarehouseFiles(Path(self.database), self.lock_timeout_seconds, self.connection_config)
 
     @contextmanager
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """Read-write, on the working file; published for readers when the block ends without error."""
-        with self._files().write() as conn:
+        """Read-write, on the working file; published when the block ends without error, or in a
+        run when the run's execution ends."""
+        # Set first: a step that fails after committing leaves what it committed to publish.
+        self._wrote = self._wrote or self._in_run
+        with self._files().write(publish=not self._in_run) as conn:
             yield conn
+
+    def has_unpublished_changes(self) -> bool:
+        """Whether a run wrote (and recorded materializations of) what the published file does not hold yet."""
+        return self._files().has_unpublished_changes()
 
     @contextmanager
     def working_read_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:

@@ -119,6 +119,10 @@ def build_command_sensor(
             # Past it: this materialization is never acted on. The next approved one may be.
             trouble = Trouble(f"unapproved:{storage_id}", f"{refusal}; nothing is sent for it")
             return finish(trouble, f"Not running. {trouble.text}", after=storage_id)
+        if warehouse.has_unpublished_changes():
+            # A run publishes once its execution ends, after recording its materializations:
+            # until then the published table may be the one before this materialization.
+            return dg.SensorResult(skip_reason="a run has not published the warehouse yet; the next tick looks again")
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
         try:
             with warehouse.read_only_connection() as conn:

@@ -1,5 +1,5 @@
 """What the host does to the warehouse: an analyst's write killed midway, file modes an operator
-set, the image's user."""
+set, the image's user, the one publish of a run."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ import duckdb
 import pytest
 
 from nexudus_assets.nexudus import ACCESS_TOKENS
-from nexudus_assets.resources import CommandLedgerResource
+from nexudus_assets.resources import CommandLedgerResource, WarehouseResource
 from nexudus_assets.warehouse import WarehouseFiles, qualified
 from nexudus_assets.writeback.ledger import CommandLedger, default_ledger_path
 from nexudus_assets_tests.test_writeback import TOP_UP
-from nexudus_assets_tests.utils import Project, Running
+from nexudus_assets_tests.utils import Project, Running, persistent_instance
 from scripts import deploy_check
 
 #: An analyst writing in the published file with the DuckDB CLI's defaults (read-write), whose
@@ -58,11 +58,11 @@ def project(start_simulator, tmp_path) -> Project:
 
 def tick_and_run_dry(project: Project) -> dg.ExecuteInProcessResult:
     """The rule sensor's tick and the dry command run it asks for."""
-    context = dg.build_sensor_context(
+    with dg.build_sensor_context(
         instance=project.instance,
         resources={"warehouse": project.warehouse, "alerts": project.alerts, "ledger": CommandLedgerResource()},
-    )
-    data = project.defs.resolve_sensor_def("nexudus_rule_top_up").evaluate_tick(context)
+    ) as context:
+        data = project.defs.resolve_sensor_def("nexudus_rule_top_up").evaluate_tick(context)
     [request] = data.run_requests
     return project.defs.resolve_job_def("nexudus_command").execute_in_process(
         run_config=request.run_config, instance=project.instance
@@ -110,6 +110,70 @@ def test_readers_fall_back_to_the_working_file_while_the_published_one_will_not_
     assert tick_and_run_dry(project).success
     project.run()
     assert "edited by hand" not in access_codes(published)
+
+
+def test_a_run_publishes_once_when_its_execution_ends_failed_step_or_not(tmp_path: Path) -> None:
+    warehouse = WarehouseResource(database=str(tmp_path / "warehouse.duckdb"))
+    files = WarehouseFiles(Path(warehouse.database))
+    published_during_the_run = []
+
+    @dg.asset
+    def first(warehouse: WarehouseResource) -> None:
+        with warehouse.get_connection() as conn:
+            conn.execute("CREATE TABLE main.t AS SELECT 1 AS a")
+
+    @dg.asset(deps=[first])
+    def second(warehouse: WarehouseResource) -> None:
+        published_during_the_run.append(files.published.exists())
+        with warehouse.get_connection() as conn:
+            conn.execute("INSERT INTO main.t VALUES (2)")
+        raise RuntimeError("fails after its write committed")
+
+    @dg.asset
+    def only_write_fails(warehouse: WarehouseResource) -> None:
+        with warehouse.get_connection() as conn:
+            conn.execute("CREATE TABLE main.committed AS SELECT 1 AS a")
+            raise RuntimeError("fails inside its write session, after a commit")
+
+    instance = persistent_instance(tmp_path)
+    result = dg.materialize(
+        [first, second], resources={"warehouse": warehouse}, instance=instance, raise_on_error=False
+    )
+
+    assert not result.success and published_during_the_run == [False]
+    with duckdb.connect(str(files.published), read_only=True) as conn:
+        assert conn.execute("SELECT a FROM main.t ORDER BY a").fetchall() == [(1,), (2,)]
+    assert not files.has_unpublished_changes()
+    # Outside a run, a write session publishes at its end.
+    with warehouse.get_connection() as conn:
+        conn.execute("INSERT INTO main.t VALUES (3)")
+    with duckdb.connect(str(files.published), read_only=True) as conn:
+        assert conn.execute("SELECT count(*) FROM main.t").fetchall() == [(3,)]
+
+    # A run whose one write fails midway still publishes what that write committed.
+    failed = dg.materialize(
+        [only_write_fails], resources={"warehouse": warehouse}, instance=instance, raise_on_error=False
+    )
+    assert not failed.success and not files.has_unpublished_changes()
+    with duckdb.connect(str(files.published), read_only=True) as conn:
+        assert conn.execute("SELECT a FROM main.committed").fetchall() == [(1,)]
+
+
+def test_a_rule_waits_for_the_publish_of_the_run_that_made_its_insight(project: Project) -> None:
+    project.run()
+    # As between a run's last step and the end of its execution, or after a run killed in between.
+    with WarehouseFiles(Path(project.database)).write(publish=False) as conn:
+        conn.execute("CREATE TABLE main.written_by_a_run AS SELECT 1 AS a")
+    with dg.build_sensor_context(
+        instance=project.instance,
+        resources={"warehouse": project.warehouse, "alerts": project.alerts, "ledger": CommandLedgerResource()},
+    ) as context:
+        data = project.defs.resolve_sensor_def("nexudus_rule_top_up").evaluate_tick(context)
+    assert data.run_requests == [] and "not published" in (data.skip_message or "")
+
+    project.run()  # publishes, with its own changes, what the one before left
+    assert not WarehouseFiles(Path(project.database)).has_unpublished_changes()
+    assert tick_and_run_dry(project).success
 
 
 def mode(path: Path) -> int:

@@ -115,12 +115,12 @@ def live_style(start_simulator, tmp_path) -> Iterator[Callable[..., Project]]:
 
 
 def tick(project: Project, rule: str, cursor: str | None) -> dg.SensorResult:
-    context = dg.build_sensor_context(
+    with dg.build_sensor_context(
         instance=project.instance,
         cursor=cursor,
         resources={"warehouse": project.warehouse, "alerts": project.alerts, "ledger": CommandLedgerResource()},
-    )
-    return project.defs.resolve_sensor_def(f"nexudus_rule_{rule}").evaluate_tick(context)
+    ) as context:
+        return project.defs.resolve_sensor_def(f"nexudus_rule_{rule}").evaluate_tick(context)
 
 
 def cycles(project: Project, rule: str, count: int, run_config: dict | None = None) -> list[dg.SensorResult]:

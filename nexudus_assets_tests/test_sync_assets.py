@@ -613,11 +613,11 @@ def test_rule_sensors_read_while_an_analyst_holds_the_file_and_say_when_nothing_
     sensor = project.defs.resolve_sensor_def("nexudus_rule_top_up")
 
     def tick():
-        context = dg.build_sensor_context(
+        with dg.build_sensor_context(
             instance=project.instance,
             resources={"warehouse": project.warehouse, "alerts": project.alerts, "ledger": CommandLedgerResource()},
-        )
-        return sensor.evaluate_tick(context)
+        ) as context:
+            return sensor.evaluate_tick(context)
 
     low = project.insight_ids("low_minutes_access_tokens")
     assert low, "no low-minute tokens: the sensor would have nothing to ask for"

@@ -746,6 +746,64 @@ def test_a_write_that_fails_publishes_nothing(files: WarehouseFiles) -> None:
         assert token_count(published) == 1
 
 
+def published_count(files: WarehouseFiles) -> int:
+    with duckdb.connect(str(files.published), read_only=True) as published:
+        return token_count(published)
+
+
+def test_sessions_left_unpublished_are_published_once_all_together(files: WarehouseFiles) -> None:
+    with files.write() as conn:
+        sync(conn, [token(1, 1)])
+    published_inode = files.published.stat().st_ino
+
+    for number in (2, 3):
+        with files.write(publish=False) as conn:
+            sync(conn, [token(number, number)], run_id=f"run {number}")
+    assert files.published.stat().st_ino == published_inode and published_count(files) == 1
+    assert files.has_unpublished_changes()
+    with files.read_latest() as latest:
+        assert token_count(latest) == 3
+
+    assert files.publish_pending()
+    assert published_count(files) == 3 and not files.has_unpublished_changes()
+    assert not files.publish_pending()  # nothing left: no second copy
+    assert files.published.stat().st_ino != published_inode
+
+
+def test_what_committed_before_a_failed_session_is_published_and_nothing_of_the_failure(
+    files: WarehouseFiles,
+) -> None:
+    with files.write(publish=False) as conn:
+        sync(conn, [token(1, 1)])
+    assert not files.published.exists()
+
+    def commit_then_fail() -> None:
+        with files.write(publish=False) as conn:
+            sync(conn, [token(2, 2)], run_id="second")
+            conn.execute("BEGIN")
+            conn.execute(f"DELETE FROM {qualified(ACCESS_TOKENS)}")
+            raise RuntimeError("midway")
+
+    with pytest.raises(RuntimeError, match="midway"):
+        commit_then_fail()
+    assert files.publish_pending()
+    assert published_count(files) == 2
+
+
+def test_changes_a_killed_run_left_unpublished_go_out_with_the_next_write(files: WarehouseFiles) -> None:
+    with files.write() as conn:
+        sync(conn, [token(1, 1)])
+    with files.write(publish=False) as conn:
+        sync(conn, [token(2, 2)], run_id="killed before its publish")
+    # The run is gone; readers keep the file it found.
+    with files.read_published() as reader:
+        assert token_count(reader) == 1
+
+    with WarehouseFiles(files.published).write() as conn:
+        sync(conn, [token(3, 3)], run_id="next")
+    assert published_count(files) == 3 and not files.has_unpublished_changes()
+
+
 def test_readers_wait_for_nothing_and_say_when_they_cannot_read(files: WarehouseFiles) -> None:
     with files.write() as conn:
         sync(conn, [token(1, 1)])

@@ -307,7 +307,8 @@ def make_project(start_simulator, tmp_path):
 
 def tick(project, sensor_name: str, cursor=None, **resources):
     sensor = project.defs.resolve_sensor_def(sensor_name)
-    context = dg.build_sensor_context(
+    # A context manager, as the daemon uses it: the warehouse resource has a teardown.
+    with dg.build_sensor_context(
         instance=project.instance,
         cursor=cursor,
         resources={
@@ -316,8 +317,8 @@ def tick(project, sensor_name: str, cursor=None, **resources):
             "ledger": CommandLedgerResource(),
             **resources,
         },
-    )
-    return sensor.evaluate_tick(context)
+    ) as context:
+        return sensor.evaluate_tick(context)
 
 
 def run_requested(project, data, raise_on_error=True):

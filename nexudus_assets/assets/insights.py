@@ -352,12 +352,18 @@ INSIGHTS: tuple[Insight, ...] = (
         config=RunningOutConfig,
         entity=ACCESS_TOKENS,
         sql=f"""
-            WITH looked_back AS (
+            WITH in_look_back AS (
+                SELECT * FROM {TOKEN_HISTORY}
+                WHERE _valid_to IS NULL OR _valid_to > $as_of - to_days($lookback_days)
+            ),
+            -- A token with one version in the look-back has that version as its live row: no
+            -- minutes used, never listed. Leaving it out spares the window sorting every token.
+            changed AS (SELECT id FROM in_look_back GROUP BY id HAVING count(*) > 1),
+            looked_back AS (
                 SELECT id, minutes_left, _valid_from,
                        minutes_left > lag(minutes_left) OVER by_token
                            OR minutes_included > lag(minutes_included) OVER by_token AS topped_up
-                FROM {TOKEN_HISTORY}
-                WHERE _valid_to IS NULL OR _valid_to > $as_of - to_days($lookback_days)
+                FROM in_look_back SEMI JOIN changed USING (id)
                 WINDOW by_token AS (PARTITION BY id ORDER BY _valid_from)
             ),
             usage AS (
@@ -540,8 +546,8 @@ def build_insights_asset(insights: Sequence[Insight], schemas: Mapping[str, dg.T
                         },
                     )
                 )
-        # Reported once the warehouse is published: a rule sensor that sees a materialization
-        # reads a snapshot that holds it.
+        # Reported once the tables are committed. The run publishes them when it ends; a rule
+        # sensor waits for that before it reads them (`WarehouseResource.has_unpublished_changes`).
         yield from results
 
     return _insights

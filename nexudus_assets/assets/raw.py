@@ -61,8 +61,7 @@ def build_raw_asset(entity: Entity, limits: DriftLimits) -> dg.AssetsDefinition:
         nexudus_api: NexudusApiResource,
         warehouse: WarehouseResource,
     ) -> dg.MaterializeResult:
-        # One write session: the checks read what the sync just committed, and the file is
-        # published once they have, before the materialization is reported.
+        # One write session: the checks read what the sync just committed.
         with nexudus_api.get_client() as client, warehouse.get_connection() as conn:
             report = load_entity(
                 client,

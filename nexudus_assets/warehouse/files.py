@@ -3,13 +3,23 @@
 DuckDB lets one process write a file, and a reader in another process (the DuckDB CLI, Metabase,
 Evidence) holds a lock on it, so a sync writing the file people read would wait for them, then fail.
 So runs never write the published file. They write a working file of their own beside it (hidden,
-`.<stem>.working<suffix>`), and each write session that ends cleanly checkpoints it, copies it to a
-temp file in the same directory, fsyncs it and renames it onto the published path. A process that
-has the published file open keeps the file it opened (the old inode), consistent, and sees the new
-data when it opens the path again.
+`.<stem>.working<suffix>`), and a publish checkpoints it, copies it to a temp file in the same
+directory, fsyncs it and renames it onto the published path. A process that has the published file
+open keeps the file it opened (the old inode), consistent, and sees the new data when it opens the
+path again.
 
-Write sessions take an exclusive lock on a third file (`.<stem>.lock`) for their whole length, so
-two never interleave, and a working file is never copied while another process writes it.
+A copy costs the size of the warehouse, not of the changes, so a run publishes once: its write
+sessions (`write(publish=False)`) leave the working file checkpointed and mark it as changed
+(`.<stem>.unpublished`), and `publish_pending` copies it when the run's execution ends, a failed
+step or not: each session is one transaction, so the working file holds only what committed. A
+run killed before that leaves the file readers had, and the mark: the next run, or the next write
+session outside a run (which publishes at its end, as a script's does), publishes it. Until then
+what a run recorded as made may be missing from the published file; `has_unpublished_changes`
+says so to whoever acts on it.
+
+Write sessions and publishes take an exclusive lock on a third file (`.<stem>.lock`) for their
+whole length, so two never interleave, and a working file is never copied while another process
+writes it.
 
 DuckDB replays a log found beside a file when it opens it (`<file>.wal`, and `.wal.checkpoint`,
 `.wal.recovery` while a checkpoint is under way). Someone who writes in the published file and is
@@ -19,9 +29,9 @@ open the new file under that name with the old log still there. A reader that st
 the published file (a log written in the short moment between the two) reads the working file.
 
 The files hold members' names and access codes: what a run creates (the working file, its log,
-its spills, a first published file, the lock) is private to the user running it (0600), whatever
-the umask. A publish gives the new file the mode (and, where allowed, the group) of the file it
-replaces, so an operator's `chmod 640` and `chgrp analysts` survive every sync.
+its spills, a first published file, the lock, the mark) is private to the user running it (0600),
+whatever the umask. A publish gives the new file the mode (and, where allowed, the group) of the
+file it replaces, so an operator's `chmod 640` and `chgrp analysts` survive every sync.
 """
 
 from __future__ import annotations
@@ -108,16 +118,26 @@ class WarehouseFiles:
     def lock(self) -> Path:
         return self.published.with_name(f".{self.published.stem}.lock")
 
+    @property
+    def unpublished(self) -> Path:
+        """Present while the working file may hold committed changes the published file lacks."""
+        return self.published.with_name(f".{self.published.stem}.unpublished")
+
     @contextmanager
-    def write(self) -> Iterator[duckdb.DuckDBPyConnection]:
+    def write(self, *, publish: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read-write connection to the working file, published when the block ends without error.
 
+        `publish=False` leaves the publish to `publish_pending` (once per run instead of once per
+        session), and marks the working file as unpublished, whether the session fails or not.
         Waits up to `lock_timeout_seconds` for another write session or a process holding the
         working file, then raises WarehouseBusyError naming the holder.
         """
         deadline = time.monotonic() + self.lock_timeout_seconds
         with self._session(deadline) as seeded:
             conn = self._open_working(deadline, read_only=False, seeded=seeded)
+            if not publish:
+                # Before anything commits: what a session commits before it fails is published too.
+                self._mark_unpublished()
             try:
                 yield conn
                 # Everything goes into the main file, so the copy needs no WAL beside it.
@@ -126,7 +146,31 @@ class WarehouseFiles:
                 conn.close()
             # Only after closing: closing any descriptor of a file drops the whole process's POSIX
             # locks on it, DuckDB's included, so the file is read only once DuckDB is done with it.
+            if publish:
+                self._publish()
+
+    def publish_pending(self) -> bool:
+        """Publishes the working file if write sessions left changes unpublished; True if it did.
+
+        Takes the session lock like a write session (and waits for one the same way). What a
+        session had not committed when it failed or was killed is not in the working file: DuckDB
+        keeps only committed transactions.
+        """
+        if not self.unpublished.exists():
+            return False
+        deadline = time.monotonic() + self.lock_timeout_seconds
+        with self._session(deadline):
+            if not self.unpublished.exists():  # another process published them meanwhile
+                return False
+            if any(log.exists() for log in self.logs_of(self.working)):
+                # A session that failed after committing may leave its commits in the log: into the file first.
+                self._open_working(deadline, read_only=False, seeded=False).close()
             self._publish()
+        return True
+
+    def has_unpublished_changes(self) -> bool:
+        """Whether the published file may lack what a run already wrote (and recorded in Dagster)."""
+        return self.unpublished.exists()
 
     @contextmanager
     def read_latest(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -176,7 +220,7 @@ class WarehouseFiles:
             raise unreadable[0]
         raise WarehouseBusyError(
             f"The warehouse cannot be read now: {'; '.join(holders + [str(e) for e in unreadable])}. A run"
-            " publishes a fresh copy when it finishes a step; try again then. Open the published file read-only"
+            " publishes a fresh copy when it finishes; try again then. Open the published file read-only"
             " (`duckdb -readonly`) to never stand in the way."
         )
 
@@ -264,6 +308,11 @@ class WarehouseFiles:
 
     def _publish(self) -> None:
         self._copy_into_place(self.working, self.published)
+        # After the rename: a publish killed before it leaves the mark for the next one.
+        self.unpublished.unlink(missing_ok=True)
+
+    def _mark_unpublished(self) -> None:
+        os.close(os.open(self.unpublished, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, _PRIVATE))
 
     def _copy_into_place(self, source: Path, target: Path) -> None:
         """Copy, fsync, drop `target`'s logs, rename: whoever opens `target` finds the old file or the whole new one."""
