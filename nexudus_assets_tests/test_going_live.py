@@ -30,11 +30,11 @@ def project_for(start_simulator, tmp_path, dagster_instance):
 
 def tick_and_run(project: Project, rule: CommandRule) -> tuple[dg.RunRequest, dg.ExecuteInProcessResult]:
     sensor = project.defs.resolve_sensor_def(f"nexudus_rule_{rule.name}")
-    context = dg.build_sensor_context(
+    with dg.build_sensor_context(
         instance=project.instance,
         resources={"warehouse": project.warehouse, "alerts": project.alerts, "ledger": CommandLedgerResource()},
-    )
-    [request] = sensor.evaluate_tick(context).run_requests
+    ) as context:
+        [request] = sensor.evaluate_tick(context).run_requests
     result = project.defs.resolve_job_def("nexudus_command").execute_in_process(
         run_config=request.run_config, instance=project.instance, tags=request.tags
     )
@@ -87,12 +87,11 @@ def test_the_variable_and_live_true_send_each_command_once(project_for):
     # The next materialization and tick within the cooldown send nothing more.
     project.run()
     sensor = project.defs.resolve_sensor_def("nexudus_rule_top_up")
-    again = sensor.evaluate_tick(
-        dg.build_sensor_context(
-            instance=project.instance,
-            resources={"warehouse": project.warehouse, "alerts": project.alerts, "ledger": CommandLedgerResource()},
-        )
-    )
+    with dg.build_sensor_context(
+        instance=project.instance,
+        resources={"warehouse": project.warehouse, "alerts": project.alerts, "ledger": CommandLedgerResource()},
+    ) as context:
+        again = sensor.evaluate_tick(context)
     assert again.run_requests == []
     assert len(commands_sent(project)) == len(calls)
 
