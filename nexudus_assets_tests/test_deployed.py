@@ -14,6 +14,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+import yaml
 
 from nexudus_assets.nexudus import ACCESS_TOKENS
 from nexudus_assets.simulator import DEFAULT_PASSWORD, DEFAULT_USERNAME
@@ -24,6 +25,7 @@ from nexudus_assets_tests.utils import Webhook
 REPOSITORY = Path(__file__).resolve().parent.parent
 #: What `make dev` uses (SQLite, one event database per run), and what production uses.
 INSTANCES = {"sqlite": REPOSITORY / "dagster.yaml", "postgres": REPOSITORY / "deploy" / "dagster.yaml"}
+SHIPPED_RULES = REPOSITORY / "nexudus_assets" / "command_rules.yaml"
 CHECK = "access_tokens.minutes_left_within_included"
 NEVER = "0 0 1 1 *"
 #: The waits cover one cron minute, a run, and a sensor interval, on a loaded 2-core machine.
@@ -37,6 +39,11 @@ def deployment(request, tmp_path, start_simulator):
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(INSTANCES[request.param], home / "dagster.yaml")
+    # The shipped rules, each gone live on purpose: live commands still need NEXUDUS_COMMANDS_LIVE.
+    rules = yaml.safe_load(SHIPPED_RULES.read_text())
+    for rule in rules["rules"]:
+        rule["live"] = True
+    (tmp_path / "command_rules.yaml").write_text(yaml.safe_dump(rules, sort_keys=False))
     with ExitStack() as stack:
         storage = stack.enter_context(PostgresServer()).fresh_database() if request.param == "postgres" else {}
         env = {
@@ -54,6 +61,7 @@ def deployment(request, tmp_path, start_simulator):
             "NEXUDUS_FRESHNESS_CRON": NEVER,
             "NEXUDUS_SENSOR_INTERVAL_SECONDS": "5",
             "NEXUDUS_COMMANDS_LIVE": "false",
+            "NEXUDUS_COMMAND_RULES": str(tmp_path / "command_rules.yaml"),
         }
         deployment = Deployment(tmp_path, env)
         deployment.migrate()
