@@ -12,7 +12,15 @@ import duckdb
 
 from nexudus_assets.nexudus.account import Account
 from nexudus_assets.nexudus.entities import Entity
-from nexudus_assets.warehouse.schema import ACCOUNT_RECORD, REJECTED_RECORDS, SYNC_LOG, SYNC_STATE, one_row, transaction
+from nexudus_assets.warehouse.schema import (
+    ACCOUNT_RECORD,
+    REJECTED_RECORDS,
+    SYNC_LOG,
+    SYNC_STATE,
+    one_row,
+    table_exists,
+    transaction,
+)
 
 Mode = Literal["incremental", "full"]
 
@@ -21,26 +29,18 @@ class WarehouseAccountError(RuntimeError):
     """The warehouse holds another account's records; the message names both accounts."""
 
 
-def _table_exists(conn: duckdb.DuckDBPyConnection, qualified_name: str) -> bool:
-    schema, name = qualified_name.split(".")
-    (exists,) = one_row(
-        conn,
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
-        [schema, name],
-    )
-    return bool(exists)
-
-
 def warehouse_account(conn: duckdb.DuckDBPyConnection) -> Account | None:
     """The account the warehouse belongs to; None before its first write."""
-    if not _table_exists(conn, ACCOUNT_RECORD):
+    if not table_exists(conn, ACCOUNT_RECORD):
         return None
     row = conn.execute(f"SELECT base_url, username FROM {ACCOUNT_RECORD}").fetchone()
     return Account(base_url=row[0], username=row[1]) if row else None
 
 
-def refuse_other_account(conn: duckdb.DuckDBPyConnection, account: Account) -> None:
-    """WarehouseAccountError when the warehouse belongs to another account; writes nothing."""
+def refuse_other_account(conn: duckdb.DuckDBPyConnection, account: Account) -> Account | None:
+    """The account recorded (None before the first write); WarehouseAccountError when it is another.
+
+    Writes nothing."""
     recorded = warehouse_account(conn)
     if recorded is not None and recorded != account:
         raise WarehouseAccountError(
@@ -49,12 +49,12 @@ def refuse_other_account(conn: duckdb.DuckDBPyConnection, account: Account) -> N
             "makes one per account), or, if the account itself moved, see the README's \"Moving a "
             'warehouse to another account"'
         )
+    return recorded
 
 
 def claim_for_account(conn: duckdb.DuckDBPyConnection, account: Account) -> None:
     """Inside the caller's transaction: record `account` in a warehouse that has none, refuse another one."""
-    refuse_other_account(conn, account)
-    if warehouse_account(conn) is None:
+    if refuse_other_account(conn, account) is None:
         conn.execute(
             f"CREATE TABLE IF NOT EXISTS {ACCOUNT_RECORD} "
             "(base_url VARCHAR NOT NULL, username VARCHAR NOT NULL, recorded_at TIMESTAMP NOT NULL)"
@@ -92,7 +92,7 @@ class SyncResult:
 
 def read_high_water_mark(conn: duckdb.DuckDBPyConnection, entity: Entity) -> dt.datetime | None:
     """The entity's published cursor; None before its first sync."""
-    if not _table_exists(conn, SYNC_STATE):
+    if not table_exists(conn, SYNC_STATE):
         return None
     rows = conn.execute(f"SELECT high_water_mark FROM {SYNC_STATE} WHERE entity = ?", [entity.table]).fetchall()
     return rows[0][0] if rows else None

@@ -11,7 +11,7 @@ import duckdb
 from nexudus_assets.nexudus import CommandDescription, Entity
 from nexudus_assets.nexudus.account import Account
 from nexudus_assets.warehouse.bookkeeping import claim_for_account, refuse_other_account
-from nexudus_assets.warehouse.schema import SCHEMA, ensure_schema, one_row, transaction
+from nexudus_assets.warehouse.schema import SCHEMA, ensure_schema, table_exists, transaction
 
 CATALOGUE_TABLE = f"{SCHEMA}.commands"
 
@@ -58,12 +58,7 @@ def store_catalogue(
 
 def read_catalogue(conn: duckdb.DuckDBPyConnection, entity: Entity) -> list[CommandDescription] | None:
     """The stored catalogue of one entity; None when it was never fetched."""
-    (exists,) = one_row(
-        conn,
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = 'commands'",
-        [SCHEMA],
-    )
-    if not exists:
+    if not table_exists(conn, CATALOGUE_TABLE):
         return None
     rows = conn.execute(
         f"""SELECT key, name, applies_only_to_one_entity, applies_only_to_two_entities,

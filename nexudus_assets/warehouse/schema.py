@@ -187,6 +187,17 @@ def one_row(conn: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | N
     return tuple(row)
 
 
+def table_exists(conn: duckdb.DuckDBPyConnection, qualified_name: str) -> bool:
+    """Whether the table `schema.name` exists."""
+    schema, name = qualified_name.split(".")
+    (exists,) = one_row(
+        conn,
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+        [schema, name],
+    )
+    return bool(exists)
+
+
 @contextmanager
 def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
     conn.begin()
