@@ -108,14 +108,12 @@ class NexudusApiResource(dg.ConfigurableResource):
     _session: BearerAuth | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        credentials = Credentials(self.username, SecretStr(self.password), SecretStr(self.totp) if self.totp else None)
         if self.totp:
             # NEXUDUS_TOTP is resolved only now, in the run: checked here, it fails naming itself
             # before any step signs in.
-            Credentials(self.username, SecretStr(self.password), SecretStr(self.totp)).totp_code()
+            credentials.totp_code()
         if self.auth == "bearer":
-            credentials = Credentials(
-                self.username, SecretStr(self.password), SecretStr(self.totp) if self.totp else None
-            )
             self._session = BearerAuth(credentials, client_id=self.client_id)
 
     def account(self) -> Account:
