@@ -174,7 +174,7 @@ class LiveAccount:
 
     def _contract_renewed(self, moment: dt.datetime) -> bool:
         table = self._contracts
-        record = self._pick(table, lambda r: bool(r.get("Active")) and not r.get("Cancelled"))
+        record = self._pick(table, _running_contract)
         if record is None:
             return False
         renewal = parse_local(record.get("RenewalDate")) or midnight(moment)
@@ -193,7 +193,7 @@ class LiveAccount:
 
     def _contract_cancelled(self, moment: dt.datetime) -> bool:
         table = self._contracts
-        record = self._pick(table, lambda r: bool(r.get("Active")) and not r.get("Cancelled"))
+        record = self._pick(table, _running_contract)
         if record is None:
             return False
         # Notice runs from today to a month ahead; a contract ends on its cancellation date.
@@ -266,3 +266,8 @@ class LiveAccount:
         )
         table.add(record_id, record)
         return True
+
+
+def _running_contract(record: dict[str, Any]) -> bool:
+    """Active and not cancelled: one that can still renew or be cancelled."""
+    return bool(record.get("Active")) and not record.get("Cancelled")
