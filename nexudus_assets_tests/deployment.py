@@ -1,24 +1,40 @@
 """The deployed shape as separate processes: a gRPC code server, `dagster-daemon`, `dagster-webserver`.
 
 Each process gets its own log file in the deployment's directory; a failed wait shows their tails.
+Runs are submitted through the webserver's GraphQL, so they pass the instance's run queue as the
+UI's do, and the daemon launches them.
 """
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import yaml
 
 LOCATION = "nexudus_assets"
 REPOSITORY = "__repository__"
 BIN = Path(sys.executable).parent
+PROJECT = Path(__file__).resolve().parent.parent
+#: What `make dev` uses: run-sharded SQLite under DAGSTER_HOME, the project's run queue.
+LOCAL_INSTANCE = PROJECT / "dagster.yaml"
+#: The deployed instance; its storage section is PostgreSQL's.
+DEPLOYED_INSTANCE = PROJECT / "deploy" / "dagster.yaml"
+#: Run states after which nothing more happens to the run.
+FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
+#: The engine event the code server writes once it has started a run's process.
+_RUN_PROCESS = re.compile(r"Started process for run \(pid: (\d+)\)")
+#: The tag every run of an account's jobs carries.
+ACCOUNT_TAG = "nexudus/account"
 
 T = TypeVar("T")
 
@@ -27,6 +43,59 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def write_instance(home: Path, *, postgres: bool) -> None:
+    """`home`'s dagster.yaml: the project's top-level one, with deploy/dagster.yaml's PostgreSQL
+    storage when `postgres` (the `DAGSTER_POSTGRES_*` variables then name the database)."""
+    home.mkdir(parents=True, exist_ok=True)
+    settings = yaml.safe_load(LOCAL_INSTANCE.read_text())
+    if postgres:
+        settings["storage"] = yaml.safe_load(DEPLOYED_INSTANCE.read_text())["storage"]
+    (home / "dagster.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+
+
+@dataclass(frozen=True)
+class AccountServer:
+    """One account of an accounts file and the server it talks to."""
+
+    name: str
+    base_url: str
+    username: str
+    password: str
+    #: Its `settings:`: NEXUDUS_* settings for this account only.
+    settings: Mapping[str, str] = field(default_factory=dict)
+    alert_webhook_url: str | None = None
+
+    def secret_variable(self, secret: str) -> str:
+        return f"{self.name.upper()}_NEXUDUS_{secret.upper()}"
+
+    def job(self, job: str) -> str:
+        return f"{self.name}__{job}"
+
+
+def write_accounts(path: Path, accounts: Sequence[AccountServer]) -> dict[str, str]:
+    """Writes the accounts file (`NEXUDUS_ACCOUNTS`) and returns the secret variables it names,
+    with their values, for the environment of the code server."""
+    secrets: dict[str, str] = {}
+    entries = []
+    for account in accounts:
+        values = {"username": account.username, "password": account.password}
+        if account.alert_webhook_url is not None:
+            values["alert_webhook_url"] = account.alert_webhook_url
+        names = {secret: account.secret_variable(secret) for secret in values}
+        secrets.update({names[secret]: value for secret, value in values.items()})
+        entries.append(
+            {
+                "name": account.name,
+                "base_url": account.base_url,
+                "auth": "basic",
+                "secrets": names,
+                "settings": dict(account.settings),
+            }
+        )
+    path.write_text(yaml.safe_dump({"accounts": entries}, sort_keys=False))
+    return secrets
 
 
 class Deployment:
@@ -119,6 +188,8 @@ class Deployment:
 
     def graphql(self, query: str, variables: Mapping[str, Any] | None = None) -> dict[str, Any]:
         response = httpx.post(self.graphql_url, json={"query": query, "variables": dict(variables or {})}, timeout=30)
+        if response.status_code == 400:  # the query does not fit the schema: the answer says where
+            raise AssertionError(f"GraphQL refused the query: {response.text}")
         response.raise_for_status()
         body = response.json()
         if body.get("errors"):
@@ -126,11 +197,70 @@ class Deployment:
         return body["data"]
 
     def runs(self) -> list[dict[str, Any]]:
+        """The instance's runs, newest first; `startTime`/`endTime` are the run's own (epoch seconds)."""
         data = self.graphql(
             """{ runsOrError(limit: 200) { ... on Runs { results {
-                    runId jobName status tags { key value } } } } }"""
+                    runId jobName status startTime endTime tags { key value } } } } }"""
         )
         return data["runsOrError"]["results"]
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        [found] = [run for run in self.runs() if run["runId"] == run_id]
+        return found
+
+    def launch(self, job: str) -> str:
+        """Submits a run of `job` as the UI's launch button does; returns its id. The run queue
+        holds it until the daemon launches it."""
+        data = self.graphql(
+            """mutation Launch($params: ExecutionParams!) { launchRun(executionParams: $params) {
+                    __typename ... on LaunchRunSuccess { run { runId } } ... on Error { message }
+                    ... on RunConfigValidationInvalid { errors { message } } } }""",
+            {
+                "params": {
+                    "selector": {
+                        "repositoryLocationName": LOCATION,
+                        "repositoryName": REPOSITORY,
+                        "jobName": job,
+                    },
+                    "runConfigData": {},
+                }
+            },
+        )
+        launched = data["launchRun"]
+        assert launched["__typename"] == "LaunchRunSuccess", launched
+        return str(launched["run"]["runId"])
+
+    def terminate(self, run_id: str) -> None:
+        """Terminates a run as the UI's "Terminate" does: the code server stops its process."""
+        data = self.graphql(
+            """mutation Terminate($runId: String!) { terminateRun(runId: $runId) {
+                    __typename ... on Error { message } } }""",
+            {"runId": run_id},
+        )
+        assert data["terminateRun"]["__typename"] == "TerminateRunSuccess", data
+
+    def run_pid(self, run_id: str) -> int | None:
+        """The process the code server started for the run, once it has said so in the run's events."""
+        data = self.graphql(
+            """query Events($runId: ID!) { logsForRun(runId: $runId) { ... on EventConnection { events {
+                    ... on MessageEvent { message } } } } }""",
+            {"runId": run_id},
+        )
+        for event in data["logsForRun"]["events"]:
+            found = _RUN_PROCESS.search(event.get("message") or "")
+            if found:
+                return int(found.group(1))
+        return None
+
+    def wait_until_finished(self, run_ids: Sequence[str], timeout: float) -> dict[str, dict[str, Any]]:
+        """Waits for every run in `run_ids` to end; returns them by id."""
+
+        def ended() -> dict[str, dict[str, Any]] | None:
+            runs = {run["runId"]: run for run in self.runs() if run["runId"] in run_ids}
+            done = len(runs) == len(run_ids) and all(run["status"] in FINISHED for run in runs.values())
+            return runs if done else None
+
+        return self.wait_for(f"runs {', '.join(run_ids)} to end", ended, timeout)
 
     def errors(self, run_id: str) -> list[str]:
         """The messages of a run's failure events, for assertion messages."""

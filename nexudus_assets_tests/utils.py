@@ -55,6 +55,12 @@ def live_rows(conn: duckdb.DuckDBPyConnection, entity: Entity) -> dict[int, dict
     return {row[0]: {n: v for n, v in zip(names, row, strict=True) if n not in skip} for row in cursor.fetchall()}
 
 
+def upstream_rows(sim: Simulator, entity: Entity) -> dict[int, dict[str, Any]]:
+    """The simulator's records of the entity by id, as `live_rows` reads them from a warehouse."""
+    models = [entity.model.model_validate(raw) for raw in sim.records(entity)]
+    return {m.id: m.model_dump(exclude=set(entity.model.display_fields)) for m in models}
+
+
 def persistent_instance(directory: Path | str) -> dg.DagsterInstance:
     """What `dagster dev` and the daemon use by default: SQLite storages, one event database per run."""
     home = Path(directory) / "dagster_home"
@@ -126,8 +132,7 @@ class Project:
             return live_rows(conn, entity)
 
     def upstream_rows(self, entity: Entity) -> dict[int, dict[str, Any]]:
-        models = [entity.model.model_validate(raw) for raw in self.sim.records(entity)]
-        return {m.id: m.model_dump(exclude=set(entity.model.display_fields)) for m in models}
+        return upstream_rows(self.sim, entity)
 
     def insight_ids(self, name: str) -> set[int]:
         return {row[0] for row in self.query(f"SELECT id FROM insights.{name}")}
