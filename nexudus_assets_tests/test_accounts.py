@@ -7,10 +7,11 @@ What happened is read from the instance (through the webserver), each account's 
 simulator's own record of the commands it received, and each account's webhook receiver.
 """
 
-import datetime as dt
+import contextlib
 import os
 import signal
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,11 @@ from typing import Any
 import pytest
 import yaml
 
-from nexudus_assets.nexudus import ACCESS_TOKENS, ENTITIES
+from nexudus_assets.names import ACCOUNT_TAG
+from nexudus_assets.nexudus import ACCESS_TOKENS, ENTITIES, Entity
 from nexudus_assets.resources import WarehouseResource
 from nexudus_assets.simulator import Simulator, SimulatorServer
-from nexudus_assets_tests.deployment import ACCOUNT_TAG, AccountServer, Deployment, write_accounts, write_instance
+from nexudus_assets_tests.deployment import FINISHED, AccountServer, Deployment, write_accounts, write_instance
 from nexudus_assets_tests.utils import Webhook, live_rows, upstream_rows
 
 NEVER = "0 0 1 1 *"
@@ -56,7 +58,7 @@ class Account:
     def job(self, job: str) -> str:
         return self.server.job(job)
 
-    def live_rows(self, entity: Any) -> dict[int, dict[str, Any]]:
+    def live_rows(self, entity: Entity) -> dict[int, dict[str, Any]]:
         with self.warehouse.read_only_connection() as conn:
             return live_rows(conn, entity)
 
@@ -83,9 +85,23 @@ class Accounts:
 
     def sync(self, *names: str) -> dict[str, dict[str, Any]]:
         """Submits one sync of each named account together and waits for them; the runs by account."""
-        launched = {name: self.deployment.launch(self[name].job(SYNC)) for name in names}
+        run_ids = self.deployment.launch_together([self[name].job(SYNC) for name in names])
+        launched = dict(zip(names, run_ids, strict=True))
         runs = self.deployment.wait_until_finished(list(launched.values()), RUN_SECONDS * len(names))
         return {name: runs[run_id] for name, run_id in launched.items()}
+
+
+def first_page_waits_for(barrier: threading.Barrier) -> Callable[[Entity, int], None]:
+    """A simulator's `on_list_page` that waits at `barrier` once, before its first list page goes out."""
+    waited = threading.Event()
+
+    def wait(entity: Entity, page: int) -> None:
+        if not waited.is_set():
+            waited.set()
+            with contextlib.suppress(threading.BrokenBarrierError):  # the overlap assert says what failed
+                barrier.wait()
+
+    return wait
 
 
 def tags(run: dict[str, Any]) -> dict[str, str]:
@@ -97,15 +113,14 @@ def top_up_every_token(sim: Simulator) -> None:
     makes one low."""
     for token in sim.records(ACCESS_TOKENS):
         minutes = max(token["MinutesIncluded"] or 0, 600)
-        sim.put_raw(ACCESS_TOKENS, {**token, "MinutesIncluded": minutes, "MinutesLeft": minutes})
+        sim.update(ACCESS_TOKENS, [token["Id"]], {"MinutesIncluded": minutes, "MinutesLeft": minutes})
 
 
 def changed_token(account: Account, **fields: Any) -> int:
     """Changes one token upstream now, valid now, as the next incremental sync sees it; returns its id."""
-    token = dict(account.sim.records(ACCESS_TOKENS)[0])
-    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    account.sim.put_raw(ACCESS_TOKENS, {**token, "ValidFrom": None, "ValidTo": None, "UpdatedOn": now, **fields})
-    return int(token["Id"])
+    token_id = int(account.sim.records(ACCESS_TOKENS)[0]["Id"])
+    account.sim.update(ACCESS_TOKENS, [token_id], {"ValidFrom": None, "ValidTo": None, **fields})
+    return token_id
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -170,14 +185,16 @@ def accounts(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
 
 
 def test_the_syncs_of_three_accounts_run_together_and_each_is_exact(accounts):
-    # Each request a little late, so each run lasts long enough to see the three overlap.
+    # Each account's server holds its first list page until all three have asked for theirs: the
+    # syncs get past it only if they run at the same time.
+    all_asking = threading.Barrier(len(ACCOUNTS), timeout=RUN_SECONDS)
     for account in accounts:
-        account.sim.faults.latency_ms = 300
+        account.sim.on_list_page = first_page_waits_for(all_asking)
     try:
-        runs = accounts.sync("brand_a", "brand_b", "brand_c")
+        runs = accounts.sync(*ACCOUNTS)
     finally:
         for account in accounts:
-            account.sim.faults.latency_ms = 0
+            account.sim.on_list_page = None
 
     deployment = accounts.deployment
     assert {name: run["status"] for name, run in runs.items()} == dict.fromkeys(ACCOUNTS, "SUCCESS"), (
@@ -210,12 +227,13 @@ def test_a_rule_of_one_account_sends_its_commands_to_that_account_only(accounts)
     assert {run["status"] for run in sync.values()} == {"SUCCESS"}
 
     deployment = accounts.deployment
-    command = deployment.wait_for(
+    [command] = deployment.wait_for(
         "brand_a's command run",
-        lambda: [r for r in deployment.runs() if r["jobName"] == brand_a.job(COMMAND) and r["status"] == "SUCCESS"],
+        lambda: [r for r in deployment.runs() if r["jobName"] == brand_a.job(COMMAND) and r["status"] in FINISHED],
         RUN_SECONDS,
     )
-    assert [tags(run)[ACCOUNT_TAG] for run in command] == ["brand_a"]
+    assert command["status"] == "SUCCESS", deployment.errors(command["runId"])
+    assert tags(command)[ACCOUNT_TAG] == "brand_a"
     [call] = brand_a.sim.commands_run
     assert (call["key"], call["ids"], call["was_successful"]) == ("ACCESSTOKEN_ADD_MINUTES", [low], True)
     for other in accounts.others("brand_a"):
