@@ -7,6 +7,7 @@ this run. Prints one table at the end and writes the same figures to benchmarks/
     python benchmarks/run.py --quick      # 10x smaller, to check the harness
     python benchmarks/run.py --only 1,3   # some measurements
     python benchmarks/run.py --only 7     # the hourly run at 1.2M records against 10k
+    python benchmarks/run.py --only 8     # three accounts in parallel under the published limits
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,10 @@ from processes import ENTITIES, PASSWORD, USERNAME, BenchmarkError, Measured, Si
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+# Run as a script, only benchmarks/ is on sys.path; the deployed shape as processes (code server,
+# daemon, webserver) lives in the test package.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 RESULTS = HERE / "results"
 PYTHON = sys.executable
 JOB = ["-m", "dagster", "job", "execute", "-m", "nexudus_assets.definitions", "-j", "nexudus_sync"]
@@ -62,6 +67,8 @@ class Sizes:
     #: (tokens, contracts, passes) of measurement 7's large and small accounts.
     scaling_big: tuple[int, int, int]
     scaling_small: tuple[int, int, int]
+    #: (tokens, contracts, passes) of each account of measurement 8, its server serving 100 a page.
+    accounts: tuple[tuple[int, int, int], ...]
 
     @property
     def records(self) -> int:
@@ -69,9 +76,11 @@ class Sizes:
 
 
 FULL = Sizes(tokens=30_000, contracts=10_000, passes=10_000, big_tokens=1_000_000, year_runs=8_760,
-             scaling_big=(1_000_000, 100_000, 100_000), scaling_small=(8_000, 1_000, 1_000))
+             scaling_big=(1_000_000, 100_000, 100_000), scaling_small=(8_000, 1_000, 1_000),
+             accounts=((6_000, 2_000, 2_000), (5_000, 3_000, 2_000), (4_000, 2_000, 4_000)))
 QUICK = Sizes(tokens=3_000, contracts=1_000, passes=1_000, big_tokens=100_000, year_runs=500,
-              scaling_big=(100_000, 10_000, 10_000), scaling_small=(800, 100, 100))
+              scaling_big=(100_000, 10_000, 10_000), scaling_small=(800, 100, 100),
+              accounts=((300, 100, 100), (250, 150, 100), (200, 100, 200)))
 
 
 @dataclass
@@ -606,6 +615,125 @@ def measure_scaling(bench: Bench, limit: float = 1.3) -> None:
         bench.note_command("7", f"({name}) " + job_line(sim, pacing=False).replace("<new file>", "<a copy of the synced file>"))
 
 
+#: Records a page of measurement 8's servers, whatever the client asks: a sync of a few thousand
+#: records then takes tens of seconds of requests under the published limits.
+ACCOUNT_PAGE_CAP = 100
+#: The published per-minute window: an account's requests leave it a minute after they were made.
+LIMIT_WINDOW_SECONDS = 61
+
+
+def account_phase(bench: Bench, label: str, sims: dict[str, Simulator], groups: list[list[str]]) -> dict[str, Any]:
+    """One deployment (code server, daemon, webserver; SQLite) serving the accounts of `sims`, each
+    with an empty warehouse; each group of accounts' syncs is submitted together through GraphQL and
+    waited for, one group after the other. Returns each sync's run and its wall time from submission
+    to the run's end, by account."""
+    from nexudus_assets_tests.deployment import AccountServer, Deployment, write_accounts, write_instance
+
+    directory = bench.work / f"m8-{label}"
+    (directory / "data").mkdir(parents=True)
+    no_rules = directory / "no_rules.yaml"
+    no_rules.write_text("rules: []\n")  # no command runs queue up between the syncs
+    write_instance(directory / "dagster_home", postgres=False)
+    databases = {name: directory / "data" / f"{name}.duckdb" for name in sims}
+    secrets = write_accounts(directory / "accounts.yaml", [
+        AccountServer(name, sim.base_url, f"{name}@example.com", PASSWORD,
+                      settings={"NEXUDUS_DUCKDB_PATH": str(databases[name]), "NEXUDUS_COMMAND_RULES": str(no_rules)})
+        for name, sim in sims.items()
+    ])
+    never = "0 0 1 1 *"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("NEXUDUS_", "DAGSTER_"))}, **secrets,
+           "DAGSTER_HOME": str(directory / "dagster_home"), "NEXUDUS_ACCOUNTS": str(directory / "accounts.yaml"),
+           "NEXUDUS_ACROSS_ACCOUNTS_PATH": str(directory / "data" / "across_accounts.duckdb"),
+           "NEXUDUS_SYNC_CRON": never, "NEXUDUS_FULL_REFRESH_CRON": never, "NEXUDUS_FRESHNESS_CRON": never,
+           "NEXUDUS_ACROSS_ACCOUNTS_CRON": never}
+    deployment = Deployment(directory, env)
+    results: dict[str, Any] = {}
+    try:
+        deployment.migrate()
+        deployment.start_code_server()
+        deployment.start_webserver()
+        deployment.wait_for("the code location to load", deployment.location_loaded, 300)
+        deployment.start_daemon()
+        for group in groups:
+            progress(f"8   {label}: {' + '.join(group)}" + (", submitted together" if len(group) > 1 else ""))
+            submitted = time.time()
+            run_ids = deployment.launch_together([f"{name}__nexudus_sync" for name in group])
+            runs = deployment.wait_until_finished(run_ids, 1800)
+            for name, run_id in zip(group, run_ids, strict=True):
+                run = runs[run_id]
+                if run["status"] != "SUCCESS":
+                    raise BenchmarkError(f"{name}'s sync ended {run['status']}: {deployment.errors(run_id)[:3]}")
+                results[name] = {"wall_s": run["endTime"] - submitted, "in_run_s": run["endTime"] - run["startTime"],
+                                 "start": run["startTime"], "end": run["endTime"]}
+    except AssertionError as failed:  # a wait of the deployment timed out or a process died
+        raise BenchmarkError(str(failed)[:3000]) from None
+    finally:
+        deployment.stop()
+        shutil.copytree(directory, RESULTS / "logs" / f"m8-{label}", ignore=shutil.ignore_patterns("*.duckdb*", "data",
+                                                                                                   "dagster_home"),
+                        dirs_exist_ok=True)
+    for name in sims:
+        expect_rows(f"{name}'s sync ({label})", databases[name], bench.details["8"]["expected"][name])
+    return results
+
+
+def measure_accounts(bench: Bench, limit: float = 1.5) -> None:
+    """Measurement 8: three accounts on three servers enforcing the published limits, pacing on;
+    each account's sync alone through the daemon, then the three submitted together."""
+    names = ("brand_a", "brand_b", "brand_c")
+    sizes = dict(zip(names, bench.sizes.accounts, strict=True))
+    bench.details["8"] = {"expected": {name: dict(zip([table for table, _, _ in ENTITIES], counts, strict=True))
+                                       for name, counts in sizes.items()}}
+    with ExitStack() as stack:
+        sims: dict[str, Simulator] = {}
+        for seed, (name, (tokens, contracts, passes)) in enumerate(sizes.items(), start=21):
+            progress(f"8   {name}'s server: {tokens:,} tokens, {contracts:,} contracts, {passes:,} passes, "
+                     f"{ACCOUNT_PAGE_CAP} a page, enforcing the published limits")
+            sims[name] = stack.enter_context(Simulator(
+                tokens=tokens, contracts=contracts, passes=passes, seed=seed, enforce_limits=True,
+                log=RESULTS / "logs" / f"simulator-8-{name}.log",
+                arguments=["--page-cap", str(ACCOUNT_PAGE_CAP), "--username", f"{name}@example.com"]))
+        alone = account_phase(bench, "alone", sims, [[name] for name in names])
+        requests = {name: sim.stats()["requests"] for name, sim in sims.items()}
+        throttled = {name: sim.stats()["throttled"] for name, sim in sims.items()}
+        for sim in sims.values():
+            sim.reset_stats()
+        # Each account's requests of its run alone must have left the server's per-minute window.
+        rest = max(result["end"] for result in alone.values()) + LIMIT_WINDOW_SECONDS - time.time()
+        if rest > 0:
+            progress(f"8   waiting {rest:.0f} s for the published per-minute windows to empty")
+            time.sleep(rest)
+        together = account_phase(bench, "together", sims, [list(names)])
+        throttled_together = {name: sim.stats()["throttled"] for name, sim in sims.items()}
+    first_submitted = min(r["end"] - r["wall_s"] for r in together.values())
+    wall_together = max(r["end"] for r in together.values()) - first_submitted
+    slowest = max(alone.values(), key=lambda result: result["wall_s"])
+    slowest_name = next(name for name, result in alone.items() if result is slowest)
+    overlap = min(r["end"] for r in together.values()) - max(r["start"] for r in together.values())
+    ratio = wall_together / slowest["wall_s"]
+    bench.details["8"].update({"alone": alone, "together": together, "requests_alone": requests,
+                               "throttled_alone": throttled, "throttled_together": throttled_together})
+    m = f"8 three accounts, {sum(bench.sizes.accounts[0]):,} records each, limits enforced"
+    bench.add(
+        Row(m, "each alone: wall (submitted to ended)", slowest["wall_s"], "s",
+            note=f"slowest {slowest_name}; " + ", ".join(f"{n} {r['wall_s']:.1f} s ({requests[n]} requests)"
+                                                      for n, r in alone.items())),
+        Row(m, "the three together: wall (submitted to the last ended)", wall_together, "s",
+            note=", ".join(f"{n} {r['wall_s']:.1f} s" for n, r in together.items())
+                 + f"; all three running for {overlap:.1f} s"),
+        Row(m, "together / slowest alone", ratio, "", f"<= {limit}", "pass" if ratio <= limit else "miss"),
+        Row(m, "throttled answers (409/429)", sum(throttled.values()) + sum(throttled_together.values()), "", "0",
+            "pass" if not any(throttled.values()) and not any(throttled_together.values()) else "miss"),
+    )
+    bench.note_command("8", "python benchmarks/run.py --only 8   # per account: python -m nexudus_assets.simulator "
+                            f"--port 0 --seed <21|22|23> --tokens/--contracts/--passes <sizes> --page-cap "
+                            f"{ACCOUNT_PAGE_CAP} --username <name>@example.com --enforce-limits")
+    bench.note_command("8", "NEXUDUS_ACCOUNTS=<accounts file: the three servers, pacing on> DAGSTER_HOME=<new dir "
+                            "with dagster.yaml>: dagster code-server start, dagster-daemon run, dagster-webserver; "
+                            "GraphQL launchMultipleRuns of <name>__nexudus_sync: each alone, then a new deployment "
+                            "with empty warehouses and the three together")
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -622,7 +750,7 @@ def print_table(rows: list[Row]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="10x smaller data, to check the harness")
-    parser.add_argument("--only", default="1,2,3,4,5,6,7", help="comma-separated measurement numbers")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7,8", help="comma-separated measurement numbers")
     parser.add_argument("--repeat", type=int, help="rounds of measurement 1, median reported (default 3; 1 with --quick)")
     args = parser.parse_args(argv)
     only = {int(part) for part in args.only.split(",") if part.strip()}
@@ -637,6 +765,7 @@ def main(argv: list[str] | None = None) -> int:
             ({4, 5}, "4/5", lambda: measure_million(bench, memory=4 in only, insights=5 in only)),
             ({6}, "6", lambda: measure_year_of_runs(bench)),
             ({7}, "7", lambda: measure_scaling(bench)),
+            ({8}, "8", lambda: measure_accounts(bench)),
         ]
         for numbers, label, step in steps:
             if not numbers & only:
