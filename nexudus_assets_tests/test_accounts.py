@@ -311,3 +311,23 @@ def test_a_killed_run_of_one_account_blocks_neither_the_others_nor_its_next_run(
     [text] = run_alerts(brand_a)
     assert text.startswith("[brand_a] ") and brand_a.job(SYNC) in text, text
     assert [run_alerts(other) for other in accounts.others("brand_a")] == [[], []]
+
+
+def test_a_run_terminated_through_the_ui_lets_its_accounts_next_run_go(accounts):
+    deployment = accounts.deployment
+    brand_c = accounts["brand_c"]
+    brand_c.sim.reset_stats()
+    brand_c.sim.faults.latency_ms = 2000
+    try:
+        terminated = deployment.launch(brand_c.job(SYNC))
+        deployment.wait_for("brand_c's run to ask its account", lambda: brand_c.sim.request_log, RUN_SECONDS)
+        after = deployment.launch(brand_c.job(SYNC))
+        deployment.terminate(terminated)
+    finally:
+        brand_c.sim.faults.latency_ms = 0
+
+    runs = deployment.wait_until_finished([terminated, after], 2 * RUN_SECONDS)
+    assert runs[terminated]["status"] == "CANCELED"
+    assert runs[after]["status"] == "SUCCESS", deployment.errors(after)
+    for entity in ENTITIES:
+        assert brand_c.live_rows(entity) == upstream_rows(brand_c.sim, entity), entity.name
