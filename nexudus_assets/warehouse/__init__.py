@@ -3,6 +3,7 @@
 Pure Python over DuckDB connections and files; no Dagster, no HTTP.
 """
 
+from nexudus_assets.warehouse.across_accounts import AcrossAccounts, publish_across_accounts
 from nexudus_assets.warehouse.bookkeeping import SyncResult, read_high_water_mark
 from nexudus_assets.warehouse.connection import CATALOG, connect
 from nexudus_assets.warehouse.files import (
@@ -35,6 +36,7 @@ __all__ = [
     "DEFAULT_WAREHOUSE_PATH",
     "LOCK_TIMEOUT_VARIABLE",
     "SCHEMA",
+    "AcrossAccounts",
     "Column",
     "DeletionGuardError",
     "EntitySync",
@@ -50,6 +52,7 @@ __all__ = [
     "history_columns",
     "history_table",
     "one_row",
+    "publish_across_accounts",
     "qualified",
     "read_high_water_mark",
     "table_columns",
