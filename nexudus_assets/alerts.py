@@ -14,14 +14,15 @@ from typing import Any, Literal
 
 import dagster as dg
 
-from nexudus_assets.resources import AlertWebhookResource
+from nexudus_assets.names import ALERTS, PLAIN_NAMES, AccountNames
 
 #: How many finished runs the alert sensor reads per tick; the rest wait for the next tick.
 RUNS_PER_TICK = 50
 #: On its first tick the alert sensor looks back this far, not over the instance's whole history.
 FIRST_LOOK_BACK = dt.timedelta(hours=24)
-#: Where the alert sensor records its progress after each alert, in the instance's storage.
-PROGRESS_KEY = "nexudus_alerts.progress"
+ALERT_SENSOR = "nexudus_alerts"
+#: Dagster's job for assets materialized from the UI: its runs are the account's when they materialize its assets.
+ASSET_JOB = "__ASSET_JOB"
 RunEnd = Literal[dg.DagsterEventType.RUN_SUCCESS, dg.DagsterEventType.RUN_FAILURE, dg.DagsterEventType.RUN_CANCELED]
 #: Run ends whose check evaluations are read; only a failure is itself alerted.
 FINISHED: tuple[RunEnd, ...] = (
@@ -88,11 +89,31 @@ def _finished_runs(instance: dg.DagsterInstance, after: int | None) -> list[dg.E
     return [record for record in records if horizon is None or record.storage_id <= horizon]
 
 
+def progress_key(names: AccountNames) -> str:
+    """Where the account's alert sensor records its progress after each alert, in the instance's storage."""
+    return f"{names.name(ALERT_SENSOR)}.progress"
+
+
 def build_alert_sensor(
-    asset_keys: Collection[dg.AssetKey], job_names: Collection[str], minimum_interval_seconds: int = 30
+    asset_keys: Collection[dg.AssetKey],
+    job_names: Collection[str],
+    names: AccountNames = PLAIN_NAMES,
+    minimum_interval_seconds: int = 30,
 ) -> dg.SensorDefinition:
+    """Alerts for the account's `asset_keys` and `job_names`, and for the UI's runs of its assets."""
     watched_assets = set(asset_keys)
     watched_jobs = set(job_names)
+    progress = progress_key(names)
+
+    def is_watched_run(instance: dg.DagsterInstance, run_end: dg.EventLogRecord) -> bool:
+        job_name = run_end.event_log_entry.job_name
+        if job_name in watched_jobs:
+            return True
+        if job_name != ASSET_JOB:
+            return False
+        run = instance.get_run_by_id(run_end.run_id)
+        selection = run.asset_selection if run is not None else None
+        return selection is None or not watched_assets.isdisjoint(selection)
 
     def alerts_of_run(
         instance: dg.DagsterInstance, run_end: dg.EventLogRecord, failing: frozenset[str]
@@ -108,32 +129,36 @@ def build_alert_sensor(
             if not evaluation.passed:
                 failing = failing | {name}
                 yield Alert(
-                    f"Nexudus check failed: {name} ({evaluation.severity.value}) in run {run_id[:8]}. "
-                    f"{_summary(evaluation.metadata)}",
+                    names.alert(
+                        f"Nexudus check failed: {name} ({evaluation.severity.value}) in run {run_id[:8]}. "
+                        f"{_summary(evaluation.metadata)}"
+                    ),
                     failing,
                 )
             elif name in failing:
                 failing = failing - {name}
-                yield Alert(f"Nexudus check recovered: {name} passes again (run {run_id[:8]}).", failing)
+                yield Alert(names.alert(f"Nexudus check recovered: {name} passes again (run {run_id[:8]})."), failing)
         entry = run_end.event_log_entry
-        if entry.dagster_event_type == dg.DagsterEventType.RUN_FAILURE and entry.job_name in watched_jobs:
+        if entry.dagster_event_type == dg.DagsterEventType.RUN_FAILURE and is_watched_run(instance, run_end):
             reason = (entry.dagster_event.message or "").splitlines()[0] if entry.dagster_event else ""
-            yield Alert(f"Nexudus run failed: {entry.job_name} (run {run_id[:8]}). {reason}", failing)
+            yield Alert(names.alert(f"Nexudus run failed: {entry.job_name} (run {run_id[:8]}). {reason}"), failing)
 
     @dg.sensor(
-        name="nexudus_alerts",
+        name=names.name(ALERT_SENSOR),
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=minimum_interval_seconds,
         description=(
             "Posts one alert per failed asset check evaluation (WARN or ERROR) and per failed run to "
             "NEXUDUS_ALERT_WEBHOOK_URL, and one recovery when a failing check passes again."
         ),
+        required_resource_keys=names.resource_keys(ALERTS),
     )
-    def nexudus_alerts(context: dg.SensorEvaluationContext, alerts: AlertWebhookResource) -> dg.SensorResult:
+    def nexudus_alerts(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        alerts = names.alerts(context)
         # The daemon saves the cursor only at the end of a tick; a daemon killed mid-tick would
         # lose it and send the tick's alerts again, so progress is also stored after every alert.
         storage = context.instance.run_storage
-        state = AlertState.newest(context.cursor, storage.get_cursor_values({PROGRESS_KEY}).get(PROGRESS_KEY))
+        state = AlertState.newest(context.cursor, storage.get_cursor_values({progress}).get(progress))
         sent = 0
         undelivered = None
         for run_end in _finished_runs(context.instance, state.after):
@@ -150,7 +175,7 @@ def build_alert_sensor(
                     break
                 sent += 1
                 state.run_id, state.handled = run_end.run_id, position + 1
-                storage.set_cursor_values({PROGRESS_KEY: state.dumps()})
+                storage.set_cursor_values({progress: state.dumps()})
             if undelivered:
                 break
             state.after, state.run_id, state.handled, state.failing = run_end.storage_id, None, 0, sorted(failing)

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import dagster as dg
 import duckdb
 
+from nexudus_assets.names import WAREHOUSE, AccountNames
 from nexudus_assets.nexudus import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES, ENTITIES, Entity
-from nexudus_assets.resources import WarehouseResource
 from nexudus_assets.warehouse import SCHEMA, one_row, qualified
 from nexudus_assets.warehouse.bookkeeping import SyncShares, most_common_rejection, sync_shares
 
@@ -107,7 +107,6 @@ def _row_check_result(conn: duckdb.DuckDBPyConnection, check: RowCheck) -> dg.As
     )
     sample = first or []
     return dg.AssetCheckResult(
-        asset_key=check.entity.table,
         check_name=check.name,
         passed=count == 0,
         severity=check.severity,
@@ -116,17 +115,21 @@ def _row_check_result(conn: duckdb.DuckDBPyConnection, check: RowCheck) -> dg.As
 
 
 FRESHNESS_CHECK = "synced_recently"
-FRESHNESS_CHECK_KEYS = [dg.AssetCheckKey(dg.AssetKey(entity.table), FRESHNESS_CHECK) for entity in ENTITIES]
 
 
-def build_freshness_check(entity: Entity, hours: float) -> dg.AssetChecksDefinition:
+def freshness_check_keys(names: AccountNames) -> list[dg.AssetCheckKey]:
+    return [dg.AssetCheckKey(names.key(entity.table), FRESHNESS_CHECK) for entity in ENTITIES]
+
+
+def build_freshness_check(entity: Entity, hours: float, names: AccountNames) -> dg.AssetChecksDefinition:
     @dg.asset_check(
-        asset=entity.table,
+        asset=names.key(entity.table),
         name=FRESHNESS_CHECK,
         description=f"The last successful sync finished less than {hours:g} hours ago (NEXUDUS_MAX_SYNC_AGE_HOURS).",
+        required_resource_keys=names.resource_keys(WAREHOUSE),
     )
-    def _freshness(warehouse: WarehouseResource) -> dg.AssetCheckResult:
-        with warehouse.working_read_connection() as conn:
+    def _freshness(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        with names.warehouse(context).working_read_connection() as conn:
             # `finished_at` is UTC; DuckDB's now() would be cast to the machine's zone.
             (age,) = one_row(
                 conn,
@@ -163,9 +166,7 @@ def _row_count_result(conn: duckdb.DuckDBPyConnection, entity: Entity) -> dg.Ass
             "deletions_recorded": deleted,
             "unexplained_drop": max(unexplained, 0),
         }
-    return dg.AssetCheckResult(
-        asset_key=entity.table, check_name=ROW_COUNT_STABLE, severity=WARN, passed=passed, metadata=metadata
-    )
+    return dg.AssetCheckResult(check_name=ROW_COUNT_STABLE, severity=WARN, passed=passed, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -216,7 +217,6 @@ def _rejected_result(
             f"the most common reason ({count} records): {reason}"
         )
     return dg.AssetCheckResult(
-        asset_key=entity.table,
         check_name=REJECTED_SHARE,
         passed=passed,
         severity=ERROR,
@@ -235,7 +235,6 @@ def _rejected_result(
 def _deleted_result(entity: Entity, shares: SyncShares, limits: DriftLimits) -> dg.AssetCheckResult:
     percent = _percent(shares.deleted, shares.live_before)
     return dg.AssetCheckResult(
-        asset_key=entity.table,
         check_name=DELETED_SHARE,
         passed=percent <= limits.max_deleted_percent,
         severity=WARN,
@@ -250,19 +249,17 @@ def _deleted_result(entity: Entity, shares: SyncShares, limits: DriftLimits) -> 
     )
 
 
-def raw_check_specs(entity: Entity, limits: DriftLimits = DriftLimits()) -> list[dg.AssetCheckSpec]:
-    """The checks the raw asset of `entity` evaluates itself; ERROR ones block what is downstream."""
+def raw_check_specs(entity: Entity, key: dg.AssetKey, limits: DriftLimits = DriftLimits()) -> list[dg.AssetCheckSpec]:
+    """The checks the raw asset of `entity` (its key `key`) evaluates itself; ERROR ones block what is downstream."""
     return [
         *(
-            dg.AssetCheckSpec(
-                check.name, asset=entity.table, description=check.description, blocking=check.severity == ERROR
-            )
+            dg.AssetCheckSpec(check.name, asset=key, description=check.description, blocking=check.severity == ERROR)
             for check in ROW_CHECKS
             if check.entity == entity
         ),
-        dg.AssetCheckSpec(ROW_COUNT_STABLE, asset=entity.table, description=ROW_COUNT_DESCRIPTION),
-        dg.AssetCheckSpec(REJECTED_SHARE, asset=entity.table, description=_rejected_description(limits), blocking=True),
-        dg.AssetCheckSpec(DELETED_SHARE, asset=entity.table, description=_deleted_description(limits)),
+        dg.AssetCheckSpec(ROW_COUNT_STABLE, asset=key, description=ROW_COUNT_DESCRIPTION),
+        dg.AssetCheckSpec(REJECTED_SHARE, asset=key, description=_rejected_description(limits), blocking=True),
+        dg.AssetCheckSpec(DELETED_SHARE, asset=key, description=_deleted_description(limits)),
     ]
 
 
@@ -283,7 +280,7 @@ def evaluate_raw_checks(
     ]
 
 
-def build_freshness_checks(max_sync_age_hours: float) -> list[dg.AssetChecksDefinition]:
+def build_freshness_checks(max_sync_age_hours: float, names: AccountNames) -> list[dg.AssetChecksDefinition]:
     """Run on a schedule of their own: after a sync they always pass, and a sync that stopped
     running would otherwise never be checked again."""
-    return [build_freshness_check(entity, max_sync_age_hours) for entity in ENTITIES]
+    return [build_freshness_check(entity, max_sync_age_hours, names) for entity in ENTITIES]

@@ -1,4 +1,5 @@
-"""The code location: the environment read once into `Settings`, and everything built from it into one `defs`."""
+"""The code location: the environment read once into a `Deployment` of one or more accounts, and every
+account's definitions built from its `Settings` into one `defs`."""
 
 import datetime as dt
 import warnings
@@ -8,16 +9,17 @@ from typing import Any
 
 import dagster as dg
 
-from nexudus_assets.assets.command_catalogue import command_catalogue
-from nexudus_assets.assets.insights import INSIGHTS, insight_assets
+from nexudus_assets.assets.command_catalogue import build_command_catalogue
+from nexudus_assets.assets.insights import INSIGHTS, build_insight_assets
 from nexudus_assets.assets.raw import build_raw_assets
 from nexudus_assets.assets.trends import build_account_metrics_daily, default_start_date
 from nexudus_assets.checks import build_freshness_checks
-from nexudus_assets.jobs import ASSET_JOBS, build_command_job
+from nexudus_assets.jobs import METRICS_JOB, build_asset_jobs, build_command_job
+from nexudus_assets.names import ALERTS, API, LEDGER, PLAIN_NAMES, WAREHOUSE, AccountNames
 from nexudus_assets.resources import AlertWebhookResource, CommandLedgerResource, WarehouseResource
-from nexudus_assets.schedules import account_metrics_schedule, build_schedules
+from nexudus_assets.schedules import build_schedules
 from nexudus_assets.sensors import build_sensors
-from nexudus_assets.settings import Settings
+from nexudus_assets.settings import Deployment, Settings
 from nexudus_assets.writeback.rules import CommandRule, load_rules
 
 #: The repository's root, as the code's own path gives it: a file's path below it is its path in git.
@@ -27,13 +29,14 @@ ACTIONABLE_ASSETS = {insight.name for insight in INSIGHTS if insight.entity is n
 
 
 def build_resources(settings: Settings) -> dict[str, Any]:
+    """One account's resources, by their plain keys."""
     return {
-        "nexudus_api": settings.nexudus_api,
-        "warehouse": WarehouseResource(
+        API: settings.nexudus_api,
+        WAREHOUSE: WarehouseResource(
             database=settings.duckdb_path, lock_timeout_seconds=settings.warehouse_lock_timeout_seconds
         ),
-        "ledger": CommandLedgerResource(path=settings.ledger_path),
-        "alerts": AlertWebhookResource(url=settings.alert_webhook_url),
+        LEDGER: CommandLedgerResource(path=settings.ledger_path),
+        ALERTS: AlertWebhookResource(url=settings.alert_webhook_url),
     }
 
 
@@ -55,63 +58,95 @@ def with_sync_freshness(raw_assets: Sequence[dg.AssetsDefinition], hours: float)
     ]
 
 
-def build_defs(
-    resources: Mapping[str, Any], rules: Sequence[CommandRule], settings: Settings | None = None
-) -> dg.Definitions:
-    """`resources` without a `ledger` get the default one, beside the warehouse.
-
-    `settings` gives the schedules, the freshness and drift limits, the sensors' interval and the
-    first daily partition; the documented defaults when None.
-    """
-    settings = settings or Settings()
-    resources = {"ledger": CommandLedgerResource(), **resources}
-    commands_live = resources["nexudus_api"].commands_live
-    command_job = build_command_job(rules, live=commands_live)
-    assets = [
-        *with_sync_freshness(build_raw_assets(settings.drift_limits), settings.max_sync_age_hours),
-        command_catalogue,
-        *insight_assets,
-        build_account_metrics_daily(
-            settings.metrics_start_date or default_start_date(resources["warehouse"], dt.datetime.now(dt.UTC).date())
-        ),
-    ]
-    asset_keys = {key for asset in assets for key in asset.keys}
+def with_code_references(assets: Sequence[dg.AssetsDefinition], settings: Settings) -> Sequence[Any]:
+    """Each asset's page links to the file and line that define it: in git when configured."""
     with warnings.catch_warnings():
         # Dagster 1.13 marks the code references beta and warns on every load; the links are
         # metadata for the UI, which nothing here reads.
         warnings.simplefilter("ignore", dg.BetaWarning)
-        # Each asset's page links to the file and line that define it: in git when configured.
-        referenced_assets = dg.with_source_code_references(assets)
-        if settings.source_git_url is not None:
-            referenced_assets = dg.link_code_references_to_git(
-                referenced_assets,
-                git_url=settings.source_git_url,
-                git_branch=settings.source_git_branch,
-                file_path_mapping=dg.AnchorBasedFilePathMapping(
-                    local_file_anchor=REPOSITORY_ROOT, file_anchor_path_in_repository=""
-                ),
-            )
+        referenced = dg.with_source_code_references(assets)
+        if settings.source_git_url is None:
+            return referenced
+        return dg.link_code_references_to_git(
+            referenced,
+            git_url=settings.source_git_url,
+            git_branch=settings.source_git_branch,
+            file_path_mapping=dg.AnchorBasedFilePathMapping(
+                local_file_anchor=REPOSITORY_ROOT, file_anchor_path_in_repository=""
+            ),
+        )
+
+
+def build_account_defs(
+    names: AccountNames, resources: Mapping[str, Any], rules: Sequence[CommandRule], settings: Settings
+) -> dg.Definitions:
+    """One account's assets, checks, jobs, schedules and sensors, under its names, with its
+    `resources` (by their plain keys; without a `ledger`, the default one beside the warehouse)."""
+    resources = {LEDGER: CommandLedgerResource(), **resources}
+    commands_live = resources[API].commands_live
+    command_job = build_command_job(rules, live=commands_live, names=names)
+    asset_jobs = build_asset_jobs(names)
+    [metrics_job] = [job for job in asset_jobs if job.name == names.name(METRICS_JOB)]
+    assets = [
+        *with_sync_freshness(build_raw_assets(settings.drift_limits, names), settings.max_sync_age_hours),
+        build_command_catalogue(names),
+        *build_insight_assets(names),
+        build_account_metrics_daily(
+            settings.metrics_start_date or default_start_date(resources[WAREHOUSE], dt.datetime.now(dt.UTC).date()),
+            names,
+        ),
+    ]
     return dg.Definitions(
-        assets=referenced_assets,
-        asset_checks=build_freshness_checks(settings.max_sync_age_hours),
-        jobs=[*ASSET_JOBS, command_job],
-        schedules=[*build_schedules(settings), account_metrics_schedule],
+        assets=with_code_references(assets, settings),
+        asset_checks=build_freshness_checks(settings.max_sync_age_hours, names),
+        jobs=[*asset_jobs, command_job],
+        schedules=build_schedules(settings, names, metrics_job),
         sensors=build_sensors(
             rules,
-            command_job,
-            asset_keys,
-            {*(job.name for job in ASSET_JOBS), command_job.name, "__ASSET_JOB"},
+            {key for asset in assets for key in asset.keys},
+            {*(job.name for job in asset_jobs), command_job.name},
+            names,
             commands_live=commands_live,
             minimum_interval_seconds=settings.sensor_interval_seconds,
         ),
-        resources=resources,
-        executor=dg.in_process_executor,
+        resources={names.name(key): resource for key, resource in resources.items()},
     )
 
 
+def build_defs(
+    resources: Mapping[str, Any], rules: Sequence[CommandRule], settings: Settings | None = None
+) -> dg.Definitions:
+    """The code location of one account under the plain names: `resources` by their plain keys
+    (without a `ledger`, the default one beside the warehouse).
+
+    `settings` gives the schedules, the freshness and drift limits, the sensors' interval and the
+    first daily partition; the documented defaults when None.
+    """
+    return in_one_process(build_account_defs(PLAIN_NAMES, resources, rules, settings or Settings()))
+
+
+def in_one_process(defs: dg.Definitions) -> dg.Definitions:
+    """Every run in one process, the UI's asset runs included: DuckDB takes one writer, and each
+    account's request budget and sign-in are per process."""
+    return dg.Definitions.merge(defs, dg.Definitions(executor=dg.in_process_executor))
+
+
+def load_account_defs(names: AccountNames, settings: Settings) -> dg.Definitions:
+    """One account as `settings` configure it, command rules included."""
+    rules = load_rules(settings.command_rules, ACTIONABLE_ASSETS)
+    return build_account_defs(names, build_resources(settings), rules, settings)
+
+
 def load_defs(settings: Settings) -> dg.Definitions:
-    """The code location as `settings` configure it, command rules included."""
-    return build_defs(build_resources(settings), load_rules(settings.command_rules, ACTIONABLE_ASSETS), settings)
+    """The code location of one account under the plain names, as `settings` configure it."""
+    return in_one_process(load_account_defs(PLAIN_NAMES, settings))
 
 
-defs = load_defs(Settings.from_env())
+def load_deployment_defs(deployment: Deployment) -> dg.Definitions:
+    """The code location: every account of `deployment`."""
+    return in_one_process(
+        dg.Definitions.merge(*(load_account_defs(account.names, account.settings) for account in deployment.accounts))
+    )
+
+
+defs = load_deployment_defs(Deployment.from_env())

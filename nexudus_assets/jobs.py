@@ -7,67 +7,76 @@ import dagster as dg
 import duckdb
 from pydantic import Field
 
-from nexudus_assets.assets import insights, raw, trends
-from nexudus_assets.assets.command_catalogue import command_catalogue
-from nexudus_assets.checks import FRESHNESS_CHECK_KEYS
+from nexudus_assets.assets import command_catalogue, insights, raw, trends
+from nexudus_assets.checks import freshness_check_keys
+from nexudus_assets.names import API, LEDGER, PLAIN_NAMES, WAREHOUSE, AccountNames
 from nexudus_assets.nexudus import ENTITIES, Entity
-from nexudus_assets.resources import CommandLedgerResource, NexudusApiResource, WarehouseResource
 from nexudus_assets.warehouse import WarehouseError, qualified
 from nexudus_assets.writeback.execute import CommandReport, SeenRecord, run_rule, run_update
 from nexudus_assets.writeback.ledger import LedgerError, open_ledger
 from nexudus_assets.writeback.rules import CommandRule, RuleError, Scalar
 
-#: `synced_recently` always passes right after a sync: it runs on its own schedule instead.
-FULL_SYNC_SELECTION = dg.AssetSelection.groups(raw.GROUP, insights.GROUP) - dg.AssetSelection.checks(
-    *FRESHNESS_CHECK_KEYS
-)
-#: The command catalogue changes with Nexudus releases, not by the hour, and commands are checked
-#: against the live one before they run: the nightly full refresh keeps the stored copy current.
-SYNC_SELECTION = FULL_SYNC_SELECTION - dg.AssetSelection.assets(command_catalogue)
 #: A deployment with run retries on (deploy/dagster.yaml) retries these jobs once: they only read
 #: Nexudus and rewrite the warehouse. The command job has no such tag: its commands cannot be undone.
 RETRY_ONCE = {"dagster/max_retries": "1"}
 
-nexudus_sync = dg.define_asset_job(
-    name="nexudus_sync",
-    tags=RETRY_ONCE,
-    selection=SYNC_SELECTION,
-    description="Incremental sync of every entity, then the insights, with their checks.",
-    executor_def=dg.in_process_executor,
-)
+SYNC_JOB = "nexudus_sync"
+FULL_REFRESH_JOB = "nexudus_full_refresh"
+FRESHNESS_JOB = "nexudus_freshness"
+METRICS_JOB = "nexudus_account_metrics"
 
-nexudus_full_refresh = dg.define_asset_job(
-    name="nexudus_full_refresh",
-    tags=RETRY_ONCE,
-    selection=FULL_SYNC_SELECTION,
-    description=(
-        "Reads every record and the command catalogue, marks the records deleted upstream, then rebuilds the insights."
-    ),
-    config={"ops": {entity.table: {"config": {"full_refresh": True}} for entity in ENTITIES}},
-    executor_def=dg.in_process_executor,
-)
 
-nexudus_freshness = dg.define_asset_job(
-    name="nexudus_freshness",
-    tags=RETRY_ONCE,
-    selection=dg.AssetSelection.checks(*FRESHNESS_CHECK_KEYS),
-    description="Only the `synced_recently` checks: notices a sync that stopped running. Calls no API.",
-    executor_def=dg.in_process_executor,
-)
+def build_asset_jobs(names: AccountNames) -> list[Any]:
+    """Every job of the account (as `define_asset_job` makes them) but the command job, which is built
+    from the command rules."""
+    freshness_checks = dg.AssetSelection.checks(*freshness_check_keys(names))
+    #: `synced_recently` always passes right after a sync: it runs on its own schedule instead.
+    full_sync = dg.AssetSelection.groups(names.name(raw.GROUP), names.name(insights.GROUP)) - freshness_checks
+    #: The command catalogue changes with Nexudus releases, not by the hour, and commands are checked
+    #: against the live one before they run: the nightly full refresh keeps the stored copy current.
+    sync = full_sync - dg.AssetSelection.assets(names.key(command_catalogue.NAME))
+    full_refresh = {"ops": {names.name(entity.table): {"config": {"full_refresh": True}} for entity in ENTITIES}}
+    metrics = dg.AssetSelection.assets(names.key(trends.NAME))
+    # (job, selection, description, retried once, config)
+    jobs: list[tuple[str, dg.AssetSelection, str, bool, dict[str, Any] | None]] = [
+        (SYNC_JOB, sync, "Incremental sync of every entity, then the insights, with their checks.", True, None),
+        (
+            FULL_REFRESH_JOB,
+            full_sync,
+            "Reads every record and the command catalogue, marks the records deleted upstream, then rebuilds"
+            " the insights.",
+            True,
+            full_refresh,
+        ),
+        (
+            FRESHNESS_JOB,
+            freshness_checks,
+            "Only the `synced_recently` checks: notices a sync that stopped running. Calls no API.",
+            True,
+            None,
+        ),
+        # The daily figures on their own: one cheap query per day, no API call, so not in the hourly sync.
+        (
+            METRICS_JOB,
+            metrics,
+            "The account's figures per day (a partition, or a range of them in one run), from the synced history;"
+            " days before the first sync reconstructed from the records' dates. Calls no API.",
+            False,
+            None,
+        ),
+    ]
+    return [
+        dg.define_asset_job(
+            name=names.name(job),
+            tags={**(RETRY_ONCE if retried else {}), **names.tags},
+            selection=selection,
+            description=description,
+            config=config,
+            executor_def=dg.in_process_executor,
+        )
+        for job, selection, description, retried, config in jobs
+    ]
 
-#: The daily figures on their own: one cheap query per day, no API call, so not in the hourly sync.
-nexudus_account_metrics = dg.define_asset_job(
-    name="nexudus_account_metrics",
-    selection=dg.AssetSelection.assets(trends.NAME),
-    description=(
-        "The account's figures per day (a partition, or a range of them in one run), from the synced history;"
-        " days before the first sync reconstructed from the records' dates. Calls no API."
-    ),
-    executor_def=dg.in_process_executor,
-)
-
-#: Every job but the command job, which is built from the command rules.
-ASSET_JOBS = (nexudus_sync, nexudus_full_refresh, nexudus_freshness, nexudus_account_metrics)
 
 COMMAND_JOB = "nexudus_command"
 COMMAND_OP = "run_nexudus_command"
@@ -106,10 +115,10 @@ def _seen_records(conn: Any, rule: CommandRule, entity: Entity) -> tuple[dict[in
     return seen, names[:-1]
 
 
-def earlier_live_run(instance: dg.DagsterInstance, this_run_id: str | None = None) -> str | None:
-    """Evidence that a ledger existed: a live command run of this instance (other than this one)."""
+def earlier_live_run(instance: dg.DagsterInstance, names: AccountNames, this_run_id: str | None = None) -> str | None:
+    """Evidence that the account's ledger existed: a live command run of the account (other than this one)."""
     records = instance.get_run_records(
-        dg.RunsFilter(job_name=COMMAND_JOB, tags={LIVE_TAG: "true"}, statuses=_STARTED), limit=2
+        dg.RunsFilter(job_name=names.name(COMMAND_JOB), tags={LIVE_TAG: "true"}, statuses=_STARTED), limit=2
     )
     earlier = [record.dagster_run.run_id for record in records if record.dagster_run.run_id != this_run_id]
     return f"live command run {earlier[0]} of this Dagster instance" if earlier else None
@@ -130,9 +139,9 @@ def approved_config(rule: CommandRule) -> dict[str, Scalar | None]:
     return config_type.model_validate(rule.insight_config).model_dump()
 
 
-def _config_differs(rule: CommandRule, run: dg.DagsterRun) -> str | None:
+def _config_differs(rule: CommandRule, run: dg.DagsterRun, names: AccountNames) -> str | None:
     """How the run's config for the rule's insight differs from what the rule approves; None when it does not."""
-    [group] = insights.insight_run_config({rule.asset: {}})["ops"]
+    [group] = insights.insight_run_config({rule.asset: {}}, names)["ops"]
     ops: Any = run.run_config.get("ops", {})
     given = ops.get(group, {}).get("config", {}).get(rule.asset, {})
     used = insights.insight_by_name(rule.asset).config.model_validate(given).model_dump()
@@ -142,7 +151,7 @@ def _config_differs(rule: CommandRule, run: dg.DagsterRun) -> str | None:
 
 
 def unapproved_reason(
-    instance: dg.DagsterInstance, rule: CommandRule, materialization: dg.EventLogRecord
+    instance: dg.DagsterInstance, rule: CommandRule, materialization: dg.EventLogRecord, names: AccountNames
 ) -> str | None:
     """Why the rule must not act on this materialization of its insight; None when it may.
 
@@ -153,45 +162,45 @@ def unapproved_reason(
     run = instance.get_run_by_id(materialization.run_id) if materialization.run_id else None
     if run is None:
         return f"this materialization of {rule.asset} was reported, not made by a run"
-    differs = _config_differs(rule, run)
+    differs = _config_differs(rule, run, names)
     return f"run {run.run_id[:8]} materialized {rule.asset} with {differs}" if differs else None
 
 
-def unapproved_run_in_progress(instance: dg.DagsterInstance, rule: CommandRule) -> str | None:
+def unapproved_run_in_progress(instance: dg.DagsterInstance, rule: CommandRule, names: AccountNames) -> str | None:
     """A run going now with config the rule does not approve: once it has published (it does when
     it ends), what was read may be its table before its materialization is found."""
     going = instance.get_run_records(
         dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED])
     )
-    key = dg.AssetKey(rule.asset)
+    key = names.key(rule.asset)
     for record in going:
         run = record.dagster_run
-        if run.job_name == COMMAND_JOB or (run.asset_selection is not None and key not in run.asset_selection):
+        if run.job_name == names.name(COMMAND_JOB) or (
+            run.asset_selection is not None and key not in run.asset_selection
+        ):
             continue
-        differs = _config_differs(rule, run)
+        differs = _config_differs(rule, run, names)
         if differs is not None:
             return f"run {run.run_id[:8]} may be rewriting {rule.asset} with {differs}"
     return None
 
 
-def build_command_job(rules: Sequence[CommandRule], *, live: bool) -> dg.JobDefinition:
-    """`live`: NEXUDUS_COMMANDS_LIVE as the code location loaded it; it tags every run of the job."""
+def build_command_job(
+    rules: Sequence[CommandRule], *, live: bool, names: AccountNames = PLAIN_NAMES
+) -> dg.JobDefinition:
+    """`live`: NEXUDUS_COMMANDS_LIVE as the code location loaded it for the account; it tags every run of the job."""
     by_name = {rule.name: rule for rule in rules}
 
     @dg.op(
-        name=COMMAND_OP,
+        name=names.name(COMMAND_OP),
         description=(
             "Runs a rule's Nexudus command on the given records: a dry run unless NEXUDUS_COMMANDS_LIVE=true "
             "and the rule says `live: true`."
         ),
+        required_resource_keys=names.resource_keys(API, WAREHOUSE, LEDGER),
     )
-    def run_nexudus_command(
-        context: dg.OpExecutionContext,
-        config: CommandRunConfig,
-        nexudus_api: NexudusApiResource,
-        warehouse: WarehouseResource,
-        ledger: CommandLedgerResource,
-    ) -> dg.Output[None]:
+    def run_nexudus_command(context: dg.OpExecutionContext, config: CommandRunConfig) -> dg.Output[None]:
+        nexudus_api, warehouse, ledger = names.api(context), names.warehouse(context), names.ledger(context)
         if nexudus_api.commands_live and context.run.tags.get(LIVE_TAG) != "true":
             raise dg.Failure(
                 "Nothing was sent. Live commands are switched on for this run only; set NEXUDUS_COMMANDS_LIVE=true "
@@ -202,7 +211,7 @@ def build_command_job(rules: Sequence[CommandRule], *, live: bool) -> dg.JobDefi
             # First, before anything can fail: a run tagged live has always opened (or made) the ledger.
             command_ledger = open_ledger(
                 ledger_path,
-                used_before_by=earlier_live_run(context.instance, context.run_id),
+                used_before_by=earlier_live_run(context.instance, names, context.run_id),
                 account=nexudus_api.account(),
             )
             command_ledger.account_recorded()  # another account's ledger: refused before anything is read or sent
@@ -213,8 +222,11 @@ def build_command_job(rules: Sequence[CommandRule], *, live: bool) -> dg.JobDefi
             raise dg.Failure(f"no command rule named {config.rule!r}; known: {', '.join(sorted(by_name)) or 'none'}")
         entity = insights.insight_by_name(rule.asset).entity
         assert entity is not None  # load_rules only admits insights of record ids
-        latest = context.instance.fetch_materializations(dg.AssetKey(rule.asset), limit=1).records
-        refusal = unapproved_reason(context.instance, rule, latest[0]) if latest else f"{rule.asset} was never made"
+        key = names.key(rule.asset)
+        latest = context.instance.fetch_materializations(key, limit=1).records
+        refusal = (
+            unapproved_reason(context.instance, rule, latest[0], names) if latest else f"{rule.asset} was never made"
+        )
         try:
             with warehouse.read_only_connection() as conn:
                 seen, columns = _seen_records(conn, rule, entity)
@@ -223,7 +235,7 @@ def build_command_job(rules: Sequence[CommandRule], *, live: bool) -> dg.JobDefi
                 description=f"Nothing was sent. {rule.asset} cannot be read to confirm the records: {exc}"
             ) from None
         # Read again after the table: a materialization recorded meanwhile may be of other config.
-        now_latest = context.instance.fetch_materializations(dg.AssetKey(rule.asset), limit=1).records
+        now_latest = context.instance.fetch_materializations(key, limit=1).records
         if refusal is None and now_latest[0].storage_id != latest[0].storage_id:
             refusal = f"{rule.asset} was materialized again while it was read; the rule's sensor looks at it next"
         if refusal is not None:
@@ -302,10 +314,10 @@ def build_command_job(rules: Sequence[CommandRule], *, live: bool) -> dg.JobDefi
         return dg.Output(None, metadata=summary)
 
     @dg.job(
-        name=COMMAND_JOB,
+        name=names.name(COMMAND_JOB),
         executor_def=dg.in_process_executor,
         description=run_nexudus_command.description,
-        tags={LIVE_TAG: "true" if live else "false"},
+        tags={LIVE_TAG: "true" if live else "false", **names.tags},
     )
     def nexudus_command() -> None:
         run_nexudus_command()

@@ -1,12 +1,15 @@
 """Schedules, running by default, at the times the settings give (UTC)."""
 
+from typing import Any
+
 import dagster as dg
 
-from nexudus_assets.jobs import nexudus_account_metrics, nexudus_freshness, nexudus_full_refresh, nexudus_sync
+from nexudus_assets.jobs import FRESHNESS_JOB, FULL_REFRESH_JOB, SYNC_JOB
+from nexudus_assets.names import AccountNames
 from nexudus_assets.settings import Settings
 
 
-def _cron_schedule(job_name: str, cron: str, description: str) -> dg.ScheduleDefinition:
+def cron_schedule(job_name: str, cron: str, description: str) -> dg.ScheduleDefinition:
     return dg.ScheduleDefinition(
         name=f"{job_name}_schedule",
         job_name=job_name,
@@ -17,29 +20,29 @@ def _cron_schedule(job_name: str, cron: str, description: str) -> dg.ScheduleDef
     )
 
 
-def build_schedules(settings: Settings) -> list[dg.ScheduleDefinition]:
+def build_schedules(settings: Settings, names: AccountNames, metrics_job: Any) -> list[Any]:
+    """The account's schedules (`ScheduleDefinition`s, and the one Dagster builds from the partitioned
+    daily-figures job `metrics_job`)."""
     return [
-        _cron_schedule(nexudus_sync.name, settings.sync_cron, "Incremental sync (NEXUDUS_SYNC_CRON)"),
-        _cron_schedule(
-            nexudus_full_refresh.name,
+        cron_schedule(names.name(SYNC_JOB), settings.sync_cron, "Incremental sync (NEXUDUS_SYNC_CRON)"),
+        cron_schedule(
+            names.name(FULL_REFRESH_JOB),
             settings.full_refresh_cron,
             "Full refresh with deletion detection (NEXUDUS_FULL_REFRESH_CRON)",
         ),
-        _cron_schedule(
-            nexudus_freshness.name,
+        cron_schedule(
+            names.name(FRESHNESS_JOB),
             settings.freshness_cron,
             "The `synced_recently` checks on their own (NEXUDUS_FRESHNESS_CRON)",
         ),
+        # Dagster derives the cadence from the daily partitions; each tick computes the day just
+        # ended, after the midnight sync.
+        dg.build_schedule_from_partitioned_job(
+            metrics_job,
+            name=f"{metrics_job.name}_schedule",
+            hour_of_day=0,
+            minute_of_hour=30,
+            default_status=dg.DefaultScheduleStatus.RUNNING,
+            description="account_metrics_daily for the day that has just ended, daily at 00:30 UTC.",
+        ),
     ]
-
-
-#: Dagster derives the cadence from the daily partitions; each tick computes the day just ended,
-#: after the midnight sync.
-account_metrics_schedule = dg.build_schedule_from_partitioned_job(
-    nexudus_account_metrics,
-    name="nexudus_account_metrics_schedule",
-    hour_of_day=0,
-    minute_of_hour=30,
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="account_metrics_daily for the day that has just ended, daily at 00:30 UTC.",
-)

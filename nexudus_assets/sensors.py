@@ -13,6 +13,7 @@ import duckdb
 from nexudus_assets.alerts import build_alert_sensor
 from nexudus_assets.assets.insights import INSIGHTS_SCHEMA, insight_by_name
 from nexudus_assets.jobs import (
+    COMMAND_JOB,
     COMMAND_OP,
     DRY_RUN_REASON_TAG,
     approved_config,
@@ -20,8 +21,8 @@ from nexudus_assets.jobs import (
     unapproved_reason,
     unapproved_run_in_progress,
 )
+from nexudus_assets.names import ALERTS, LEDGER, PLAIN_NAMES, WAREHOUSE, AccountNames
 from nexudus_assets.nexudus import Entity
-from nexudus_assets.resources import AlertWebhookResource, CommandLedgerResource, WarehouseResource
 from nexudus_assets.warehouse import WarehouseBusyError, WarehouseError, WarehouseNotSyncedError
 from nexudus_assets.warehouse.catalogue import read_catalogue
 from nexudus_assets.writeback.execute import cooldown_key, update_key
@@ -60,9 +61,13 @@ class Trouble:
 
 
 def build_command_sensor(
-    rule: CommandRule, job: dg.JobDefinition, *, commands_live: bool, minimum_interval_seconds: int = 60
+    rule: CommandRule,
+    *,
+    commands_live: bool,
+    names: AccountNames = PLAIN_NAMES,
+    minimum_interval_seconds: int = 60,
 ) -> dg.SensorDefinition:
-    """`commands_live`: NEXUDUS_COMMANDS_LIVE as the code location loaded it."""
+    """`commands_live`: NEXUDUS_COMMANDS_LIVE as the code location loaded it for the account."""
     insight = insight_by_name(rule.asset)
     entity = insight.entity
     assert entity is not None
@@ -72,26 +77,26 @@ def build_command_sensor(
     dry_run_reason = rule.dry_run_reason(commands_live)
     mode = f"Dry runs only ({dry_run_reason})." if dry_run_reason is not None else "LIVE: sends to Nexudus."
 
+    job_name = names.name(COMMAND_JOB)
+    key = names.key(rule.asset)
+
     @dg.sensor(
-        name=f"nexudus_rule_{rule.name}",
+        name=names.name(f"nexudus_rule_{rule.name}"),
         # By name: a sensor holding the job's definition is rebuilt when the definitions bind
         # the job's resources, and Dagster 1.13 then warns that sensor owners are in beta.
-        job_name=job.name,
+        job_name=job_name,
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=minimum_interval_seconds,
         description=(
             f"On each new materialization of `{rule.asset}` made with the config the rule approves, asks "
-            f"`{job.name}` to {what} on its records, less those the command ledger shows actioned the same way in "
+            f"`{job_name}` to {what} on its records, less those the command ledger shows actioned the same way in "
             f"the last {rule.cooldown_hours:g} h, or out of attempts. Alerts when it cannot run, and when it can again."
             f" {mode}"
         ),
+        required_resource_keys=names.resource_keys(WAREHOUSE, LEDGER, ALERTS),
     )
-    def _rule_sensor(
-        context: dg.SensorEvaluationContext,
-        warehouse: WarehouseResource,
-        ledger: CommandLedgerResource,
-        alerts: AlertWebhookResource,
-    ) -> dg.SensorResult:
+    def _rule_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        warehouse, ledger, alerts = names.warehouse(context), names.ledger(context), names.alerts(context)
         state = RuleSensorState.loads(context.cursor)
 
         def finish(
@@ -100,21 +105,23 @@ def build_command_sensor(
             """Alert a new trouble or a recovery; the cursor moves only once the alert is delivered."""
             try:
                 if trouble is not None and trouble.kind != state.trouble:
-                    alerts.send(f"Nexudus write-back rule {rule.name} cannot run: {trouble.text}", context.log)
+                    alerts.send(
+                        names.alert(f"Nexudus write-back rule {rule.name} cannot run: {trouble.text}"), context.log
+                    )
                 elif trouble is None and state.trouble is not None:
-                    alerts.send(f"Nexudus write-back rule {rule.name} runs again.", context.log)
+                    alerts.send(names.alert(f"Nexudus write-back rule {rule.name} runs again."), context.log)
             except RuntimeError as undelivered:
                 return dg.SensorResult(skip_reason=f"{skip or trouble}; the alert was not delivered ({undelivered})")
             next_state = RuleSensorState(after=after, trouble=trouble.kind if trouble else None)
             return dg.SensorResult(run_requests=list(requests), skip_reason=skip, cursor=next_state.dumps())
 
-        latest = context.instance.fetch_materializations(dg.AssetKey(rule.asset), limit=1).records
+        latest = context.instance.fetch_materializations(key, limit=1).records
         if not latest:
             return dg.SensorResult(skip_reason=f"{rule.asset} has not been materialized yet")
         storage_id = latest[0].storage_id
         if state.after is not None and state.after >= storage_id:
             return dg.SensorResult(skip_reason=f"no new materialization of {rule.asset}")
-        refusal = unapproved_reason(context.instance, rule, latest[0])
+        refusal = unapproved_reason(context.instance, rule, latest[0], names)
         if refusal is not None:
             # Past it: this materialization is never acted on. The next approved one may be.
             trouble = Trouble(f"unapproved:{storage_id}", f"{refusal}; nothing is sent for it")
@@ -127,8 +134,8 @@ def build_command_sensor(
         try:
             with warehouse.read_only_connection() as conn:
                 rows = conn.execute(f"SELECT * FROM {INSIGHTS_SCHEMA}.{rule.asset} ORDER BY id")
-                names = [column[0] for column in rows.description]
-                records = {row[0]: dict(zip(names, row, strict=True)) for row in rows.fetchall()}
+                columns = [column[0] for column in rows.description]
+                records = {row[0]: dict(zip(columns, row, strict=True)) for row in rows.fetchall()}
                 catalogue = read_catalogue(conn, entity) if rule.command is not None else None
         except WarehouseNotSyncedError:
             return dg.SensorResult(skip_reason="the warehouse is not synced yet; the next tick looks again")
@@ -139,13 +146,19 @@ def build_command_sensor(
             # The cursor stays: the next tick retries, and alerts nothing more until it works.
             trouble = Trouble("warehouse", f"the warehouse cannot be read ({exc})")
             return finish(trouble, f"Not running: {trouble.text}; the next tick retries", after=state.after)
-        widening = unapproved_run_in_progress(context.instance, rule)
+        widening = unapproved_run_in_progress(context.instance, rule, names)
         if widening is not None:
             # What was read may be that run's table. Its materialization is alerted when it is recorded.
             return dg.SensorResult(skip_reason=f"Not yet: {widening}; the next tick looks again")
         try:
             blocked = _blocked(
-                ledger.location(warehouse.database), context.instance, rule, entity, update_fields, records, now
+                ledger.location(warehouse.database),
+                earlier_live_run(context.instance, names),
+                rule,
+                entity,
+                update_fields,
+                records,
+                now,
             )
         except LedgerError as exc:
             trouble = Trouble("ledger", str(exc))
@@ -168,7 +181,7 @@ def build_command_sensor(
         request = dg.RunRequest(
             # One run per materialization, however often the daemon retries the tick.
             run_key=f"{rule.name}:{storage_id}",
-            run_config={"ops": {COMMAND_OP: {"config": {"rule": rule.name, "record_ids": pending}}}},
+            run_config={"ops": {names.name(COMMAND_OP): {"config": {"rule": rule.name, "record_ids": pending}}}},
             tags=tags,
         )
         return finish(None, None, after=storage_id, requests=[request])
@@ -178,7 +191,7 @@ def build_command_sensor(
 
 def _blocked(
     ledger_path: Path,
-    instance: dg.DagsterInstance,
+    live_run: str | None,
     rule: CommandRule,
     entity: Entity,
     update_fields: Sequence[FieldUpdate] | None,
@@ -186,8 +199,8 @@ def _blocked(
     now: dt.datetime,
 ) -> set[int]:
     """The records the ledger says to leave alone now; LedgerError when it cannot be read, or is missing
-    although a live command run recorded in it."""
-    command_ledger = existing_ledger(ledger_path, used_before_by=earlier_live_run(instance))
+    although `live_run` (a live command run of the account) recorded in it."""
+    command_ledger = existing_ledger(ledger_path, used_before_by=live_run)
     if command_ledger is None:
         return set()  # no ledger yet, and none expected: nothing is blocked
     cooldown = dt.timedelta(hours=rule.cooldown_hours)
@@ -206,16 +219,17 @@ def _blocked(
 
 def build_sensors(
     rules: Sequence[CommandRule],
-    command_job: dg.JobDefinition,
     asset_keys: Collection[dg.AssetKey],
     job_names: Collection[str],
+    names: AccountNames,
     *,
     commands_live: bool,
     minimum_interval_seconds: int | None = None,
 ) -> list[dg.SensorDefinition]:
-    """`minimum_interval_seconds` overrides every sensor's own interval (60 s for rules, 30 s for alerts)."""
+    """The account's sensors; `minimum_interval_seconds` overrides every sensor's own interval (60 s for
+    rules, 30 s for alerts)."""
     interval = {"minimum_interval_seconds": minimum_interval_seconds} if minimum_interval_seconds else {}
     return [
-        *(build_command_sensor(rule, command_job, commands_live=commands_live, **interval) for rule in rules),
-        build_alert_sensor(asset_keys, job_names, **interval),
+        *(build_command_sensor(rule, commands_live=commands_live, names=names, **interval) for rule in rules),
+        build_alert_sensor(asset_keys, job_names, names, **interval),
     ]

@@ -12,6 +12,7 @@ import pytest
 
 from nexudus_assets.assets.insights import INSIGHTS, insight_run_config
 from nexudus_assets.checks import build_freshness_check, evaluate_raw_checks, raw_check_specs
+from nexudus_assets.names import PLAIN_NAMES
 from nexudus_assets.nexudus import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES, ENTITIES
 from nexudus_assets.resources import (
     CommandLedgerResource,
@@ -174,7 +175,7 @@ def test_insights_equal_what_the_records_say(project):
 def test_every_check_passes_on_good_data(project):
     result = project.run()
     outcomes = check_outcomes(result)
-    assert len(outcomes) == sum(len(raw_check_specs(entity)) for entity in ENTITIES)
+    assert len(outcomes) == sum(len(raw_check_specs(entity, dg.AssetKey(entity.table))) for entity in ENTITIES)
     assert [key for key, e in outcomes.items() if not e.passed] == []
 
 
@@ -230,7 +231,9 @@ def invoke_check(project, entity, name: str) -> dg.AssetCheckResult:
 
 
 def synced_recently(project, entity) -> dg.AssetCheckResult:
-    return build_freshness_check(entity, hours=3)(warehouse=project.warehouse)
+    check = build_freshness_check(entity, 3, PLAIN_NAMES)
+    with dg.build_op_context(resources={"warehouse": project.warehouse}) as context:
+        return check(context)
 
 
 def test_ids_unique_not_null_fails_when_the_key_is_broken(project):

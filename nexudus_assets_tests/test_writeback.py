@@ -12,7 +12,6 @@ import httpx
 import pytest
 
 from nexudus_assets.definitions import ACTIONABLE_ASSETS
-from nexudus_assets.jobs import build_command_job
 from nexudus_assets.nexudus import ACCESS_TOKENS, CommandDescription, UncertainOutcomeError
 from nexudus_assets.resources import CommandLedgerResource
 from nexudus_assets.sensors import build_command_sensor
@@ -829,7 +828,7 @@ def test_the_commented_update_example_is_a_valid_rule(tmp_path):
 
 def sensor_for(candidate: CommandRule) -> dg.SensorDefinition:
     """The rule's sensor, built as the definitions build it: RuleError when the rule does not fit."""
-    return build_command_sensor(candidate, build_command_job((candidate,), live=False), commands_live=False)
+    return build_command_sensor(candidate, commands_live=False)
 
 
 def test_an_update_rule_with_a_field_nexudus_does_not_take_fails_the_definitions():

@@ -28,8 +28,8 @@ from typing import IO, Any
 import dagster as dg
 import yaml
 
-from nexudus_assets.definitions import load_defs
-from nexudus_assets.settings import Settings
+from nexudus_assets.definitions import load_deployment_defs
+from nexudus_assets.settings import Deployment
 
 PROJECT = Path(__file__).resolve().parent.parent
 WORKSPACE = PROJECT / "workspace.yaml"
@@ -71,7 +71,7 @@ def partition_tags(job_name: str, partition: str | None, env: Mapping[str, str])
     for (the launch itself would accept it and run the job unpartitioned)."""
     if partition is None:
         return {}
-    partitions = load_defs(Settings.from_env(env)).resolve_job_def(job_name).partitions_def
+    partitions = load_deployment_defs(Deployment.from_env(env)).resolve_job_def(job_name).partitions_def
     if partitions is None:
         raise ValueError(f"{job_name} has no partitions")
     if not partitions.has_partition_key(partition):

@@ -18,8 +18,8 @@ from pydantic import Field, create_model
 
 from nexudus_assets.assets.metadata import table_metadata
 from nexudus_assets.assets.revenue import MONEY_COLUMNS, priced
+from nexudus_assets.names import PLAIN_NAMES, WAREHOUSE, AccountNames
 from nexudus_assets.nexudus import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES, CancellationReason, Entity
-from nexudus_assets.resources import WarehouseResource
 from nexudus_assets.warehouse import ensure_schema, history_table, qualified, transaction
 
 INSIGHTS_SCHEMA = "insights"
@@ -478,15 +478,18 @@ def _group_name(sources: Sequence[Entity]) -> str:
     return "_".join(source.table for source in sources) + "_insights"
 
 
-def insight_run_config(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def insight_run_config(configs: Mapping[str, Mapping[str, Any]], names: AccountNames = PLAIN_NAMES) -> dict[str, Any]:
     """Run config setting the named insights' parameters: `{"low_minutes_access_tokens": {...}}`."""
     ops: dict[str, dict[str, Any]] = {}
     for name, values in configs.items():
-        ops.setdefault(_group_name(insight_by_name(name).sources), {"config": {}})["config"][name] = dict(values)
+        op = names.name(_group_name(insight_by_name(name).sources))
+        ops.setdefault(op, {"config": {}})["config"][name] = dict(values)
     return {"ops": ops}
 
 
-def build_insights_asset(insights: Sequence[Insight], schemas: Mapping[str, dg.TableSchema]) -> dg.AssetsDefinition:
+def build_insights_asset(
+    insights: Sequence[Insight], schemas: Mapping[str, dg.TableSchema], names: AccountNames
+) -> dg.AssetsDefinition:
     """The insights over one set of sources, computed in one step but kept separate assets.
 
     One step per source: an ERROR check that fails on one raw table blocks its insights only.
@@ -498,16 +501,16 @@ def build_insights_asset(insights: Sequence[Insight], schemas: Mapping[str, dg.T
         insight.name: (insight.config, Field(default_factory=insight.config, description=insight.description))
         for insight in insights
     }
-    config_type = create_model(f"{name.title().replace('_', '')}Config", __base__=dg.Config, **fields)
+    config_type = create_model(f"{names.name(name).title().replace('_', '')}Config", __base__=dg.Config, **fields)
 
     @dg.multi_asset(
-        name=name,
+        name=names.name(name),
         specs=[
             dg.AssetSpec(
-                insight.name,
-                group_name=GROUP,
+                names.key(insight.name),
+                group_name=names.name(GROUP),
                 description=insight.description,
-                deps=[dg.AssetKey(source.table) for source in insight.sources],
+                deps=[names.key(source.table) for source in insight.sources],
                 kinds={"duckdb", "sql"},
                 owners=["team:data"],
                 metadata={"dagster/table_name": insight.table, "dagster/column_schema": schemas[insight.name]},
@@ -517,13 +520,11 @@ def build_insights_asset(insights: Sequence[Insight], schemas: Mapping[str, dg.T
         ],
         can_subset=True,
         description=f"The insights over {', '.join(source.table for source in sources)}, one transaction each.",
+        required_resource_keys=names.resource_keys(WAREHOUSE),
     )
-    def _insights(
-        context: dg.AssetExecutionContext,
-        config: config_type,
-        warehouse: WarehouseResource,
-    ) -> Iterator[dg.MaterializeResult]:
-        selected = [insight for insight in insights if dg.AssetKey(insight.name) in context.selected_asset_keys]
+    def _insights(context: dg.AssetExecutionContext, config: config_type) -> Iterator[dg.MaterializeResult]:
+        warehouse = names.warehouse(context)
+        selected = [insight for insight in insights if names.key(insight.name) in context.selected_asset_keys]
         results: list[dg.MaterializeResult] = []
         started = run_started(context)
         with warehouse.get_connection() as conn:
@@ -538,7 +539,7 @@ def build_insights_asset(insights: Sequence[Insight], schemas: Mapping[str, dg.T
                 metadata = table_metadata(conn, insight.table, schema=schemas[insight.name])
                 results.append(
                     dg.MaterializeResult(
-                        asset_key=insight.name,
+                        asset_key=names.key(insight.name),
                         metadata={
                             **metadata,
                             "as_of": dg.MetadataValue.text(as_of.isoformat()),
@@ -554,7 +555,11 @@ def build_insights_asset(insights: Sequence[Insight], schemas: Mapping[str, dg.T
 
 
 _SCHEMAS = insight_schemas(INSIGHTS)
-insight_assets = [
-    build_insights_asset([insight for insight in INSIGHTS if insight.sources == sources], _SCHEMAS)
-    for sources in dict.fromkeys(insight.sources for insight in INSIGHTS)
-]
+
+
+def build_insight_assets(names: AccountNames) -> list[dg.AssetsDefinition]:
+    """One multi-asset per set of sources, over the insights of those sources."""
+    return [
+        build_insights_asset([insight for insight in INSIGHTS if insight.sources == sources], _SCHEMAS, names)
+        for sources in dict.fromkeys(insight.sources for insight in INSIGHTS)
+    ]

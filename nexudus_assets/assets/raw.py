@@ -8,8 +8,8 @@ from pydantic import Field
 
 from nexudus_assets.assets.metadata import table_metadata
 from nexudus_assets.checks import DriftLimits, evaluate_raw_checks, raw_check_specs
+from nexudus_assets.names import API, WAREHOUSE, AccountNames
 from nexudus_assets.nexudus import ENTITIES, Entity
-from nexudus_assets.resources import NexudusApiResource, WarehouseResource
 from nexudus_assets.warehouse import history_table, qualified, table_columns
 from nexudus_assets.warehouse.load import load_entity
 
@@ -37,13 +37,14 @@ def column_schema(entity: Entity) -> dg.TableSchema:
     )
 
 
-def build_raw_asset(entity: Entity, limits: DriftLimits) -> dg.AssetsDefinition:
+def build_raw_asset(entity: Entity, limits: DriftLimits, names: AccountNames) -> dg.AssetsDefinition:
     schema = column_schema(entity)
     table = qualified(entity)
 
     @dg.asset(
         name=entity.table,
-        group_name=GROUP,
+        key_prefix=names.key_prefix,
+        group_name=names.name(GROUP),
         description=(
             f"Every {entity.name} record from `GET /{entity.path}`, one row per record, keyed by `id`. "
             "Incremental by `UpdatedOn`; a full refresh also marks records deleted upstream (`_deleted_at`). "
@@ -53,14 +54,11 @@ def build_raw_asset(entity: Entity, limits: DriftLimits) -> dg.AssetsDefinition:
         kinds={"nexudus", "duckdb"},
         owners=["team:data"],
         metadata={"dagster/table_name": table, "dagster/column_schema": schema},
-        check_specs=raw_check_specs(entity, limits),
+        check_specs=raw_check_specs(entity, names.key(entity.table), limits),
+        required_resource_keys=names.resource_keys(API, WAREHOUSE),
     )
-    def _raw(
-        context: dg.AssetExecutionContext,
-        config: SyncConfig,
-        nexudus_api: NexudusApiResource,
-        warehouse: WarehouseResource,
-    ) -> dg.MaterializeResult:
+    def _raw(context: dg.AssetExecutionContext, config: SyncConfig) -> dg.MaterializeResult:
+        nexudus_api, warehouse = names.api(context), names.warehouse(context)
         # One write session: the checks read what the sync just committed.
         with nexudus_api.get_client() as client, warehouse.get_connection() as conn:
             report = load_entity(
@@ -107,6 +105,6 @@ def build_raw_asset(entity: Entity, limits: DriftLimits) -> dg.AssetsDefinition:
     return _raw
 
 
-def build_raw_assets(limits: DriftLimits) -> list[dg.AssetsDefinition]:
+def build_raw_assets(limits: DriftLimits, names: AccountNames) -> list[dg.AssetsDefinition]:
     """One raw asset per entity, their drift checks failing past `limits`."""
-    return [build_raw_asset(entity, limits) for entity in ENTITIES]
+    return [build_raw_asset(entity, limits, names) for entity in ENTITIES]

@@ -23,6 +23,7 @@ import duckdb
 from nexudus_assets.assets.insights import INSIGHTS_SCHEMA, column_schema, comment_columns
 from nexudus_assets.assets.metadata import table_metadata
 from nexudus_assets.assets.revenue import priced
+from nexudus_assets.names import WAREHOUSE, AccountNames
 from nexudus_assets.nexudus import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES
 from nexudus_assets.resources import WarehouseResource
 from nexudus_assets.warehouse import WarehouseError, history_table, one_row, transaction
@@ -259,28 +260,31 @@ def default_start_date(warehouse: WarehouseResource, today: dt.date) -> str:
     return ((start.date() if start else today) - dt.timedelta(days=365)).isoformat()
 
 
-def build_account_metrics_daily(start_date: str) -> dg.AssetsDefinition:
+def build_account_metrics_daily(start_date: str, names: AccountNames) -> dg.AssetsDefinition:
     """The asset, partitioned by day from `start_date` (YYYY-MM-DD); a backfill of any range is one run."""
     # `backfill_policy` is marked beta; the notice would print on every load of the code location,
     # about a choice made here on purpose.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.BetaWarning)
-        return _account_metrics_daily(start_date)
+        return _account_metrics_daily(start_date, names)
 
 
-def _account_metrics_daily(start_date: str) -> dg.AssetsDefinition:
+def _account_metrics_daily(start_date: str, names: AccountNames) -> dg.AssetsDefinition:
     @dg.asset(
         name=NAME,
-        group_name=GROUP,
+        key_prefix=names.key_prefix,
+        group_name=names.name(GROUP),
         description=DESCRIPTION,
         partitions_def=dg.DailyPartitionsDefinition(start_date=start_date, timezone="UTC"),
         backfill_policy=dg.BackfillPolicy.single_run(),
-        deps=[dg.AssetKey(entity.table) for entity in _SOURCES],
+        deps=[names.key(entity.table) for entity in _SOURCES],
         kinds={"duckdb", "sql"},
         owners=["team:data"],
         metadata={"dagster/table_name": TABLE, "dagster/column_schema": SCHEMA},
+        required_resource_keys=names.resource_keys(WAREHOUSE),
     )
-    def account_metrics_daily(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    def account_metrics_daily(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        warehouse = names.warehouse(context)
         window = context.partition_time_window
         first, end = window.start.date(), window.end.date()
         days = [first + dt.timedelta(days=offset) for offset in range((end - first).days)]

@@ -13,10 +13,11 @@ import math
 import re
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from nexudus_assets import strict_yaml
 
 EXAMPLE_RULES = Path(__file__).resolve().parent.parent / "command_rules.yaml"
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -156,63 +157,6 @@ class CommandRule(BaseModel):
         return parameters
 
 
-class DuplicateKeyError(yaml.YAMLError):
-    def __init__(self, key: Any, first_line: int, line: int) -> None:
-        super().__init__(f"key {key!r} is given twice (lines {first_line} and {line})")
-        self.line = line
-
-
-class UniqueKeyLoader(yaml.SafeLoader):
-    """A SafeLoader that refuses a key given twice in one mapping (PyYAML would keep the last)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            # A `<<` merge may override keys on purpose; plain keys may not repeat.
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node)
-            line = key_node.start_mark.line + 1
-            if key in seen:
-                raise DuplicateKeyError(key, seen[key], line)
-            seen[key] = line
-        return super().construct_mapping(node, deep=deep)
-
-
-#: Plain scalars that YAML 1.1 (PyYAML) and YAML 1.2 read differently, and what each is in 1.1.
-_YAML_11_FORMS: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"[-+]?[0-9][0-9_]*(:[0-5]?[0-9])+(\.[0-9_]*)?"), "a sexagesimal number in YAML 1.1 (1:30 is 90)"),
-    (re.compile(r"[-+]?0[0-9_]+(\.[0-9_]*)?"), "an octal number in YAML 1.1 (010 is 8)"),
-    (re.compile(r"[-+]?0b[01_]+"), "a binary number in YAML 1.1"),
-    (re.compile(r"[-+]?[0-9][0-9_]*_[0-9_]*(\.[0-9_]*)?"), "a number with underscores in YAML 1.1 (1_0 is 10)"),
-    (re.compile(r"yes|no|on|off", re.IGNORECASE), "a boolean in YAML 1.1, text in YAML 1.2"),
-    (re.compile(r"[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}([Tt ].*)?"), "a date in YAML 1.1, text in YAML 1.2"),
-)
-
-
-class AmbiguousYamlError(yaml.YAMLError):
-    def __init__(self, problem: str, line: int) -> None:
-        super().__init__(f"{problem} (line {line})")
-        self.line = line
-
-
-def _refuse_ambiguous(text: str) -> None:
-    """Anchors and aliases (an alias bomb expands to any size), and plain values YAML versions read differently.
-
-    Scans the parse events, which hold an alias as a reference: nothing is expanded.
-    """
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
-        line = event.start_mark.line + 1 if event.start_mark else 0
-        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
-            raise AmbiguousYamlError("anchors and aliases (& and *) are not allowed; write each value out", line)
-        if isinstance(event, yaml.ScalarEvent) and event.style is None and event.tag is None:
-            for pattern, meaning in _YAML_11_FORMS:
-                if pattern.fullmatch(event.value):
-                    raise AmbiguousYamlError(
-                        f"{event.value!r} is {meaning}; quote it for text, or write the number plainly", line
-                    )
-
-
 def _rule_at_line(text: str, line: int) -> str | None:
     """The name (or `#position`) of the rule whose text spans `line` (1-based)."""
     root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -235,12 +179,11 @@ def load_rules(path: Path, actionable_assets: Collection[str]) -> tuple[CommandR
     except OSError as exc:
         raise RuleError(f"command rules file {path}: cannot be read ({exc.strerror})") from None
     try:
-        _refuse_ambiguous(text)
-        document = yaml.load(text, Loader=UniqueKeyLoader)
-    except (DuplicateKeyError, AmbiguousYamlError) as exc:
+        document = strict_yaml.load(text)
+    except (strict_yaml.DuplicateKeyError, strict_yaml.AmbiguousYamlError) as exc:
         rule_name = _rule_at_line(text, exc.line)
         where = f"command rule {rule_name!r} in {path}" if rule_name else f"command rules file {path}"
-        remedy = "; remove one" if isinstance(exc, DuplicateKeyError) else ""
+        remedy = "; remove one" if isinstance(exc, strict_yaml.DuplicateKeyError) else ""
         raise RuleError(f"{where}: {exc}{remedy}") from None
     except yaml.YAMLError as exc:
         raise RuleError(f"command rules file {path}: not valid YAML ({exc})") from None
