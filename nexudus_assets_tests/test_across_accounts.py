@@ -1,6 +1,8 @@
 """The file across accounts, built from warehouses the real sync wrote against simulators."""
 
+import datetime as dt
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -31,13 +33,14 @@ SIZES = {
     "brand_c": {"seed": 13, "tokens": 5, "contracts": 5, "passes": 5},
 }
 SYNCED = ("brand_a", "brand_b")
+METRICS = f"{INSIGHTS_SCHEMA}.account_metrics_daily"
 #: Access tokens of brand_a deleted upstream before its full refresh: kept in its warehouse as deleted rows.
 DELETED_TOKENS = 2
 
 
 @pytest.fixture(scope="module")
 def warehouses(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Each account's published warehouse, as the sync jobs left it (brand_c's never written)."""
+    """Each account's published warehouse, as the jobs left it (brand_c's never written)."""
     directory = tmp_path_factory.mktemp("accounts")
     paths = {}
     for account, size in SIZES.items():
@@ -53,6 +56,11 @@ def warehouses(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                     ACCESS_TOKENS, [record["Id"] for record in simulator.records(ACCESS_TOKENS)][:DELETED_TOKENS]
                 )
                 project.run("nexudus_full_refresh")
+                # Yesterday's account metrics: a table of the insights schema only brand_a has.
+                yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+                project.defs.resolve_job_def("nexudus_account_metrics").execute_in_process(
+                    instance=project.instance, partition_key=yesterday.isoformat()
+                )
     return paths
 
 
@@ -79,8 +87,10 @@ def test_each_account_s_live_rows_and_insights_are_there_exactly_under_its_name(
     assert result.included == SYNCED
     assert result.not_synced == ("brand_c",)
     insights = insight_tables(warehouses["brand_a"])
-    assert insights and insights == insight_tables(warehouses["brand_b"])
+    assert insight_tables(warehouses["brand_b"]) == insights - {METRICS}
     assert set(result.tables) == {qualified(entity) for entity in ENTITIES} | insights
+    # A table one account has holds its rows only.
+    assert set(result.rows[METRICS]) == {"brand_a"} and result.rows[METRICS]["brand_a"] > 0
     with duckdb.connect(str(target), read_only=True) as across:
         for account in SYNCED:
             with WarehouseFiles(warehouses[account]).read_published() as own:
@@ -92,7 +102,7 @@ def test_each_account_s_live_rows_and_insights_are_there_exactly_under_its_name(
                         expected
                     )
                     assert result.rows[table][account] == len(expected)
-                for table in insights:
+                for table in insight_tables(warehouses[account]):
                     expected = rows_of(own, f"SELECT * FROM {table}")
                     assert rows_of(across, f"SELECT * EXCLUDE (account) FROM {table} WHERE account = ?", [account]) == (
                         expected
@@ -115,11 +125,19 @@ def test_each_account_s_live_rows_and_insights_are_there_exactly_under_its_name(
             f'SELECT account, included, tables, "rows", last_synced_at IS NOT NULL FROM {ACCOUNTS_TABLE}'
             " ORDER BY account"
         ).fetchall()
+    contributed = {
+        account: (
+            len([t for t in result.rows.values() if account in t]),
+            sum(t.get(account, 0) for t in result.rows.values()),
+        )
+        for account in SYNCED
+    }
     assert accounts == [
-        ("brand_a", True, len(result.tables), sum(r["brand_a"] for r in result.rows.values()), True),
-        ("brand_b", True, len(result.tables), sum(r["brand_b"] for r in result.rows.values()), True),
+        ("brand_a", True, *contributed["brand_a"], True),
+        ("brand_b", True, *contributed["brand_b"], True),
         ("brand_c", False, 0, 0, False),
     ]
+    assert contributed["brand_a"][0] == contributed["brand_b"][0] + 1
     # Private to the user, as the warehouses are; nothing left beside it but its lock.
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == [".across_accounts.duckdb.lock", "across_accounts.duckdb"]
@@ -231,3 +249,29 @@ def test_a_sync_writing_one_account_neither_waits_nor_blocks_and_readers_keep_th
         assert contents(published_before) == [("brand_a", True), ("brand_b", True), ("brand_c", False)]
     # The operator's mode is kept, as for the warehouses.
     assert stat.S_IMODE(published_before.stat().st_mode) == 0o640
+
+
+def readme_queries_across_accounts() -> list[str]:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Several Nexudus accounts") :]
+    [block] = re.findall(r"```sql\n(.*?)```", section[: section.index("\n## ", 10)], re.DOTALL)
+    return [statement.strip() for statement in block.split(";") if statement.strip()]
+
+
+def test_the_readme_s_queries_comparing_accounts_run_on_the_file(warehouses: dict[str, Path], tmp_path: Path) -> None:
+    target = tmp_path / "across_accounts.duckdb"
+    publish_across_accounts(warehouses, target)
+    queries = readme_queries_across_accounts()
+
+    with duckdb.connect(str(target), read_only=True) as across:
+        answers = [across.execute(query).fetchall() for query in queries]
+
+    assert len(answers) == 3
+    metrics, tokens, accounts = answers
+    assert metrics and {row[0] for row in metrics} == {"brand_a"}
+    assert {row[0] for row in tokens} <= set(SYNCED)
+    assert [(account, included) for account, included, *_ in accounts] == [
+        ("brand_a", True),
+        ("brand_b", True),
+        ("brand_c", False),
+    ]

@@ -212,6 +212,15 @@ def test_the_example_accounts_file_builds_each_account_s_jobs(tmp_path):
         assert defs.resolve_job_def(f"{account}__nexudus_sync").tags[ACCOUNT_TAG] == account
 
 
+def test_the_readme_shows_the_example_accounts_file_as_shipped():
+    readme = (deploy_check.ROOT / "README.md").read_text()
+    section = readme[readme.index("## Several Nexudus accounts") :]
+    shown = section[section.index("```yaml\n") + len("```yaml\n") : section.index("```\n")]
+    example = deploy_check.ACCOUNTS_EXAMPLE.read_text()
+
+    assert shown == example[example.index("accounts:\n") :]
+
+
 def test_an_accounts_example_with_a_warehouse_off_the_volume_or_an_unshown_secret_is_found(tmp_path):
     example = tmp_path / "accounts.example.yaml"
     example.write_text(
