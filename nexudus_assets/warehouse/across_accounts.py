@@ -221,7 +221,10 @@ def _copy(
 
 @contextlib.contextmanager
 def _exclusive(target: Path) -> Iterator[None]:
-    """One build of `target` at a time (a scheduled run and one launched by hand wait for each other)."""
+    """One build of `target` at a time: a scheduled run and one launched by hand wait for each other.
+
+    An `flock`, which the OS drops when its process dies: a killed build never holds up the next.
+    """
     lock_fd = os.open(target.with_name(f".{target.name}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _PRIVATE)
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX)
