@@ -4,6 +4,8 @@ import datetime as dt
 import os
 import re
 import stat
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +235,26 @@ def test_a_warehouse_busy_for_every_attempt_fails_the_publish_and_keeps_the_prev
         publish_across_accounts(warehouses, published_before, busy_attempts=2, busy_pause_seconds=0.01)
 
     assert published_before.read_bytes() == before
+
+
+def test_a_warehouse_busy_for_a_moment_is_read_once_it_is_free(warehouses: dict[str, Path], tmp_path: Path) -> None:
+    files = WarehouseFiles(warehouses["brand_b"])
+    target = tmp_path / "across_accounts.duckdb"
+    outcome: list[Any] = []
+    with held_open(files.published), held_open(files.working):
+        build = threading.Thread(
+            target=lambda: outcome.append(
+                publish_across_accounts({"brand_b": files.published}, target, busy_attempts=100, busy_pause_seconds=0.1)
+            )
+        )
+        build.start()
+        time.sleep(1)
+        assert build.is_alive() and not target.exists()
+    build.join(timeout=60)
+
+    [result] = outcome
+    assert result.included == ("brand_b",)
+    assert contents(target) == [("brand_b", True)]
 
 
 def test_a_sync_writing_one_account_neither_waits_nor_blocks_and_readers_keep_the_file_they_opened(
