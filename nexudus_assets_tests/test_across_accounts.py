@@ -193,6 +193,22 @@ def test_tables_and_columns_are_the_union_by_name_with_nulls_where_an_account_la
         assert across.execute("SELECT count(*) FROM raw.access_tokens").fetchall() == [(0,)]
 
 
+def test_a_table_larger_than_one_batch_arrives_whole(tmp_path: Path) -> None:
+    warehouse = tmp_path / "large.duckdb"
+    write_warehouse(
+        warehouse, "CREATE TABLE insights.large AS SELECT range AS id, range % 7 AS bucket FROM range(25000)"
+    )
+    target = tmp_path / "across.duckdb"
+
+    result = publish_across_accounts({"large": warehouse}, target)
+
+    assert result.rows["insights.large"] == {"large": 25000}
+    with duckdb.connect(str(target), read_only=True) as across:
+        assert across.execute(
+            "SELECT count(DISTINCT id), sum(bucket), min(account) FROM insights.large"
+        ).fetchall() == [(25000, sum(n % 7 for n in range(25000)), "large")]
+
+
 def contents(path: Path) -> list[tuple[Any, ...]]:
     with duckdb.connect(str(path), read_only=True) as conn:
         return conn.execute(f"SELECT account, included FROM {ACCOUNTS_TABLE} ORDER BY account").fetchall()

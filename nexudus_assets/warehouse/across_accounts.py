@@ -43,8 +43,8 @@ ACCOUNT_COLUMN = "account"
 #: Attempts at reading an account's warehouse while it cannot be read, and the pause between them.
 BUSY_ATTEMPTS = 5
 BUSY_PAUSE_SECONDS = 0.5
-#: Rows per Arrow batch streamed from an account's warehouse into the new file.
-_BATCH_ROWS = 100_000
+#: Rows per Arrow batch streamed from an account's warehouse into the new file: bounds what memory holds at once.
+_BATCH_ROWS = 10_000
 _PRIVATE = 0o600
 
 
