@@ -17,6 +17,7 @@ from nexudus_assets.warehouse.files import (
     WarehouseUnreadableError,
 )
 from nexudus_assets.warehouse.schema import (
+    INSIGHTS_SCHEMA,
     SCHEMA,
     Column,
     ensure_schema,
@@ -34,6 +35,7 @@ __all__ = [
     "CATALOG",
     "DEFAULT_LOCK_TIMEOUT_SECONDS",
     "DEFAULT_WAREHOUSE_PATH",
+    "INSIGHTS_SCHEMA",
     "LOCK_TIMEOUT_VARIABLE",
     "SCHEMA",
     "AcrossAccounts",

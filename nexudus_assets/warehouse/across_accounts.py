@@ -31,10 +31,16 @@ import duckdb
 from nexudus_assets.nexudus.entities import ENTITIES
 from nexudus_assets.warehouse.connection import CATALOG, connect
 from nexudus_assets.warehouse.files import WarehouseBusyError, WarehouseFiles, WarehouseNotSyncedError
-from nexudus_assets.warehouse.schema import SYNC_LOG, one_row, qualified, quote, table_exists, transaction
+from nexudus_assets.warehouse.schema import (
+    INSIGHTS_SCHEMA,
+    SYNC_LOG,
+    one_row,
+    qualified,
+    quote,
+    table_exists,
+    transaction,
+)
 
-#: Where the insights are computed in each account's warehouse (account metrics included).
-INSIGHTS_SCHEMA = "insights"
 #: One row per account named: whether it is in the file, from which warehouse, as of when.
 #: In schema `main`, so that it answers to `accounts` whatever the file is called: a schema
 #: named like the file (`across_accounts`) would be ambiguous with the file's own catalog.
