@@ -6,7 +6,7 @@ export DAGSTER_HOME := $(CURDIR)/.dagster_home
 # `dg` runs the project with the environment it finds active: this one, as if activated.
 export VIRTUAL_ENV := $(CURDIR)/$(VENV)
 
-.PHONY: install postgresql demo lint test deploy-check dev bench clean account
+.PHONY: install postgresql demo lint test test-fast deploy-check dev bench clean account
 
 install: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
 
@@ -53,6 +53,10 @@ lint: install
 test: install postgresql
 	$(BIN)/pytest -n 2 -q -m "not slow"
 	$(MAKE) --no-print-directory deploy-check
+
+## test-fast: the everyday loop: the suite on SQLite only, without the cases that start Dagster's own processes
+test-fast: install
+	$(BIN)/pytest -n 2 -q -m "not slow and not processes" -k "not postgres"
 
 ## deploy-check: deploy/ checked, and the code location loaded as deployed (gRPC, PostgreSQL)
 deploy-check: install postgresql

@@ -9,6 +9,7 @@ from typing import Any
 
 import dagster as dg
 
+from nexudus_assets.assets.across_accounts import build_across_accounts
 from nexudus_assets.assets.command_catalogue import build_command_catalogue
 from nexudus_assets.assets.insights import INSIGHTS, build_insight_assets
 from nexudus_assets.assets.raw import build_raw_assets
@@ -143,10 +144,17 @@ def load_defs(settings: Settings) -> dg.Definitions:
 
 
 def load_deployment_defs(deployment: Deployment) -> dg.Definitions:
-    """The code location: every account of `deployment`."""
-    return in_one_process(
-        dg.Definitions.merge(*(load_account_defs(account.names, account.settings) for account in deployment.accounts))
-    )
+    """The code location: every account of `deployment`, and with an accounts file the file across them."""
+    accounts = [load_account_defs(account.names, account.settings) for account in deployment.accounts]
+    if deployment.from_file:
+        accounts.append(
+            build_across_accounts(
+                [(account.names, account.settings.duckdb_path) for account in deployment.accounts],
+                deployment.across_accounts_path,
+                deployment.across_accounts_cron,
+            )
+        )
+    return in_one_process(dg.Definitions.merge(*accounts))
 
 
 defs = load_deployment_defs(Deployment.from_env())

@@ -11,7 +11,7 @@ from nexudus_assets.assets import command_catalogue, insights, raw, trends
 from nexudus_assets.checks import freshness_check_keys
 from nexudus_assets.names import API, LEDGER, PLAIN_NAMES, WAREHOUSE, AccountNames
 from nexudus_assets.nexudus import ENTITIES, Entity
-from nexudus_assets.warehouse import WarehouseError, qualified
+from nexudus_assets.warehouse import INSIGHTS_SCHEMA, WarehouseError, qualified
 from nexudus_assets.writeback.execute import CommandReport, SeenRecord, run_rule, run_update
 from nexudus_assets.writeback.ledger import LedgerError, open_ledger
 from nexudus_assets.writeback.rules import CommandRule, RuleError, Scalar
@@ -103,7 +103,7 @@ class CommandRunConfig(dg.Config):
 def _seen_records(conn: Any, rule: CommandRule, entity: Entity) -> tuple[dict[int, SeenRecord], list[str]]:
     """The insight's rows by id, with each record's `updated_on` as the warehouse holds it, and its columns."""
     cursor = conn.execute(
-        f"SELECT i.*, t.updated_on AS _seen_updated_on FROM {insights.INSIGHTS_SCHEMA}.{rule.asset} AS i "
+        f"SELECT i.*, t.updated_on AS _seen_updated_on FROM {INSIGHTS_SCHEMA}.{rule.asset} AS i "
         f"LEFT JOIN {qualified(entity)} AS t USING (id)"
     )
     names = [column[0] for column in cursor.description]

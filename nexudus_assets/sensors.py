@@ -11,7 +11,7 @@ import dagster as dg
 import duckdb
 
 from nexudus_assets.alerts import build_alert_sensor
-from nexudus_assets.assets.insights import INSIGHTS_SCHEMA, insight_by_name
+from nexudus_assets.assets.insights import insight_by_name
 from nexudus_assets.jobs import (
     COMMAND_JOB,
     COMMAND_OP,
@@ -23,7 +23,7 @@ from nexudus_assets.jobs import (
 )
 from nexudus_assets.names import ALERTS, LEDGER, PLAIN_NAMES, WAREHOUSE, AccountNames
 from nexudus_assets.nexudus import Entity
-from nexudus_assets.warehouse import WarehouseBusyError, WarehouseError, WarehouseNotSyncedError
+from nexudus_assets.warehouse import INSIGHTS_SCHEMA, WarehouseBusyError, WarehouseError, WarehouseNotSyncedError
 from nexudus_assets.warehouse.catalogue import read_catalogue
 from nexudus_assets.writeback.execute import cooldown_key, update_key
 from nexudus_assets.writeback.ledger import LedgerError, existing_ledger

@@ -234,7 +234,9 @@ class Deployment:
         return cls(
             accounts=tuple(_accounts(Path(path), environ)),
             from_file=True,
-            across_accounts_path=read.text("NEXUDUS_ACROSS_ACCOUNTS_PATH", defaults.across_accounts_path),
+            across_accounts_path=read.text(
+                "NEXUDUS_ACROSS_ACCOUNTS_PATH", str(_warehouse_directory(environ) / "across_accounts.duckdb")
+            ),
             across_accounts_cron=read.text("NEXUDUS_ACROSS_ACCOUNTS_CRON", defaults.across_accounts_cron),
         )
 
@@ -293,7 +295,7 @@ def _account(entry: AccountEntry, environ: Mapping[str, str], where: str) -> Acc
     own = {
         "NEXUDUS_BASE_URL": entry.base_url,
         "NEXUDUS_AUTH": entry.auth,
-        "NEXUDUS_DUCKDB_PATH": str(Path(DEFAULT_WAREHOUSE_PATH).parent / f"{entry.name}.duckdb"),
+        "NEXUDUS_DUCKDB_PATH": str(_warehouse_directory(environ) / f"{entry.name}.duckdb"),
     }
     shared = {name: value for name, value in environ.items() if name not in ACCOUNT_OWN}
     secrets = {
@@ -312,6 +314,12 @@ def _account(entry: AccountEntry, environ: Mapping[str, str], where: str) -> Acc
             " with the others given"
         )
     return AccountSettings(names, settings)
+
+
+def _warehouse_directory(environ: Mapping[str, str]) -> Path:
+    """Where the accounts' warehouses go by default: beside the deployment's NEXUDUS_DUCKDB_PATH (on
+    the volume, in the image), or in the default's directory."""
+    return Path(environ.get("NEXUDUS_DUCKDB_PATH") or DEFAULT_WAREHOUSE_PATH).parent
 
 
 def _setting_text(value: str | int | float | bool) -> str:

@@ -109,13 +109,19 @@ def test_every_name_of_an_account_carries_it_and_nothing_reaches_another_account
         [account] = [account for account in accounts if name.startswith(f"{account}__")]
         return account
 
-    assert {key.path[0] for key in repository.asset_graph.get_all_asset_keys()} == set(accounts)
-    for assets in repository.assets_defs_by_key.values():
+    # The file across accounts reads every account's published warehouse; nothing else spans accounts.
+    spanning = {"across_accounts", "nexudus_across_accounts", "nexudus_across_accounts_schedule", "__ASSET_JOB"}
+    keys = repository.asset_graph.get_all_asset_keys() - {dg.AssetKey("across_accounts")}
+    assert {key.path[0] for key in keys} == set(accounts)
+    for assets in set(repository.assets_defs_by_key.values()):
+        if assets.keys == {dg.AssetKey("across_accounts")}:
+            assert not assets.required_resource_keys - {"io_manager"}
+            continue
         [account] = {key.path[0] for key in assets.keys}
         assert {account_of(key) for key in assets.required_resource_keys - {"io_manager"}} == {account}
         assert {dep.path[0] for key in assets.keys for dep in assets.asset_deps[key]} <= {account}
     for job in repository.get_all_jobs():
-        if job.name == "__ASSET_JOB":
+        if job.name in spanning:
             continue
         assert job.tags[ACCOUNT_TAG] == account_of(job.name)
         assert {key.path[0] for key in job.asset_layer.asset_graph.get_all_asset_keys()} <= {account_of(job.name)}
@@ -123,6 +129,8 @@ def test_every_name_of_an_account_carries_it_and_nothing_reaches_another_account
         assert {account_of(key) for key in sensor.required_resource_keys} == {account_of(sensor.name)}
         assert all(account_of(target.job_name) == account_of(sensor.name) for target in sensor.targets)
     for schedule in repository.schedule_defs:
+        if schedule.name in spanning:
+            continue
         assert account_of(schedule.job_name) == account_of(schedule.name)
     assert {account_of(key) for key in repository.get_top_level_resources()} == set(accounts)
 
@@ -140,3 +148,23 @@ def test_one_account_from_the_file_or_the_environment_builds_the_same_kinds_of_d
     assert sorted(f"brand_a__{sensor.name}" for sensor in plain.sensor_defs) == sorted(
         sensor.name for sensor in named.sensor_defs
     )
+
+
+def test_the_file_across_accounts_depends_on_every_account_and_names_those_not_synced_yet(tmp_path):
+    found = deployment(tmp_path, TWO_ACCOUNTS, NEXUDUS_DUCKDB_PATH=str(tmp_path / "data" / "warehouse.duckdb"))
+    assert found.across_accounts_path == str(tmp_path / "data" / "across_accounts.duckdb")
+    defs = load_deployment_defs(found)
+    graph = defs.resolve_asset_graph()
+    across = dg.AssetKey("across_accounts")
+    parents = graph.get(across).parent_keys
+    assert {key.path[0] for key in parents} == {"brand_a", "brand_b"}
+    assert dg.AssetKey(["brand_b", "account_metrics_daily"]) in parents
+    job = defs.resolve_job_def("nexudus_across_accounts")
+    assert ACCOUNT_TAG not in job.tags  # it reads published files only: it runs beside any account's runs
+    result = job.execute_in_process(instance=dg.DagsterInstance.ephemeral())
+    [materialization] = result.asset_materializations_for_node("across_accounts")
+    assert materialization.metadata["not_synced"].value == ["brand_a", "brand_b"]
+    assert (tmp_path / "data" / "across_accounts.duckdb").exists()
+    assert "across_accounts" not in {
+        key.to_user_string() for key in load_defs(Settings()).resolve_asset_graph().get_all_asset_keys()
+    }

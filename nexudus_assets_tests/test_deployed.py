@@ -22,6 +22,8 @@ from nexudus_assets_tests.deployment import Deployment
 from nexudus_assets_tests.postgres import PostgresServer
 from nexudus_assets_tests.utils import Webhook
 
+pytestmark = pytest.mark.processes
+
 REPOSITORY = Path(__file__).resolve().parent.parent
 #: What `make dev` uses (SQLite, one event database per run), and what production uses.
 INSTANCES = {"sqlite": REPOSITORY / "dagster.yaml", "postgres": REPOSITORY / "deploy" / "dagster.yaml"}

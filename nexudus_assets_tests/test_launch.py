@@ -13,6 +13,8 @@ from nexudus_assets_tests.deployment import LOCATION, REPOSITORY, Deployment
 from nexudus_assets_tests.utils import Running
 from scripts.run_job import launch
 
+pytestmark = pytest.mark.processes
+
 JOB_RUNS = """query JobRuns($params: PipelineSelector!) { pipelineOrError(params: $params) {
     __typename ... on Pipeline { runs { runId status } } } }"""
 

@@ -2,7 +2,8 @@
 
 Static checks read deploy/ as Docker Compose, Dagster and Helm would: the compose services,
 volumes and variables; deploy/.env.example against the NEXUDUS_* variables the package reads; the
-workspace, the instance settings, the Dockerfile's command and the Helm values.
+workspace, the instance settings, the Dockerfile's command and the Helm values; the example
+accounts file as the code location reads it, and how compose and Helm hand it to the runs.
 
 The live check loads the code location as deployed: a real PostgreSQL (the tests' own), a
 DAGSTER_HOME holding deploy/dagster.yaml, `dagster instance migrate`, the Dockerfile's code server
@@ -34,6 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from nexudus_assets.names import ACCOUNT_TAG  # noqa: E402
+from nexudus_assets.settings import Deployment, SettingsError  # noqa: E402
 from nexudus_assets_tests.postgres import ENV_NAMES as POSTGRES_VARIABLES  # noqa: E402
 from nexudus_assets_tests.postgres import PostgresServer, free_port  # noqa: E402
 
@@ -49,6 +52,10 @@ BIN = Path(sys.executable).parent
 CODE_SERVER_LOAD_SECONDS = 180
 #: Where the images mount the warehouse volume (NEXUDUS_DUCKDB_PATH's directory in compose).
 WAREHOUSE_DIRECTORY = "/opt/dagster/data"
+ACCOUNTS_EXAMPLE = DEPLOY / "accounts.example.yaml"
+ACCOUNTS_COMPOSE = DEPLOY / "docker-compose.accounts.yaml"
+#: The queue's limit that lets one run of each account go at a time, as Dagster and the chart spell it.
+PER_ACCOUNT_LIMIT = {"key": ACCOUNT_TAG, "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
 
 _QUOTED_VARIABLE = re.compile(r"""["'](NEXUDUS_[A-Z0-9_]*[A-Z0-9])["']""")
 _ENV_LINE = re.compile(r"^\s*(?P<comment>#\s*)?(?P<name>[A-Z][A-Z0-9_]*)=")
@@ -202,10 +209,12 @@ def instance_problems(instance: Mapping[str, Any]) -> list[str]:
     for key, variable in wanted.items():
         if postgres_db.get(key) != {"env": variable}:
             problems.append(f"storage.postgres.postgres_db.{key}: not read from {variable}")
-    coordinator = instance.get("run_coordinator") or {}
-    max_concurrent_runs = (coordinator.get("config") or {}).get("max_concurrent_runs")
-    if coordinator.get("class") != "QueuedRunCoordinator" or max_concurrent_runs != 1:
-        problems.append("run_coordinator: not a QueuedRunCoordinator with max_concurrent_runs 1")
+    if (instance.get("run_coordinator") or {}).get("class") != "QueuedRunCoordinator":
+        problems.append("run_coordinator: not a QueuedRunCoordinator")
+    runs = (instance.get("concurrency") or {}).get("runs") or {}
+    problems += per_account_limit_problems(
+        "concurrency.runs.tag_concurrency_limits", runs.get("tag_concurrency_limits")
+    )
     monitoring = instance.get("run_monitoring") or {}
     if monitoring.get("enabled") is not True or not monitoring.get("max_runtime_seconds"):
         problems.append("run_monitoring: not enabled with a max_runtime_seconds")
@@ -215,6 +224,13 @@ def instance_problems(instance: Mapping[str, Any]) -> list[str]:
     if (instance.get("telemetry") or {}).get("enabled") is not False:
         problems.append("telemetry: not disabled")
     return problems
+
+
+def per_account_limit_problems(where: str, limits: Any) -> list[str]:
+    """Runs of one account one at a time, of different accounts side by side."""
+    if PER_ACCOUNT_LIMIT in (limits or []):
+        return []
+    return [f"{where}: no limit of 1 run per value of the {ACCOUNT_TAG} tag (applyLimitPerUniqueValue)"]
 
 
 def workspace_problems(workspace: Mapping[str, Any], compose: Mapping[str, Any], command: list[str]) -> list[str]:
@@ -314,10 +330,27 @@ def helm_problems(values: Mapping[str, Any]) -> list[str]:
     }
     if None not in claims and len(claims) > 1:
         problems.append(f"the user deployment and the run pods mount different claims: {sorted(claims)}")
+    if (values.get("runLauncher") or {}).get("type") != "K8sRunLauncher":
+        problems.append("runLauncher.type: not K8sRunLauncher (a pod per run)")
+    accounts_file = env.get("NEXUDUS_ACCOUNTS")
+    if accounts_file:
+        for where, holder in (("user deployment", deployment), ("runLauncher.config.k8sRunLauncher", run_launcher)):
+            if not _config_map_mounted(holder, accounts_file):
+                problems.append(f"{where}: no ConfigMap mounted where NEXUDUS_ACCOUNTS points")
+        if run_launcher.get("envSecrets") != deployment.get("envSecrets"):
+            problems.append(
+                "runLauncher.config.k8sRunLauncher.envSecrets: not the user deployment's (the accounts' secrets)"
+            )
+    across = env.get("NEXUDUS_ACROSS_ACCOUNTS_PATH")
+    warehouse_directory = PurePosixPath(duckdb_path).parent if duckdb_path else None
+    if across and PurePosixPath(across).parent != warehouse_directory:
+        problems.append("user deployment env: NEXUDUS_ACROSS_ACCOUNTS_PATH is not beside the warehouse, on its claim")
     daemon = values.get("dagsterDaemon") or {}
     queued = ((daemon.get("runCoordinator") or {}).get("config") or {}).get("queuedRunCoordinator") or {}
-    if queued.get("maxConcurrentRuns") != 1:
-        problems.append("dagsterDaemon.runCoordinator: maxConcurrentRuns is not 1")
+    problems += per_account_limit_problems(
+        "dagsterDaemon.runCoordinator.config.queuedRunCoordinator.tagConcurrencyLimits",
+        queued.get("tagConcurrencyLimits"),
+    )
     if (daemon.get("runRetries") or {}).get("maxRetries", 0) != 0:
         problems.append("dagsterDaemon.runRetries.maxRetries: not 0 (jobs opt in with the dagster/max_retries tag)")
     if not (daemon.get("runMonitoring") or {}).get("enabled"):
@@ -328,6 +361,60 @@ def helm_problems(values: Mapping[str, Any]) -> list[str]:
     secret_name = (values.get("global") or {}).get("postgresqlSecretName")
     if values.get("generatePostgresqlPasswordSecret") is not False or not secret_name:
         problems.append("the PostgreSQL password does not come from an existing Secret")
+    return problems
+
+
+def _config_map_mounted(holder: Mapping[str, Any], path: str) -> bool:
+    config_maps = {volume["name"] for volume in holder.get("volumes") or [] if "configMap" in volume}
+    return any(
+        mount["name"] in config_maps and PurePosixPath(path).is_relative_to(PurePosixPath(mount["mountPath"]))
+        for mount in holder.get("volumeMounts") or []
+    )
+
+
+def accounts_example_problems(
+    example: Path = ACCOUNTS_EXAMPLE, env_example: Path = DEPLOY / ".env.example"
+) -> list[str]:
+    """The example accounts file as the code location reads it: several accounts, each warehouse on
+    the volume, each secret's variable shown in .env.example."""
+    try:
+        deployment = Deployment.from_env({"NEXUDUS_ACCOUNTS": str(example)})
+    except SettingsError as exc:
+        return [f"{example.name}: {exc}"]
+    problems = []
+    if len(deployment.accounts) < 2:
+        problems.append(f"{example.name}: {len(deployment.accounts)} account(s); the example shows several")
+    given, documented = env_example_variables(env_example)
+    for account in deployment.accounts:
+        name, settings = account.names.account, account.settings
+        if not PurePosixPath(settings.duckdb_path).is_relative_to(PurePosixPath(WAREHOUSE_DIRECTORY)):
+            problems.append(f"{example.name}: {name}'s warehouse {settings.duckdb_path} is not on the warehouse volume")
+        api = settings.nexudus_api
+        variables = [secret.env_var_name for secret in (api.username, api.password) if isinstance(secret, dg.EnvVar)]
+        for variable in variables:
+            if variable not in given | documented:
+                problems.append(f"{env_example.name}: {variable} ({name}'s secret) is not shown")
+    return problems
+
+
+def accounts_compose_problems(compose: Mapping[str, Any], accounts: Mapping[str, Any]) -> list[str]:
+    """docker-compose.accounts.yaml over docker-compose.yaml: the code server, where runs start, reads the file."""
+    override = (accounts.get("services") or {}).get("code_server") or {}
+    accounts_file = service_environment(override).get("NEXUDUS_ACCOUNTS")
+    if not accounts_file:
+        return ["services.code_server.environment: NEXUDUS_ACCOUNTS is not set"]
+    problems = []
+    bind_mounts = [
+        entry.split(":")[1]
+        for entry in override.get("volumes") or []
+        if isinstance(entry, str) and entry.startswith(".")
+    ]
+    if not any(PurePosixPath(accounts_file).is_relative_to(PurePosixPath(target)) for target in bind_mounts):
+        problems.append(f"services.code_server: NEXUDUS_ACCOUNTS {accounts_file} is on no directory of deploy/")
+    base = service_environment((compose.get("services") or {}).get("code_server") or {})
+    across = base.get("NEXUDUS_ACROSS_ACCOUNTS_PATH", "")
+    if not PurePosixPath(across).is_relative_to(PurePosixPath(WAREHOUSE_DIRECTORY)):
+        problems.append("services.code_server: NEXUDUS_ACROSS_ACCOUNTS_PATH is not on the warehouse volume")
     return problems
 
 
@@ -357,7 +444,7 @@ def static_checks() -> list[tuple[str, Callable[[], list[str]]]]:
         ("deploy/.env.example: every NEXUDUS_* variable the package reads", env_example_problems),
         (".gitignore: deploy/.env stays out of git", gitignore_problems),
         (
-            "deploy/dagster.yaml: PostgreSQL storage, run queue, monitoring, retries, telemetry",
+            "deploy/dagster.yaml: PostgreSQL storage, run queue (one run per account), monitoring, retries, telemetry",
             lambda: instance_problems(load_yaml(DEPLOY / "dagster.yaml")),
         ),
         (
@@ -369,8 +456,16 @@ def static_checks() -> list[tuple[str, Callable[[], list[str]]]]:
             lambda: workspace_problems(load_yaml(DEPLOY / "workspace.yaml"), compose, dockerfile_command()),
         ),
         (
-            "deploy/helm/values.yaml: user deployment, warehouse claim, one run at a time, secrets",
+            "deploy/helm/values.yaml: user deployment, warehouse claim, a pod per run, one run per account, secrets",
             lambda: helm_problems(load_yaml(DEPLOY / "helm" / "values.yaml")),
+        ),
+        (
+            "deploy/accounts.example.yaml: several accounts, warehouses on the volume, secrets in .env.example",
+            accounts_example_problems,
+        ),
+        (
+            "deploy/docker-compose.accounts.yaml: the code server reads the accounts file",
+            lambda: accounts_compose_problems(compose, load_yaml(ACCOUNTS_COMPOSE)),
         ),
         ("run retries: the sync jobs opt in, nexudus_command never", retry_problems),
     ]

@@ -20,9 +20,8 @@ from nexudus_assets.assets.metadata import table_metadata
 from nexudus_assets.assets.revenue import MONEY_COLUMNS, priced
 from nexudus_assets.names import PLAIN_NAMES, WAREHOUSE, AccountNames
 from nexudus_assets.nexudus import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES, CancellationReason, Entity
-from nexudus_assets.warehouse import ensure_schema, history_table, qualified, transaction
+from nexudus_assets.warehouse import INSIGHTS_SCHEMA, ensure_schema, history_table, qualified, transaction
 
-INSIGHTS_SCHEMA = "insights"
 GROUP = "nexudus_insights"
 
 

@@ -20,13 +20,13 @@ from typing import Any
 import dagster as dg
 import duckdb
 
-from nexudus_assets.assets.insights import INSIGHTS_SCHEMA, column_schema, comment_columns
+from nexudus_assets.assets.insights import column_schema, comment_columns
 from nexudus_assets.assets.metadata import table_metadata
 from nexudus_assets.assets.revenue import priced
 from nexudus_assets.names import WAREHOUSE, AccountNames
 from nexudus_assets.nexudus import ACCESS_TOKENS, COWORKER_CONTRACTS, COWORKER_TIME_PASSES
 from nexudus_assets.resources import WarehouseResource
-from nexudus_assets.warehouse import WarehouseError, history_table, one_row, transaction
+from nexudus_assets.warehouse import INSIGHTS_SCHEMA, WarehouseError, history_table, one_row, transaction
 
 GROUP = "nexudus_trends"
 NAME = "account_metrics_daily"

@@ -3,6 +3,7 @@
 Pure Python over DuckDB connections and files; no Dagster, no HTTP.
 """
 
+from nexudus_assets.warehouse.across_accounts import AcrossAccounts, publish_across_accounts
 from nexudus_assets.warehouse.bookkeeping import SyncResult, read_high_water_mark
 from nexudus_assets.warehouse.connection import CATALOG, connect
 from nexudus_assets.warehouse.files import (
@@ -16,6 +17,7 @@ from nexudus_assets.warehouse.files import (
     WarehouseUnreadableError,
 )
 from nexudus_assets.warehouse.schema import (
+    INSIGHTS_SCHEMA,
     SCHEMA,
     Column,
     ensure_schema,
@@ -33,8 +35,10 @@ __all__ = [
     "CATALOG",
     "DEFAULT_LOCK_TIMEOUT_SECONDS",
     "DEFAULT_WAREHOUSE_PATH",
+    "INSIGHTS_SCHEMA",
     "LOCK_TIMEOUT_VARIABLE",
     "SCHEMA",
+    "AcrossAccounts",
     "Column",
     "DeletionGuardError",
     "EntitySync",
@@ -50,6 +54,7 @@ __all__ = [
     "history_columns",
     "history_table",
     "one_row",
+    "publish_across_accounts",
     "qualified",
     "read_high_water_mark",
     "table_columns",

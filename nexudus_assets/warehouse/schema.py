@@ -25,6 +25,8 @@ from nexudus_assets.nexudus.entities import ENTITIES, Entity
 from nexudus_assets.nexudus.models import NexudusRecord
 
 SCHEMA = "raw"
+#: Where the insights and the daily figures are computed, beside the raw tables.
+INSIGHTS_SCHEMA = "insights"
 #: Where earlier versions kept these tables. A file named `nexudus.duckdb` is catalog `nexudus`,
 #: so `nexudus.access_tokens` was ambiguous to anyone opening the file directly.
 LEGACY_SCHEMA = "nexudus"
