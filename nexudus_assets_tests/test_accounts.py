@@ -26,6 +26,8 @@ from nexudus_assets.simulator import Simulator, SimulatorServer
 from nexudus_assets_tests.deployment import FINISHED, AccountServer, Deployment, write_accounts, write_instance
 from nexudus_assets_tests.utils import Webhook, live_rows, upstream_rows
 
+pytestmark = pytest.mark.processes
+
 NEVER = "0 0 1 1 *"
 #: (seed, tokens, contracts, passes) of each account's simulator: three different accounts.
 ACCOUNTS = {"brand_a": (11, 200, 60, 60), "brand_b": (12, 150, 40, 90), "brand_c": (13, 120, 80, 40)}
