@@ -202,10 +202,6 @@ class Deployment:
         )
         return data["runsOrError"]["results"]
 
-    def run(self, run_id: str) -> dict[str, Any]:
-        [found] = [run for run in self.runs() if run["runId"] == run_id]
-        return found
-
     def launch(self, job: str) -> str:
         """Submits a run of `job` as the UI's launch button does; returns its id. The run queue
         holds it until the daemon launches it."""

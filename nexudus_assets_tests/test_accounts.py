@@ -2,8 +2,8 @@
 
 The deployed shape: a gRPC code server, the daemon and the webserver as processes, on SQLite and on
 PostgreSQL; runs are submitted through GraphQL and pass the instance's run queue. One deployment per
-storage serves every test below, in order: the syncs, the queue, a rule, an alert, a killed run.
-What happened is read from the instance (through the webserver), each account's warehouse, each
+storage serves every test below, in order: the syncs, the queue, a rule, an alert, a killed run and
+a terminated run. What happened is read from the instance (through the webserver), each account's warehouse, each
 simulator's own record of the commands it received, and each account's webhook receiver.
 """
 
