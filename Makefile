@@ -51,12 +51,12 @@ lint: install
 
 ## test: the test suite (the long reliability cases run with `make bench`), then deploy-check
 test: install postgresql
-	$(BIN)/pytest -n 2 -q -m "not slow"
+	$(BIN)/pytest -n 2 --dist loadgroup -q -m "not slow"
 	$(MAKE) --no-print-directory deploy-check
 
 ## test-fast: the everyday loop: the suite on SQLite only, without the cases that start Dagster's own processes
 test-fast: install
-	$(BIN)/pytest -n 2 -q -m "not slow and not processes" -k "not postgres"
+	$(BIN)/pytest -n 2 --dist loadgroup -q -m "not slow and not processes" -k "not postgres"
 
 ## deploy-check: deploy/ checked, and the code location loaded as deployed (gRPC, PostgreSQL)
 deploy-check: install postgresql

@@ -125,7 +125,15 @@ def changed_token(account: Account, **fields: Any) -> int:
     return token_id
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+#: Each storage's deployment serves its tests on one worker (`--dist loadgroup`): split, each worker
+#: would start a deployment of its own.
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param(storage, marks=pytest.mark.xdist_group(f"accounts_{storage}"))
+        for storage in ("sqlite", "postgres")
+    ],
+)
 def accounts(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Accounts]:
     directory = tmp_path_factory.mktemp(f"accounts-{request.param}")
     home = directory / "dagster_home"

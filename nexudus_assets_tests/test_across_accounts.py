@@ -40,6 +40,10 @@ METRICS = f"{INSIGHTS_SCHEMA}.account_metrics_daily"
 DELETED_TOKENS = 2
 
 
+# Its tests share the module's warehouses on one worker (`--dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("across_accounts")
+
+
 @pytest.fixture(scope="module")
 def warehouses(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Each account's published warehouse, as the jobs left it (brand_c's never written)."""
