@@ -248,6 +248,71 @@ def test_range_filters_compare_dates_at_minute_precision(sim: Simulator, client:
     assert 0 < len(expected) < len(tokens)
 
 
+def _minute(stamp: Any) -> str | None:
+    """A served `UpdatedOn` as `YYYY-MM-DDTHH:MM` UTC, worked out here apart from the simulator; None: unusable."""
+    try:
+        moment = dt.datetime.fromisoformat(str(stamp))
+    except ValueError:
+        return None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M")
+
+
+def _updated_between(sim: Simulator, low: str | None, high: str | None) -> list[int]:
+    found = []
+    for record in sim.records(ACCESS_TOKENS):
+        minute = _minute(record.get("UpdatedOn"))
+        if minute is not None and (low is None or low <= minute) and (high is None or minute <= high):
+            found.append(record["Id"])
+    return found
+
+
+def test_updated_on_ranges_follow_every_change_to_the_records(sim: Simulator, client: httpx.Client) -> None:
+    # Ranges on UpdatedOn are answered from an index: after each kind of change, every range
+    # lists exactly the records a scan of what the simulator serves finds, in Id order.
+    def assert_ranges_match() -> None:
+        minutes = sorted({m for r in sim.records(ACCESS_TOKENS) if (m := _minute(r.get("UpdatedOn")))})
+        bounds = [minutes[0], minutes[len(minutes) // 3], minutes[len(minutes) // 2], minutes[-1], "2031-01-01T00:00"]
+        for low in [None, *bounds]:
+            for high in [None, *bounds]:
+                params = {"from_AccessToken_UpdatedOn": low, "to_AccessToken_UpdatedOn": high}
+                sent = {name: value for name, value in params.items() if value is not None}
+                if not sent:
+                    continue  # no filter: every record, also those without a usable stamp
+                assert ids(client, ACCESS_TOKENS, **sent) == _updated_between(sim, low, high), sent
+        assert ids(client, ACCESS_TOKENS, AccessToken_UpdatedOn=bounds[2]) == _updated_between(
+            sim, bounds[2], bounds[2]
+        )
+
+    assert_ranges_match()
+    keys = [record["Id"] for record in sim.records(ACCESS_TOKENS)]
+    sim.update(ACCESS_TOKENS, keys[3:6], {"UpdatedOn": "2030-06-01T10:00:00Z"})
+    sim.update(ACCESS_TOKENS, keys[6:8], {"UpdatedOn": "2019-01-01T00:00:00Z"})  # earlier than every other
+    assert_ranges_match()
+    token = sim.records(ACCESS_TOKENS)[10]
+    body = {"Id": token["Id"], "BusinessId": token["BusinessId"], "AccessCode": "CHANGED1", "MinutesIncluded": 9}
+    assert client.put(ACCESS_TOKENS.path, json=body).json()["WasSuccessful"]
+    assert run(client, ACCESS_TOKENS, "ACCESSTOKEN_ADD_MINUTES", keys[12:14], {"Name": "Minutes", "Value": 5})[
+        "WasSuccessful"
+    ]
+    assert run(client, ACCESS_TOKENS, "ACCESSTOKEN_MERGE", keys[15:17])["WasSuccessful"]  # the second goes
+    assert client.delete(f"{ACCESS_TOKENS.path}/{keys[20]}").status_code == 200
+    sim.insert(ACCESS_TOKENS, 3)
+    created = client.post(ACCESS_TOKENS.path, json={"BusinessId": 1, "AccessCode": "NEW00001", "MinutesIncluded": 60})
+    assert created.json()["WasSuccessful"]
+    assert_ranges_match()
+    sim.put_raw(ACCESS_TOKENS, {"Id": keys[21], "AccessCode": "RAW", "UpdatedOn": "2030-06-01T10:00:00+02:00"})
+    sim.put_raw(ACCESS_TOKENS, {"Id": keys[22], "AccessCode": "RAW", "UpdatedOn": "not a date"})
+    sim.put_raw(ACCESS_TOKENS, {"Id": keys[-1] + 100, "AccessCode": "RAW, no stamp"})
+    assert_ranges_match()
+    # A change in place that names no record: the index is rebuilt from every record.
+    table = sim.table(ACCESS_TOKENS)
+    table[keys[25]]["UpdatedOn"] = "2030-06-01T10:00:00Z"
+    table.changed()
+    assert_ranges_match()
+
+
 def test_list_hook_runs_between_pages_so_data_can_drift(sim: Simulator, client: httpx.Client) -> None:
     seen: list[int] = []
 

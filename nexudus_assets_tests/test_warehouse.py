@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 import subprocess
 import sys
@@ -38,6 +39,7 @@ from nexudus_assets.warehouse import (
     read_high_water_mark,
     table_columns,
 )
+from nexudus_assets.warehouse.files import copy_contents
 from nexudus_assets.warehouse.schema import SYNC_LOG
 from nexudus_assets.warehouse.staging import ARROW_MIN_ROWS
 from nexudus_assets_tests.utils import held_open
@@ -729,6 +731,26 @@ def test_a_write_is_published_and_a_process_holding_the_old_file_keeps_its_snaps
         with files.read_published() as reader:
             assert token_count(reader) == 4
     assert not list(files.published.parent.glob("*.partial"))
+
+
+def test_a_publish_is_the_working_file_byte_for_byte_copied_in_the_kernel_or_not(
+    files: WarehouseFiles, tmp_path: Path
+) -> None:
+    with files.write() as conn:
+        sync(conn, [token(n, n) for n in range(1, 300)])
+    assert files.published.read_bytes() == files.working.read_bytes()
+    assert files.published.stat().st_ino != files.working.stat().st_ino
+    # A source the kernel cannot copy from (a pipe has no size, `copy_file_range` refuses it)
+    # goes through this process instead, and arrives whole.
+    content = files.working.read_bytes()
+    read_end, write_end = os.pipe()
+    feeder = threading.Thread(target=lambda: (os.write(write_end, content), os.close(write_end)))
+    feeder.start()
+    target = tmp_path / "copied"
+    with os.fdopen(read_end, "rb") as reader, target.open("wb") as writer:
+        copy_contents(reader, writer)
+    feeder.join()
+    assert target.read_bytes() == content
 
 
 def test_a_write_that_fails_publishes_nothing(files: WarehouseFiles) -> None:

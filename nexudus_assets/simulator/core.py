@@ -163,6 +163,7 @@ class Simulator:
                 if long_ids:
                     record["Id"] = self._interleaved[entity].take(generator.rng)
                 table.add(record["Id"], record)
+            table.index_stamps()
             self._tables[entity] = table
         if self.dialect.lone_surrogate and tokens:
             tokens_table = self._tables[ACCESS_TOKENS]
@@ -221,10 +222,11 @@ class Simulator:
         with self._lock:
             table = self.table(entity)
             now = _utc_now()
+            ids = list(ids)
             for record in self._existing(table, ids):
                 record.update(UpdatedOn=utc_stamp(now), UpdatedBy="System")
                 record.update(changes if changes is not None else self._mutator.change(table.entity, record, now))
-            table.changed()
+            table.changed(ids)
 
     def delete(self, entity: Entity | str, ids: Iterable[int]) -> None:
         with self._lock:
@@ -557,7 +559,7 @@ class Simulator:
                 return validation_answer(errors)
             now = utc_stamp(_utc_now())
             record.update(values, UpdatedOn=now, UpdatedBy=user)
-            table.changed()
+            table.changed((record_id,))
             name = label(entity, record, self._mutator.display(entity, record))
         return 200, {
             "Status": 200,
@@ -615,7 +617,7 @@ class Simulator:
                 touched = failure.touched if isinstance(failure, commands.PartialFailure) else []
                 for record_id in touched:
                     table[record_id].update(UpdatedOn=utc_stamp(now), UpdatedBy=user)
-                table.changed()
+                table.changed(touched)
                 answer = {
                     "Status": 500,
                     "WasSuccessful": False,
@@ -626,7 +628,7 @@ class Simulator:
             else:
                 for record_id in touched:
                     table[record_id].update(UpdatedOn=utc_stamp(now), UpdatedBy=user)
-                table.changed()
+                table.changed(touched)
                 answer = {
                     "Status": 200,
                     "WasSuccessful": True,

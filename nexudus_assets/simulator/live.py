@@ -122,7 +122,7 @@ class LiveAccount:
 
     def _stamp(self, table: Table, record: dict[str, Any], moment: dt.datetime, changes: dict[str, Any]) -> None:
         record.update(changes, UpdatedOn=utc_stamp(moment), UpdatedBy=self._rng.choice(SYSTEM_USERS))
-        table.changed()
+        table.changed((record["Id"],))
 
     def _pick(self, table: Table, fits: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
         """A random record that fits, looked for among a bounded sample so a large account stays quick."""
