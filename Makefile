@@ -50,13 +50,15 @@ lint: install
 	$(BIN)/dg check defs
 
 ## test: the test suite (the long reliability cases run with `make bench`), then deploy-check
+# Three workers on two cores: most cases spend their time waiting on simulators and on Dagster's
+# own processes, not on the CPU.
 test: install postgresql
-	$(BIN)/pytest -n 2 --dist loadgroup -q -m "not slow"
+	$(BIN)/pytest -n 3 --dist loadgroup -q -m "not slow"
 	$(MAKE) --no-print-directory deploy-check
 
 ## test-fast: the everyday loop: the suite on SQLite only, without the cases that start Dagster's own processes
 test-fast: install
-	$(BIN)/pytest -n 2 --dist loadgroup -q -m "not slow and not processes" -k "not postgres"
+	$(BIN)/pytest -n 3 --dist loadgroup -q -m "not slow and not processes" -k "not postgres"
 
 ## deploy-check: deploy/ checked, and the code location loaded as deployed (gRPC, PostgreSQL)
 deploy-check: install postgresql
