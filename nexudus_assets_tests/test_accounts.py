@@ -290,11 +290,14 @@ def test_a_killed_run_of_one_account_blocks_neither_the_others_nor_its_next_run(
     deployment = accounts.deployment
     brand_a = accounts["brand_a"]
     brand_a.sim.reset_stats()
-    brand_a.sim.faults.latency_ms = 2000  # the run is still talking to the account when it is killed
+    brand_a.sim.faults.latency_ms = 2000
     try:
         killed = deployment.launch(brand_a.job(SYNC))
         pid = deployment.wait_for("brand_a's run process", lambda: deployment.run_pid(killed), RUN_SECONDS)
         deployment.wait_for("brand_a's run to ask its account", lambda: brand_a.sim.request_log, RUN_SECONDS)
+        # A sync makes several requests: its next one is answered only after the kill, however
+        # long the launches below take on a loaded machine.
+        brand_a.sim.faults.latency_ms = 600_000
         # Queued behind the run that is about to die: one run of an account at a time.
         after = deployment.launch(brand_a.job(SYNC))
         others = {other.name: deployment.launch(other.job(SYNC)) for other in accounts.others("brand_a")}
