@@ -228,11 +228,19 @@ def test_a_publish_keeps_the_group_of_the_file_it_replaces(tmp_path: Path) -> No
     files = WarehouseFiles(tmp_path / "warehouse.duckdb")
     with files.write() as conn:
         conn.execute("CREATE TABLE main.t AS SELECT 1 AS a")
+    with files.write() as conn:  # keeps the first file as the spare
+        conn.execute("INSERT INTO main.t VALUES (2)")
     analysts = 65534
     os.chown(files.published, -1, analysts)
     files.published.chmod(0o640)
-    with files.write() as conn:
-        conn.execute("INSERT INTO main.t VALUES (2)")
+    spare = files.spare.stat().st_ino
+    with files.write() as conn:  # written into the spare
+        conn.execute("INSERT INTO main.t VALUES (3)")
+    found = files.published.stat()
+    assert (found.st_ino, found.st_gid, stat.S_IMODE(found.st_mode)) == (spare, analysts, 0o640)
+    files.spare.unlink()
+    with files.write() as conn:  # a whole copy
+        conn.execute("INSERT INTO main.t VALUES (4)")
     found = files.published.stat()
     assert (found.st_gid, stat.S_IMODE(found.st_mode)) == (analysts, 0o640)
 

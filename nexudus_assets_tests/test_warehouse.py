@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 import threading
@@ -39,9 +40,8 @@ from nexudus_assets.warehouse import (
     read_high_water_mark,
     table_columns,
 )
-from nexudus_assets.warehouse.files import copy_contents
+from nexudus_assets.warehouse.files import copy_contents, rewrite_changed_blocks
 from nexudus_assets.warehouse.schema import SYNC_LOG
-from nexudus_assets.warehouse.staging import ARROW_MIN_ROWS
 from nexudus_assets_tests.utils import held_open
 
 T0 = dt.datetime(2024, 3, 1, 9, 0)
@@ -63,6 +63,15 @@ def token(record_id: int, updated_hours: int = 0, **fields: Any) -> AccessToken:
     return AccessToken(id=record_id, updated_on=at(updated_hours), **values)
 
 
+#: Rows after which the tests' syncs stage as Arrow: a few thousand rather than the tens of thousands
+#: of a real sync, so that both ways of staging are tested on small syncs.
+ARROW_FROM_ROWS = 2_000
+
+
+def staged_as(arrow_from_rows: int | None) -> dict[str, int]:
+    return {} if arrow_from_rows is None else {"arrow_from_rows": arrow_from_rows}
+
+
 def sync(
     conn: duckdb.DuckDBPyConnection,
     records: list[AccessToken],
@@ -71,9 +80,12 @@ def sync(
     run_id: str = "run",
     now: dt.datetime = NOW,
     rejected: list[RejectedRecord] | None = None,
+    arrow_from_rows: int | None = None,
     **publish: Any,
 ) -> SyncResult:
-    entity_sync = EntitySync(ACCESS_TOKENS, run_id=run_id, mode=mode, now=now)  # type: ignore[arg-type]
+    entity_sync = EntitySync(  # type: ignore[arg-type]
+        ACCESS_TOKENS, run_id=run_id, mode=mode, now=now, **staged_as(arrow_from_rows)
+    )
     entity_sync.begin(conn)
     entity_sync.stage(conn, records, rejected or [])
     return entity_sync.publish(conn, **publish)
@@ -399,14 +411,16 @@ def test_rejected_records_are_quarantined_verbatim(conn: duckdb.DuckDBPyConnecti
     assert rows(conn, f"SELECT rejected FROM {SCHEMA}._sync_log WHERE run_id = 'second'") == [(2,)]
 
 
-@pytest.mark.parametrize("others", [0, ARROW_MIN_ROWS], ids=["as parameters", "as arrow"])
+@pytest.mark.parametrize("others", [0, ARROW_FROM_ROWS], ids=["as parameters", "as arrow"])
 def test_values_a_column_cannot_hold_are_quarantined_not_fatal(conn: duckdb.DuckDBPyConnection, others: int) -> None:
     contracts = [
         CoworkerContract(id=1, price=Decimal("10.00"), updated_on=at(1)),
         CoworkerContract(id=2, price=Decimal("1e20"), updated_on=at(2)),  # beyond DECIMAL(18,4)
         *(CoworkerContract(id=i, price=Decimal(i), updated_on=at(3)) for i in range(3, others + 3)),
     ]
-    entity_sync = EntitySync(COWORKER_CONTRACTS, run_id="run", mode="incremental", now=NOW)
+    entity_sync = EntitySync(
+        COWORKER_CONTRACTS, run_id="run", mode="incremental", now=NOW, arrow_from_rows=ARROW_FROM_ROWS
+    )
     entity_sync.begin(conn)
     entity_sync.stage(conn, contracts, [])
     result = entity_sync.publish(conn)
@@ -482,25 +496,28 @@ def test_calls_out_of_order_are_refused(conn: duckdb.DuckDBPyConnection) -> None
         incremental.missing_ids(conn)
 
 
-def test_small_and_large_batches_are_stored_alike(tmp_path: Path) -> None:
-    # Batches below ARROW_MIN_ROWS go to DuckDB as query parameters, larger ones as Arrow.
-    tokens = [token(i, i % 24, description=None if i % 7 else f"token {i}") for i in range(1, 2 * ARROW_MIN_ROWS + 1)]
+def test_batches_staged_as_parameters_and_as_arrow_are_stored_alike(tmp_path: Path) -> None:
+    # A sync's batches go to DuckDB as query parameters until it has staged `arrow_from_rows`, then as Arrow.
+    tokens = [token(i, i % 24, description=None if i % 7 else f"token {i}") for i in range(1, 2 * ARROW_FROM_ROWS + 1)]
     tokens[5] = AccessToken.model_validate(
         {"Id": 6, "UpdatedOn": "2024-03-01T09:00:00Z", "UniqueId": str(UUID(int=6)), "Colour": {"Red": [1, 2]}}
     )
     contracts = [
         CoworkerContract(id=i, price=Decimal(i) / 3, cancellation_reason=i % 3 or None, updated_on=at(i % 60))
-        for i in range(1, 2 * ARROW_MIN_ROWS + 1)
+        for i in range(1, 2 * ARROW_FROM_ROWS + 1)
     ]
     stored = []
-    for batch_rows in (ARROW_MIN_ROWS - 1, 2 * ARROW_MIN_ROWS):
-        conn = connect(str(tmp_path / f"{batch_rows}.duckdb"))
+    # Every batch as parameters, the first as parameters and the later ones as Arrow, every one as Arrow.
+    for arrow_from_rows in (len(tokens) + 1, ARROW_FROM_ROWS, 0):
+        conn = connect(str(tmp_path / f"{arrow_from_rows}.duckdb"))
         try:
             for entity, records in ((ACCESS_TOKENS, tokens), (COWORKER_CONTRACTS, contracts)):
-                entity_sync = EntitySync(entity, run_id="run", mode="incremental", now=NOW)
+                entity_sync = EntitySync(
+                    entity, run_id="run", mode="incremental", now=NOW, arrow_from_rows=arrow_from_rows
+                )
                 entity_sync.begin(conn)
-                for start in range(0, len(records), batch_rows):
-                    entity_sync.stage(conn, records[start : start + batch_rows])
+                for start in range(0, len(records), ARROW_FROM_ROWS - 1):
+                    entity_sync.stage(conn, records[start : start + ARROW_FROM_ROWS - 1])
                 entity_sync.publish(conn)
             stored.append(
                 [
@@ -510,7 +527,7 @@ def test_small_and_large_batches_are_stored_alike(tmp_path: Path) -> None:
             )
         finally:
             conn.close()
-    assert stored[0] == stored[1]
+    assert stored[0] == stored[1] == stored[2]
     assert json.loads(stored[0][0][5][-3]) == {"Colour": {"Red": [1, 2]}}
 
 
@@ -753,6 +770,101 @@ def test_a_publish_is_the_working_file_byte_for_byte_copied_in_the_kernel_or_not
     assert target.read_bytes() == content
 
 
+def publish_tokens(files: WarehouseFiles, first: int, count: int, run_id: str) -> None:
+    with files.write() as conn:
+        sync(conn, [token(n, n % 50) for n in range(first, first + count)], run_id=run_id)
+
+
+def test_a_publish_writes_the_changes_into_the_file_the_last_publish_replaced(files: WarehouseFiles) -> None:
+    publish_tokens(files, 1, 3_000, "first")
+    assert not files.spare.exists()  # nothing was replaced yet
+    first = files.published.stat().st_ino
+    publish_tokens(files, 3_001, 100, "second")
+    assert files.spare.stat().st_ino == first  # the file the second publish replaced, kept
+
+    files.published.chmod(0o640)
+    publish_tokens(files, 3_101, 100, "third")
+    # The third publish is the first one's file, brought up to date block by block.
+    found = files.published.stat()
+    assert found.st_ino == first and found.st_nlink == 1
+    assert files.published.read_bytes() == files.working.read_bytes()
+    assert stat.S_IMODE(found.st_mode) == 0o640  # the mode of the file it replaced, not its own old one
+    with files.read_published() as conn:
+        assert token_count(conn) == 3_200
+    assert not list(files.published.parent.glob("*.partial"))
+
+
+def test_a_spare_someone_still_reads_is_left_to_them_and_the_publish_copies(files: WarehouseFiles) -> None:
+    publish_tokens(files, 1, 500, "first")
+    publish_tokens(files, 501, 10, "second")
+    # One reader in another process, one in this one: each holds the file it opened.
+    with (
+        held_open(files.published, read_only=True) as analyst,
+        duckdb.connect(str(files.published), read_only=True) as sensor,
+        files.published.open("rb") as held,
+    ):
+        before = held.read()
+        for run in range(3):
+            publish_tokens(files, 600 + 10 * run, 10, f"run {run}")
+            assert files.published.read_bytes() == files.working.read_bytes()
+        # Published three times since, the readers' file the spare twice: never written into.
+        assert os.fstat(held.fileno()).st_ino != files.published.stat().st_ino
+        assert os.pread(held.fileno(), len(before) + 1, 0) == before
+        assert analyst.query(f"SELECT count(*) FROM {qualified(ACCESS_TOKENS)}") == [(510,)]
+        assert token_count(sensor) == 510
+    with files.read_published() as conn:
+        assert token_count(conn) == 540
+
+
+def test_a_spare_that_has_another_name_is_never_written(files: WarehouseFiles, tmp_path: Path) -> None:
+    publish_tokens(files, 1, 500, "first")
+    publish_tokens(files, 501, 10, "second")
+    backup = tmp_path / "backup.duckdb"
+    os.link(files.spare, backup)  # a hard-linked backup of a published file
+    kept = backup.read_bytes()
+    publish_tokens(files, 511, 10, "third")
+    assert backup.read_bytes() == kept
+    # A publish killed between keeping the old file and renaming the new one leaves the published
+    # file itself as the spare.
+    files.spare.unlink()
+    os.link(files.published, files.spare)
+    published = files.published.read_bytes()
+    with held_open(files.published, read_only=True) as analyst:
+        publish_tokens(files, 521, 10, "fourth")
+        assert analyst.query(f"SELECT count(*) FROM {qualified(ACCESS_TOKENS)}") == [(520,)]
+    assert backup.read_bytes() == kept
+    with files.read_published() as conn:
+        assert token_count(conn) == 530
+    assert files.spare.read_bytes() == published
+
+
+@pytest.mark.parametrize("storage", ["v1.0.0", "latest"])
+def test_rewriting_the_blocks_that_differ_makes_the_file_byte_for_byte(tmp_path: Path, storage: str) -> None:
+    older, newer = tmp_path / "older.duckdb", tmp_path / "newer.duckdb"
+    with duckdb.connect() as conn:
+        conn.execute(f"ATTACH '{newer}' AS w (STORAGE_VERSION '{storage}')")
+        conn.execute("CREATE TABLE w.t AS SELECT range AS id, range::VARCHAR AS name FROM range(300000)")
+        conn.execute("CHECKPOINT w")
+        conn.execute("DETACH w")
+        newer_bytes = newer.read_bytes()
+        older.write_bytes(newer_bytes)
+        conn.execute(f"ATTACH '{newer}' AS w")
+        conn.execute("UPDATE w.t SET name = 'changed' WHERE id % 1000 = 7")
+        conn.execute("INSERT INTO w.t SELECT range, 'more' FROM range(300000, 400000)")
+        conn.execute("CHECKPOINT w")
+        conn.execute("DETACH w")
+    with newer.open("rb") as source, older.open("r+b") as target:
+        assert rewrite_changed_blocks(source.fileno(), target.fileno())
+    assert older.read_bytes() == newer.read_bytes()
+    assert older.read_bytes() != newer_bytes
+
+    not_duckdb = tmp_path / "notes.txt"
+    not_duckdb.write_bytes(b"notes " * 10_000)
+    with not_duckdb.open("rb") as source, older.open("r+b") as target:
+        assert not rewrite_changed_blocks(source.fileno(), target.fileno())
+    assert older.read_bytes() == newer.read_bytes()  # nothing written
+
+
 def test_a_write_that_fails_publishes_nothing(files: WarehouseFiles) -> None:
     with files.write() as conn:
         sync(conn, [token(1, 1)])
@@ -936,12 +1048,12 @@ def test_no_warehouse_yet_says_not_synced_yet(files: WarehouseFiles) -> None:
     assert not files.working.exists() and not files.published.exists()
 
 
-@pytest.mark.parametrize("others", [0, ARROW_MIN_ROWS], ids=["as parameters", "as arrow"])
+@pytest.mark.parametrize("others", [0, ARROW_FROM_ROWS], ids=["as parameters", "as arrow"])
 def test_long_ids_nul_characters_and_emoji_are_stored_as_they_came(
     conn: duckdb.DuckDBPyConnection, others: int
 ) -> None:
     odd = token(2**63 - 1, 1, description="Front\x00desk \U0001f600", business_id=2**40, Note="a\x00b")
-    sync(conn, [odd, *(token(i, 1) for i in range(1, others + 1))])
+    sync(conn, [odd, *(token(i, 1) for i in range(1, others + 1))], arrow_from_rows=ARROW_FROM_ROWS)
     stored = rows(
         conn, f"SELECT id, description, business_id, _extra FROM {qualified(ACCESS_TOKENS)} WHERE id = ?", [odd.id]
     )

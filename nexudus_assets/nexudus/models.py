@@ -232,7 +232,13 @@ class NexudusRecord(NexudusModel):
     @classmethod
     def _storable_text(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            problems = [problem for key, value in data.items() for problem in text_problems(value, str(key))]
+            problems = []
+            for key, value in data.items():
+                kind = type(value)
+                # Most values are ASCII text, numbers or null: settled here without a call.
+                if (kind is str and value.isascii()) or (kind is not str and kind is not dict and kind is not list):
+                    continue
+                problems.extend(text_problems(value, str(key)))
             if problems:
                 raise UnstorableText(problems)
         return data

@@ -8,17 +8,28 @@ directory, fsyncs it and renames it onto the published path. A process that has 
 open keeps the file it opened (the old inode), consistent, and sees the new data when it opens the
 path again.
 
-The copy is made by the kernel (`copy_file_range`): on a filesystem with reflinks (Btrfs, XFS,
+A publish writes only what changed where it can. The file a publish replaces is kept beside the
+others (`.<stem>.spare<suffix>`, a hard link made just before the rename) and becomes the next
+published file: the next publish writes into it only the blocks of the working file that differ
+from it, found by the checksum DuckDB writes at the start of every block, then fsyncs and renames
+it. An hourly run that changes a few percent of the warehouse writes a few percent of it. The spare
+is written only when nobody has it open: whoever opened the published file before it was replaced
+holds a DuckDB lock on it, and while any process (this one included) holds one, the publish copies
+the whole working file instead, as it does when there is no spare, when the spare has another name
+as well (a hard-linked backup), or when a file is not in a DuckDB storage format the block
+comparison is known to hold for. The spare costs one more file the size of the warehouse; deleting
+it only makes the next publish a whole copy.
+
+A whole copy is made by the kernel (`copy_file_range`): on a filesystem with reflinks (Btrfs, XFS,
 ZFS) the new file shares the old one's blocks and costs next to nothing; elsewhere the data still
 never passes through this process, which spares the page-cache round trips of a buffered copy.
-Even so a copy costs the size of the warehouse, not of the changes, so a run publishes once:
-its write sessions (`write(publish=False)`) leave the working file checkpointed and mark it as
-changed (`.<stem>.unpublished`), and `publish_pending` copies it when the run's execution ends, a failed
-step or not: each session is one transaction, so the working file holds only what committed. A
-run killed before that leaves the file readers had, and the mark: the next run, or the next write
-session outside a run (which publishes at its end, as a script's does), publishes it. Until then
-what a run recorded as made may be missing from the published file; `has_unpublished_changes`
-says so to whoever acts on it.
+A run publishes once: its write sessions (`write(publish=False)`) leave the working file
+checkpointed and mark it as changed (`.<stem>.unpublished`), and `publish_pending` publishes it
+when the run's execution ends, a failed step or not: each session is one transaction, so the
+working file holds only what committed. A run killed before that leaves the file readers had, and
+the mark: the next run, or the next write session outside a run (which publishes at its end, as a
+script's does), publishes it. Until then what a run recorded as made may be missing from the
+published file; `has_unpublished_changes` says so to whoever acts on it.
 
 Write sessions and publishes take an exclusive lock on a third file (`.<stem>.lock`) for their
 whole length, so two never interleave, and a working file is never copied while another process
@@ -46,6 +57,7 @@ import os
 import re
 import shutil
 import stat
+import struct
 import sys
 import threading
 import time
@@ -77,6 +89,14 @@ _PRIVATE = 0o600
 #: of the copy through this process.
 _KERNEL_COPY_CHUNK = 1 << 30
 _BUFFER_BYTES = 1 << 20
+#: The DuckDB storage formats whose layout the spare's block comparison relies on: a main header
+#: and two database headers of 4 KiB each, then blocks of the size the active database header
+#: gives, each starting with a 64-bit checksum of the block (storage versions 64, DuckDB 1.x and
+#: its compatibility mode, and 999, DuckDB 2's default).
+_DUCKDB_MAGIC = b"DUCK"
+_DUCKDB_HEADERS_BYTES = 3 * 4096
+_KNOWN_STORAGE_VERSIONS = frozenset({64, 999})
+_BLOCK_CHECKSUM_BYTES = 8
 #: `copy_file_range` errors that mean "not here": copy through user space instead.
 _NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF, errno.EPERM})
 #: Files DuckDB creates follow the umask; sessions of all threads share one restricted umask.
@@ -127,6 +147,11 @@ class WarehouseFiles:
     @property
     def lock(self) -> Path:
         return self.published.with_name(f".{self.published.stem}.lock")
+
+    @property
+    def spare(self) -> Path:
+        """The file the last publish replaced, kept so that the next one writes only what changed."""
+        return self.published.with_name(f".{self.published.stem}.spare{self.published.suffix}")
 
     @property
     def unpublished(self) -> Path:
@@ -317,29 +342,37 @@ class WarehouseFiles:
         return True
 
     def _publish(self) -> None:
-        self._copy_into_place(self.working, self.published)
+        self._copy_into_place(self.working, self.published, spare=self.spare)
         # After the rename: a publish killed before it leaves the mark for the next one.
         self.unpublished.unlink(missing_ok=True)
 
     def _mark_unpublished(self) -> None:
         os.close(os.open(self.unpublished, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, _PRIVATE))
 
-    def _copy_into_place(self, source: Path, target: Path) -> None:
-        """Copy, fsync, drop `target`'s logs, rename: whoever opens `target` finds the old file or the whole new one."""
+    def _copy_into_place(self, source: Path, target: Path, *, spare: Path | None = None) -> None:
+        """Copy, fsync, drop `target`'s logs, rename: whoever opens `target` finds the old file or the whole new one.
+
+        With `spare`, the copy is made in the spare where it can (only the blocks that differ), and
+        the file `target` held is kept there for the next time.
+        """
         prefix = f".{target.name.lstrip('.')}."
         # Left by a copy killed midway; the session lock is ours, so no copy is under way.
         for leftover in target.parent.glob(f"{prefix}*.partial"):
             leftover.unlink(missing_ok=True)
         partial = target.with_name(f"{prefix}{uuid.uuid4().hex}.partial")
         try:
-            with source.open("rb") as reader, _create_like(partial, target) as writer:
-                copy_contents(reader, writer)
-                os.fsync(writer.fileno())
+            if spare is None or not _rewrite_spare(spare, partial, source, target):
+                partial.unlink(missing_ok=True)  # a spare that could not be used: whoever holds it keeps it
+                with source.open("rb") as reader, _create_like(partial, target) as writer:
+                    copy_contents(reader, writer)
+                    os.fsync(writer.fileno())
             # Logs beside `target` were written for the file being replaced (an analyst's write
             # killed midway, a working file deleted by hand); replayed into the new one, they
             # would stop DuckDB from opening it.
             for log in self.logs_of(target):
                 log.unlink(missing_ok=True)
+            if spare is not None:
+                _keep_as_spare(target, spare)
             os.replace(partial, target)
         except BaseException:
             partial.unlink(missing_ok=True)
@@ -349,6 +382,118 @@ class WarehouseFiles:
             os.fsync(directory)
         finally:
             os.close(directory)
+
+
+def _keep_as_spare(replaced: Path, spare: Path) -> None:
+    """A second name for the file about to be replaced, so that it outlives the rename."""
+    # No file yet (a first publish), a filesystem without hard links, something else at that name:
+    # the next publish copies the whole file.
+    with contextlib.suppress(OSError):
+        spare.unlink(missing_ok=True)
+        os.link(replaced, spare)
+
+
+def _rewrite_spare(spare: Path, partial: Path, source: Path, replaced: Path) -> bool:
+    """Turns the spare into a copy of `source` at `partial`, writing only the blocks that differ.
+
+    False, leaving whatever is at `partial` to the caller, when the spare cannot be used: there is
+    none, it has another name too, someone holds it open, or a file's format is not one the block
+    comparison is known to hold for.
+    """
+    if not hasattr(fcntl, "F_OFD_SETLK"):  # without these locks, nothing tells whether it is held
+        return False
+    try:
+        os.rename(spare, partial)  # from here no one can open it by name
+        spare_fd = os.open(partial, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        found = os.fstat(spare_fd)
+        # Another name (a hard-linked backup, or a publish killed between its link and its rename,
+        # which left the published file itself here) would see every block written into it.
+        if not stat.S_ISREG(found.st_mode) or found.st_nlink != 1 or not _holds_only_lock(spare_fd):
+            return False
+        with source.open("rb") as reader:
+            if not rewrite_changed_blocks(reader.fileno(), spare_fd):
+                return False
+        _take_mode_of(spare_fd, replaced)
+        os.fsync(spare_fd)
+        return True
+    finally:
+        os.close(spare_fd)  # and with it the lock
+
+
+def _holds_only_lock(fd: int) -> bool:
+    """Takes a write lock on the whole file unless someone holds a lock on it: DuckDB locks each
+    file it opens (read-only ones too), and an open file description lock conflicts with those
+    of every process, this one included. Released when `fd` is closed."""
+    request = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)  # struct flock, whole file
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, request)
+    except OSError as error:
+        if error.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def rewrite_changed_blocks(source_fd: int, target_fd: int) -> bool:
+    """Makes the file at `target_fd` byte for byte the DuckDB file at `source_fd`, writing only the
+    headers and the blocks whose checksums differ; False, having written nothing, when the source is
+    not in a storage format this is known to hold for."""
+    size = os.fstat(source_fd).st_size
+    headers = _read_exactly(source_fd, _DUCKDB_HEADERS_BYTES, 0)
+    block = _block_size(headers, size)
+    if block is None:
+        return False
+    target_size = os.fstat(target_fd).st_size
+    _write_all(target_fd, headers, 0)
+    unknown = bytes(_BLOCK_CHECKSUM_BYTES)  # a block never written: its content says nothing
+    for offset in range(_DUCKDB_HEADERS_BYTES, size, block):
+        checksum = os.pread(source_fd, _BLOCK_CHECKSUM_BYTES, offset)
+        same = (
+            offset + block <= target_size
+            and checksum != unknown
+            and os.pread(target_fd, _BLOCK_CHECKSUM_BYTES, offset) == checksum
+        )
+        if not same:
+            _write_all(target_fd, _read_exactly(source_fd, block, offset), offset)
+    os.ftruncate(target_fd, size)
+    return True
+
+
+def _block_size(headers: bytes, size: int) -> int | None:
+    """The block size the active database header gives, if the file is laid out as this module expects."""
+    if len(headers) < _DUCKDB_HEADERS_BYTES or headers[8:12] != _DUCKDB_MAGIC:
+        return None
+    version, *flags = struct.unpack_from("<5Q", headers, 12)
+    if version not in _KNOWN_STORAGE_VERSIONS or any(flags):  # flags: an encrypted file, for one
+        return None
+    # Each database header: a checksum, then its iteration, meta block, free list, block count and
+    # block size. The one with the higher iteration is in force.
+    first, second = (struct.unpack_from("<QqqQQ", headers, offset) for offset in (4096 + 8, 8192 + 8))
+    block = max(first, second)[4]
+    if block < 4096 or block & (block - 1) or (size - _DUCKDB_HEADERS_BYTES) % block:
+        return None
+    return int(block)
+
+
+def _read_exactly(fd: int, length: int, offset: int) -> bytes:
+    parts, done = [], 0
+    while done < length:
+        part = os.pread(fd, length - done, offset + done)
+        if not part:
+            break
+        parts.append(part)
+        done += len(part)
+    return b"".join(parts)
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
 def copy_contents(reader: IO[bytes], writer: IO[bytes]) -> None:
@@ -383,19 +528,25 @@ def _create_like(path: Path, replaced: Path) -> IO[bytes]:
     """A new file at `path`, private, or with the mode and group of `replaced` when there is one."""
     writer = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _PRIVATE), "wb")
     try:
-        before = os.stat(replaced)
-    except FileNotFoundError:
-        return writer
-    try:
-        os.fchmod(writer.fileno(), stat.S_IMODE(before.st_mode))
-        if before.st_gid != os.fstat(writer.fileno()).st_gid:
-            # Allowed to the file's owner in that group, or to root; otherwise the group is the user's.
-            with contextlib.suppress(PermissionError):
-                os.fchown(writer.fileno(), -1, before.st_gid)
+        _take_mode_of(writer.fileno(), replaced)
     except BaseException:
         writer.close()
         raise
     return writer
+
+
+def _take_mode_of(fd: int, replaced: Path) -> None:
+    """The mode and, where allowed, the group of `replaced`; private when there is no such file."""
+    try:
+        before = os.stat(replaced)
+    except FileNotFoundError:
+        os.fchmod(fd, _PRIVATE)
+        return
+    os.fchmod(fd, stat.S_IMODE(before.st_mode))
+    if before.st_gid != os.fstat(fd).st_gid:
+        # Allowed to the file's owner in that group, or to root; otherwise the group is the user's.
+        with contextlib.suppress(PermissionError):
+            os.fchown(fd, -1, before.st_gid)
 
 
 @contextmanager

@@ -29,10 +29,11 @@ from nexudus_assets.warehouse.schema import (
 
 #: Connection-local name under which a batch is inserted.
 _BATCH = "_nexudus_batch"
-#: Below this many rows a batch reaches DuckDB as query parameters, from it on as Arrow. Arrow
-#: converts many times faster, but pyarrow imports pandas on its first conversion in a process,
-#: a quarter of a second: more than the few hundred rows of an hourly sync cost as parameters.
-ARROW_MIN_ROWS = 2_000
+#: Until a sync has staged this many rows its batches reach DuckDB as query parameters, from then
+#: on as Arrow. Arrow converts a row about 10 us faster, but importing pyarrow and its first
+#: conversion in a process (which imports pandas) take half a second: only a sync of tens of
+#: thousands of rows wins it back, never the 1% an hourly sync of a large account brings.
+ARROW_MIN_ROWS = 50_000
 #: What converting a value no column can hold raises: Arrow's errors, and DuckDB's for parameters.
 _UNSTORABLE = (ValueError, ArithmeticError, duckdb.DataError, duckdb.InvalidInputException)
 
@@ -55,9 +56,10 @@ class RejectedRecord:
 class Staging:
     """The staging table of one entity's sync and the quarantine rows of its run."""
 
-    def __init__(self, entity: Entity, run_id: str) -> None:
+    def __init__(self, entity: Entity, run_id: str, *, arrow_from_rows: int = ARROW_MIN_ROWS) -> None:
         self.entity = entity
         self.run_id = run_id
+        self._arrow_from_rows = arrow_from_rows
         self.table = f"{SCHEMA}._stage_{entity.table}"
         self._columns = data_columns(entity)
         self._column_list = ", ".join(quote(c.name) for c in self._columns)
@@ -139,7 +141,7 @@ class Staging:
     ) -> Callable[[], None]:
         """Load the batch as `_BATCH` and return what releases it."""
         columns = [*self._values(records), list(range(first_seq, first_seq + len(records)))]
-        if len(records) < ARROW_MIN_ROWS:
+        if first_seq + len(records) < self._arrow_from_rows:  # `_seq` counts the rows staged before
             return self._load_as_parameters(conn, columns)
         return self._load_as_arrow(conn, columns)
 

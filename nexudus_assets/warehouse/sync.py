@@ -30,7 +30,7 @@ from nexudus_assets.warehouse.bookkeeping import (
 )
 from nexudus_assets.warehouse.changes import StagedChanges
 from nexudus_assets.warehouse.schema import ensure_schema, one_row, qualified, transaction
-from nexudus_assets.warehouse.staging import RejectedRecord, Staging
+from nexudus_assets.warehouse.staging import ARROW_MIN_ROWS, RejectedRecord, Staging
 
 #: Below this many live rows the deletion guard stays out of the way (a tiny table can empty out).
 _GUARD_MIN_LIVE_ROWS = 10
@@ -61,10 +61,12 @@ class EntitySync:
         mode: Mode,
         account: Account | None = None,
         now: dt.datetime | None = None,
+        arrow_from_rows: int = ARROW_MIN_ROWS,
     ) -> None:
         """`account`: where the records come from. The warehouse records it with its first data, and a
         warehouse of another account is refused (WarehouseAccountError) before anything is written.
-        None only where no account is involved (records made up by the caller)."""
+        None only where no account is involved (records made up by the caller).
+        `arrow_from_rows`: the rows staged after which batches go to DuckDB as Arrow."""
         if mode not in ("incremental", "full"):
             raise ValueError(f"mode must be 'incremental' or 'full', not {mode!r}")
         self.entity = entity
@@ -72,7 +74,7 @@ class EntitySync:
         self.mode = mode
         self.account = account
         self._now = _utc_naive(now) if now is not None else None
-        self._staging = Staging(entity, run_id)
+        self._staging = Staging(entity, run_id, arrow_from_rows=arrow_from_rows)
         self._changes = StagedChanges(entity, self._staging.table, run_id)
         self._started_at: dt.datetime | None = None
 
