@@ -56,9 +56,13 @@ test: install postgresql
 	$(BIN)/pytest -n 3 --dist loadgroup -q -m "not slow"
 	$(MAKE) --no-print-directory deploy-check
 
-## test-fast: the everyday loop: the suite on SQLite only, without the cases that start Dagster's own processes
+# The layers below Dagster: the client, models, simulator, warehouse, ledger, settings and leases.
+FAST_TESTS = $(addprefix nexudus_assets_tests/test_,$(addsuffix .py,models client pacing_and_paging simulator \
+	dialects hostile_server live_records warehouse ledger settings accounts_file lease))
+
+## test-fast: the everyday loop: the layers below Dagster, in about two minutes (`make test` runs everything)
 test-fast: install
-	$(BIN)/pytest -n 3 --dist loadgroup -q -m "not slow and not processes" -k "not postgres"
+	$(BIN)/pytest -n 3 --dist loadgroup -q -m "not slow" $(FAST_TESTS)
 
 ## deploy-check: deploy/ checked, and the code location loaded as deployed (gRPC, PostgreSQL)
 deploy-check: install postgresql
