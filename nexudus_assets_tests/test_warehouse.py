@@ -42,6 +42,7 @@ from nexudus_assets.warehouse import (
 )
 from nexudus_assets.warehouse.files import copy_contents, rewrite_changed_blocks
 from nexudus_assets.warehouse.schema import SYNC_LOG
+from nexudus_assets.warehouse.staging import ARROW_MIN_ROWS
 from nexudus_assets_tests.utils import held_open
 
 T0 = dt.datetime(2024, 3, 1, 9, 0)
@@ -68,10 +69,6 @@ def token(record_id: int, updated_hours: int = 0, **fields: Any) -> AccessToken:
 ARROW_FROM_ROWS = 2_000
 
 
-def staged_as(arrow_from_rows: int | None) -> dict[str, int]:
-    return {} if arrow_from_rows is None else {"arrow_from_rows": arrow_from_rows}
-
-
 def sync(
     conn: duckdb.DuckDBPyConnection,
     records: list[AccessToken],
@@ -80,11 +77,11 @@ def sync(
     run_id: str = "run",
     now: dt.datetime = NOW,
     rejected: list[RejectedRecord] | None = None,
-    arrow_from_rows: int | None = None,
+    arrow_from_rows: int = ARROW_MIN_ROWS,
     **publish: Any,
 ) -> SyncResult:
     entity_sync = EntitySync(  # type: ignore[arg-type]
-        ACCESS_TOKENS, run_id=run_id, mode=mode, now=now, **staged_as(arrow_from_rows)
+        ACCESS_TOKENS, run_id=run_id, mode=mode, now=now, arrow_from_rows=arrow_from_rows
     )
     entity_sync.begin(conn)
     entity_sync.stage(conn, records, rejected or [])

@@ -411,7 +411,7 @@ def _rewrite_spare(spare: Path, partial: Path, source: Path, replaced: Path) -> 
         found = os.fstat(spare_fd)
         # Another name (a hard-linked backup, or a publish killed between its link and its rename,
         # which left the published file itself here) would see every block written into it.
-        if not stat.S_ISREG(found.st_mode) or found.st_nlink != 1 or not _holds_only_lock(spare_fd):
+        if not stat.S_ISREG(found.st_mode) or found.st_nlink != 1 or not _lock_unless_held(spare_fd):
             return False
         with source.open("rb") as reader:
             if not rewrite_changed_blocks(reader.fileno(), spare_fd):
@@ -423,7 +423,7 @@ def _rewrite_spare(spare: Path, partial: Path, source: Path, replaced: Path) -> 
         os.close(spare_fd)  # and with it the lock
 
 
-def _holds_only_lock(fd: int) -> bool:
+def _lock_unless_held(fd: int) -> bool:
     """Takes a write lock on the whole file unless someone holds a lock on it: DuckDB locks each
     file it opens (read-only ones too), and an open file description lock conflicts with those
     of every process, this one included. Released when `fd` is closed."""
