@@ -1,6 +1,8 @@
 """How the package's modules import each other: one way only, and Dagster through its public API."""
 
 import ast
+import subprocess
+import sys
 from collections.abc import Collection, Iterator
 from pathlib import Path
 
@@ -93,3 +95,13 @@ def test_dagster_is_used_through_its_public_api_only():
         if name.startswith("dagster") and any(part.startswith("_") for part in name.split("."))
     ]
     assert private == []
+
+
+def test_every_script_imports_what_it_names():
+    # `make demo`, `make dev` and `make account` run these; a name the package dropped must fail here, not there.
+    scripts = PACKAGE.parent / "scripts"
+    for script in sorted(scripts.glob("*.py")):
+        done = subprocess.run(
+            [sys.executable, "-c", f"import {script.stem}"], cwd=scripts, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, f"scripts/{script.name} does not import:\n{done.stderr[-2000:]}"

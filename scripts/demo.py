@@ -14,7 +14,7 @@ import dagster as dg
 from run_job import launch
 from simulated_account import ACCOUNT_SUMMARY, PROJECT, WHERE_TO_LOOK, simulated_account, use_project_instance
 
-from nexudus_assets.jobs import nexudus_sync
+from nexudus_assets.jobs import SYNC_JOB
 from nexudus_assets.report import print_report
 
 RUN_LOG = PROJECT / "data" / "demo-run.log"
@@ -33,7 +33,7 @@ def main() -> int:
         print(f"Launching the nexudus_sync job against {env['NEXUDUS_BASE_URL']} into {database} ...")
         started = time.monotonic()
         with RUN_LOG.open("w") as log:
-            run = launch(nexudus_sync.name, env=env, tags={DEMO_TAG: "true"}, output=log)
+            run = launch(SYNC_JOB, env=env, tags={DEMO_TAG: "true"}, output=log)
         seconds = time.monotonic() - started
     if run.status != dg.DagsterRunStatus.SUCCESS:
         print(RUN_LOG.read_text()[-4000:])
