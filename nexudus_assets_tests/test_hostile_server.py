@@ -5,6 +5,7 @@ Real HTTP to the simulator with its hostile faults switched on, real DuckDB file
 
 from __future__ import annotations
 
+import gc
 import json
 import uuid
 from collections.abc import Callable
@@ -230,6 +231,28 @@ def test_a_sync_that_fails_leaves_the_previous_warehouse_as_it_was(running, tmp_
         report = sync_tokens(client, database, "failed", full_refresh=True)
     assert live_ids(database) == {record["Id"] for record in running.sim.records(ACCESS_TOKENS)}
     assert (report.result.inserted, report.result.deleted) == (3, 2)
+
+
+def test_a_sync_leaves_the_heap_it_found_to_the_collector_during_the_load_and_gives_it_back(running, tmp_path):
+    # Frozen while it loads, so the collections its records set off skip what was alive before;
+    # after the load, failed or not, the collector sees everything again.
+    before = gc.get_freeze_count()
+    frozen_while_loading = []
+
+    def watched(path: Path) -> Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]:
+        def open_warehouse() -> AbstractContextManager[duckdb.DuckDBPyConnection]:
+            frozen_while_loading.append(gc.get_freeze_count())
+            return connect(str(path))
+
+        return open_warehouse
+
+    with running.client(page_size=10) as client:
+        load_entity(client, watched(tmp_path / "w.duckdb"), ACCESS_TOKENS, run_id="frozen")
+        (tmp_path / "not-a-file.duckdb").mkdir()
+        with pytest.raises(duckdb.Error):
+            load_entity(client, watched(tmp_path / "not-a-file.duckdb"), ACCESS_TOKENS, run_id="failing")
+    assert len(frozen_while_loading) == 2 and min(frozen_while_loading) > before
+    assert gc.get_freeze_count() == before
 
 
 # -- refused sign-ins ------------------------------------------------------------------------

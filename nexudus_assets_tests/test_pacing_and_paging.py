@@ -1,11 +1,13 @@
-"""The pacer and the paginator as pure logic: a fake clock and scripted pages."""
+"""The pacer and the paginator as pure logic: a fake clock and scripted pages (the walk runs in a thread of its own)."""
 
 import itertools
+import threading
+import time
 
 import pytest
 
 from nexudus_assets.nexudus import Pacer, Page, RateLimits, ResponseFormatError, Window
-from nexudus_assets.nexudus.paging import EXTRA_PAGES, MAX_PASSES, PageNumberPaginator, SeenKeys
+from nexudus_assets.nexudus.paging import EXTRA_PAGES, MAX_PASSES, PAGES_AHEAD, PageNumberPaginator, SeenKeys
 
 
 class FakeClock:
@@ -355,3 +357,73 @@ def test_a_list_short_of_its_total_is_read_again_before_the_walk_is_called_short
     paginator = PageNumberPaginator(fetch=answers, size=5)
     assert sorted(record["Id"] for page in paginator for record in page) == [1, 2]
     assert paginator.summary.incomplete is None
+
+
+class RecordingServer(ListServer):
+    """A `ListServer` that remembers which pages were asked for, in order, and from which thread."""
+
+    def __init__(self, ids: list[int], size: int, fail_on: int | None = None) -> None:
+        super().__init__(ids, size)
+        self.asked: list[int] = []
+        self.threads: set[str] = set()
+        self.fail_on = fail_on
+
+    def __call__(self, number: int, size: int) -> Page:
+        self.asked.append(number)
+        self.threads.add(threading.current_thread().name)
+        if number == self.fail_on:
+            raise ResponseFormatError(f"page {number} is not a list envelope")
+        return super().__call__(number, size)
+
+
+def wait_until(condition, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_the_walk_reads_ahead_of_a_caller_busy_with_a_page_and_no_further_than_pages_ahead():
+    server = RecordingServer(list(range(1, 21)), 2)
+    walk = iter(PageNumberPaginator(fetch=server, size=2))
+    next(walk)
+    # While the caller holds page 1: PAGES_AHEAD pages wait for it, and the next is read.
+    assert wait_until(lambda: len(server.asked) == 2 + PAGES_AHEAD)
+    time.sleep(0.1)
+    assert len(server.asked) == 2 + PAGES_AHEAD
+    assert sum(len(page) for page in walk) == 18
+    assert threading.current_thread().name not in server.threads
+
+
+def test_the_pass_that_checks_the_walk_goes_on_while_the_caller_stores_the_last_pages():
+    # 4 pages, then the pass that checks them: all 8 requests made while the caller holds page 1.
+    server = RecordingServer(list(range(1, 9)), 2)
+    walk = iter(PageNumberPaginator(fetch=server, size=2))
+    first = next(walk)
+    assert wait_until(lambda: len(server.asked) == 8)
+    assert server.asked == [1, 2, 3, 4, 1, 2, 3, 4]
+    assert [record["Id"] for page in [first, *walk] for record in page] == list(range(1, 9))
+
+
+def test_a_failed_request_reaches_the_caller_after_the_pages_before_it():
+    server = RecordingServer(list(range(1, 9)), 2, fail_on=3)
+    walk = iter(PageNumberPaginator(fetch=server, size=2))
+    handed = [record["Id"] for _ in range(2) for record in next(walk)]
+    with pytest.raises(ResponseFormatError, match="page 3"):
+        next(walk)
+    assert handed == [1, 2, 3, 4]
+    assert server.asked == [1, 2, 3]
+
+
+def test_a_caller_that_stops_early_stops_the_walk():
+    server = RecordingServer(list(range(1, 201)), 2)
+    walk = iter(PageNumberPaginator(fetch=server, size=2))
+    next(walk)
+    assert wait_until(lambda: len(server.asked) == 2 + PAGES_AHEAD)
+    walk.close()  # what a `for` loop left by an exception does
+    asked = len(server.asked)
+    time.sleep(0.2)
+    assert asked == 2 + PAGES_AHEAD and len(server.asked) == asked
+    assert not any(thread.name == "nexudus-walk" for thread in threading.enumerate())

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import queue
+import threading
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +23,8 @@ DEFAULT_MAX_PAGES = 100_000
 EXTRA_PAGES = 3
 #: Passes over a list at most: the first, then re-walks until one brings nothing new.
 MAX_PASSES = 4
+#: Pages a walk reads ahead of its caller at most: a few megabytes of JSON at 1000 records a page.
+PAGES_AHEAD = 3
 
 
 @dataclass
@@ -121,45 +125,24 @@ class PageNumberPaginator:
     _page_length: int = field(default=0, init=False, repr=False)
 
     def __iter__(self) -> Iterator[list[dict[str, Any]]]:
-        # The next page is asked for before this one is handed over, so the server works on it
-        # while the caller validates and stores this one. A step back discards the guess.
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nexudus-prefetch") as prefetch:
-            ahead: tuple[int, Future[Page]] | None = None
+        # The walk runs in a thread of its own, up to `PAGES_AHEAD` pages ahead of the caller: the
+        # server answers the next pages while the caller validates and stores this one, and the
+        # passes that only check the walk go on while the caller stores the last pages. Still one
+        # request at a time, and only the ones the walk decides on.
+        return _read_ahead(self._pages(), PAGES_AHEAD, thread_name="nexudus-walk")
 
-            def fetch(number: int) -> Page:
-                nonlocal ahead
-                guessed, ahead = ahead, None
-                if guessed is not None:
-                    guessed_number, future = guessed
-                    if guessed_number == number:
-                        return future.result()
-                    future.exception()  # wait for it: one request at a time, and its failure is moot
-                return self.fetch(number, self.size)
-
-            for records, next_number in self._walk(fetch):
-                if next_number is not None:
-                    ahead = (next_number, prefetch.submit(self.fetch, next_number, self.size))
-                if records:
-                    yield records
-            if ahead is not None:
-                ahead[1].exception()
-
-    def _walk(self, fetch: Callable[[int], Page]) -> Iterator[tuple[list[dict[str, Any]], int | None]]:
-        """(records to yield, the page to read next or None) for each page read, pass after pass."""
+    def _pages(self) -> Iterator[list[dict[str, Any]]]:
+        """The records to hand over from each page read, pass after pass; empty pages left out."""
         summary = self.summary
         seen = SeenKeys()
         while True:
             summary.passes += 1
-            verifying = summary.passes > 1
             outcome = _PassOutcome()
-            for records, next_number in self._pass(fetch, seen, outcome, verifying):
-                if next_number is None:
-                    more_passes = self._another_pass(outcome)
-                    yield records, 1 if more_passes else None
-                    if not more_passes:
-                        return
-                else:
-                    yield records, next_number
+            for records in self._pass(seen, outcome, verifying=summary.passes > 1):
+                if records:
+                    yield records
+            if not self._another_pass(outcome):
+                return
 
     def _another_pass(self, outcome: _PassOutcome) -> bool:
         """Whether the pass just ended leaves the walk unsettled; records why when it must stop."""
@@ -192,9 +175,7 @@ class PageNumberPaginator:
             return False
         return True
 
-    def _pass(
-        self, fetch: Callable[[int], Page], seen: SeenKeys, outcome: _PassOutcome, verifying: bool
-    ) -> Iterator[tuple[list[dict[str, Any]], int | None]]:
+    def _pass(self, seen: SeenKeys, outcome: _PassOutcome, verifying: bool) -> Iterator[list[dict[str, Any]]]:
         summary = self.summary
         in_pass = SeenKeys()
         number = 1
@@ -203,7 +184,7 @@ class PageNumberPaginator:
         previous_total: int | None = None
         stale_pages = 0
         while True:
-            page = fetch(number)
+            page = self.fetch(number, self.size)
             summary.pages += 1
             outcome.pages += 1
             if verifying:
@@ -248,8 +229,7 @@ class PageNumberPaginator:
             more = bool(records) and self._has_next(page, number, len(records), outcome.distinct)
             if more and not self._within_bounds(number, total, outcome.distinct):
                 more = False
-            handed = new if verifying else records
-            yield handed, number + 1 if more else None
+            yield new if verifying else records
             if not more:
                 return
             number += 1
@@ -310,3 +290,49 @@ class _PassOutcome:
     new: int = 0
     #: `TotalItems` changed between two of its answers.
     total_moved: bool = False
+
+
+class _Failed:
+    """What the walk raised, handed to the caller in its place."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_END = object()
+
+
+def _read_ahead(items: Iterator[Any], depth: int, *, thread_name: str) -> Iterator[Any]:
+    """`items`, produced in a thread of their own at most `depth` ahead of the caller.
+
+    What the producer raises is raised to the caller once the items before it are consumed. A
+    caller that stops early stops the producer after the request it is making, and waits for it.
+    """
+    handed: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                handed.put(item)
+                if stop.is_set():
+                    return
+        except BaseException as error:  # the caller's to handle, in the caller's thread
+            handed.put(_Failed(error))
+        else:
+            handed.put(_END)
+
+    producer = threading.Thread(target=produce, name=thread_name, daemon=True)
+    producer.start()
+    try:
+        while (item := handed.get()) is not _END:
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        # A producer blocked on a full queue needs room to notice the stop.
+        while producer.is_alive():
+            with suppress(queue.Empty):
+                handed.get(timeout=0.05)
+        producer.join()
