@@ -362,13 +362,15 @@ def test_a_list_short_of_its_total_is_read_again_before_the_walk_is_called_short
 class RecordingServer(ListServer):
     """A `ListServer` that remembers which pages were asked for, in order, and from which thread."""
 
-    def __init__(self, ids: list[int], size: int, fail_on: int | None = None) -> None:
+    def __init__(self, ids: list[int], size: int, fail_on: int | None = None, seconds: float = 0.0) -> None:
         super().__init__(ids, size)
         self.asked: list[int] = []
         self.threads: set[str] = set()
         self.fail_on = fail_on
+        self.seconds = seconds
 
     def __call__(self, number: int, size: int) -> Page:
+        time.sleep(self.seconds)
         self.asked.append(number)
         self.threads.add(threading.current_thread().name)
         if number == self.fail_on:
@@ -427,3 +429,13 @@ def test_a_caller_that_stops_early_stops_the_walk():
     time.sleep(0.2)
     assert asked == 2 + PAGES_AHEAD and len(server.asked) == asked
     assert not any(thread.name == "nexudus-walk" for thread in threading.enumerate())
+
+
+def test_a_caller_that_stops_during_the_checking_pass_stops_it_after_the_request_it_is_making():
+    # 4 pages, then a pass of 4 more that hands nothing over; each answer takes 50 ms.
+    server = RecordingServer(list(range(1, 9)), 2, seconds=0.05)
+    walk = iter(PageNumberPaginator(fetch=server, size=2))
+    for _ in range(4):
+        next(walk)
+    walk.close()  # the walk is making the first request of its checking pass
+    assert server.asked in ([1, 2, 3, 4], [1, 2, 3, 4, 1])

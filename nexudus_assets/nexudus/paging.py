@@ -129,18 +129,24 @@ class PageNumberPaginator:
         # server answers the next pages while the caller validates and stores this one, and the
         # passes that only check the walk go on while the caller stores the last pages. Still one
         # request at a time, and only the ones the walk decides on.
-        return _read_ahead(self._pages(), PAGES_AHEAD, thread_name="nexudus-walk")
+        stop = threading.Event()
+        return _read_ahead(self._pages(stop), PAGES_AHEAD, stop, thread_name="nexudus-walk")
 
-    def _pages(self) -> Iterator[list[dict[str, Any]]]:
-        """The records to hand over from each page read, pass after pass; empty pages left out."""
+    def _pages(self, stop: threading.Event) -> Iterator[list[dict[str, Any]]]:
+        """The records to hand over from each page read, pass after pass; empty pages left out.
+
+        Once `stop` is set no further page is asked for: the caller no longer wants any.
+        """
         summary = self.summary
         seen = SeenKeys()
-        while True:
+        while not stop.is_set():
             summary.passes += 1
             outcome = _PassOutcome()
             for records in self._pass(seen, outcome, verifying=summary.passes > 1):
                 if records:
                     yield records
+                if stop.is_set():
+                    return
             if not self._another_pass(outcome):
                 return
 
@@ -302,21 +308,19 @@ class _Failed:
 _END = object()
 
 
-def _read_ahead(items: Iterator[Any], depth: int, *, thread_name: str) -> Iterator[Any]:
+def _read_ahead(items: Iterator[Any], depth: int, stop: threading.Event, *, thread_name: str) -> Iterator[Any]:
     """`items`, produced in a thread of their own at most `depth` ahead of the caller.
 
     What the producer raises is raised to the caller once the items before it are consumed. A
-    caller that stops early stops the producer after the request it is making, and waits for it.
+    caller that stops early sets `stop`, which `items` heeds between two of its requests, and
+    waits for the producer to end.
     """
     handed: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
 
     def produce() -> None:
         try:
             for item in items:
                 handed.put(item)
-                if stop.is_set():
-                    return
         except BaseException as error:  # the caller's to handle, in the caller's thread
             handed.put(_Failed(error))
         else:
