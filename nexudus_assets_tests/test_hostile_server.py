@@ -254,6 +254,17 @@ def test_a_sync_leaves_the_heap_it_found_to_the_collector_during_the_load_and_gi
     assert len(frozen_while_loading) == 2 and min(frozen_while_loading) > before
     assert gc.get_freeze_count() == before
 
+    # A host that froze objects of its own keeps them frozen.
+    gc.freeze()
+    try:
+        frozen_by_host = gc.get_freeze_count()
+        with running.client(page_size=10) as client:
+            load_entity(client, watched(tmp_path / "w.duckdb"), ACCESS_TOKENS, run_id="host-frozen")
+        # Unfreezing would have made it 0; frozen objects freed since only make it a little smaller.
+        assert frozen_by_host > 0 and gc.get_freeze_count() > frozen_by_host // 2
+    finally:
+        gc.unfreeze()
+
 
 # -- refused sign-ins ------------------------------------------------------------------------
 

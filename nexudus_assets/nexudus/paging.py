@@ -311,9 +311,9 @@ _END = object()
 def _read_ahead(items: Iterator[Any], depth: int, stop: threading.Event, *, thread_name: str) -> Iterator[Any]:
     """`items`, produced in a thread of their own at most `depth` ahead of the caller.
 
-    What the producer raises is raised to the caller once the items before it are consumed. A
-    caller that stops early sets `stop`, which `items` heeds between two of its requests, and
-    waits for the producer to end.
+    What the producer raises is raised to the caller once the items before it are consumed. When the
+    caller stops early, `stop` is set (`items` heeds it between two of its requests) and the
+    caller waits for the producer to end.
     """
     handed: queue.Queue[Any] = queue.Queue(maxsize=depth)
 

@@ -54,8 +54,12 @@ def _heap_so_far_frozen() -> Iterator[None]:
 
     A Dagster run holds hundreds of thousands of objects, and every full collection traverses all
     of them; the records of a load set off several. Frozen, the collections see only what the
-    load makes, and the garbage it makes is collected as before.
+    load makes, and the garbage it makes is collected as before. A host that froze objects of its
+    own (before forking, say) is left as it is: unfreezing gives back every frozen object at once.
     """
+    if gc.get_freeze_count():
+        yield
+        return
     gc.freeze()
     try:
         yield
