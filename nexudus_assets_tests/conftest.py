@@ -22,6 +22,22 @@ LOCAL_INSTANCE = PROJECT / "dagster.yaml"
 DEPLOYED_INSTANCE = PROJECT / "deploy" / "dagster.yaml"
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fails a test of an `xdist_group` that `--dist loadgroup` would not keep with its group.
+
+    pytest-xdist tells its scheduler a test's group by appending `@<group>` to the test's id in
+    each worker. A pytest that drops the suffix lets the group spread over every worker, with no
+    error, and each worker then starts the deployment the group's tests were written to share.
+    """
+    loadgroup = getattr(item.config.option, "loadgroup", False)  # set in the workers of loadgroup only
+    if loadgroup and item.get_closest_marker("xdist_group") and item.nodeid.rfind("@") < item.nodeid.rfind("]"):
+        pytest.fail(
+            "--dist loadgroup does not keep this test with its xdist_group with the pytest and pytest-xdist"
+            " installed: install the versions of constraints.txt",
+            pytrace=False,
+        )
+
+
 @pytest.fixture
 def start_simulator() -> Iterator[Callable[..., Running]]:
     """Starts simulators with the given settings; all stop at the end of the test."""
