@@ -21,10 +21,12 @@ from nexudus_assets.definitions import build_defs
 from nexudus_assets.nexudus import (
     ACCESS_TOKENS,
     ENTITIES,
+    Entity,
     NexudusClient,
     PermissionDeniedError,
     ResponseFormatError,
     RetryPolicy,
+    ServerError,
     SignInRefusedError,
     TransportError,
     UncertainOutcomeError,
@@ -231,6 +233,61 @@ def test_a_sync_that_fails_leaves_the_previous_warehouse_as_it_was(running, tmp_
         report = sync_tokens(client, database, "failed", full_refresh=True)
     assert live_ids(database) == {record["Id"] for record in running.sim.records(ACCESS_TOKENS)}
     assert (report.result.inserted, report.result.deleted) == (3, 2)
+
+
+def history(database: Path) -> list[tuple[Any, ...]]:
+    return query(database, f"SELECT * FROM {SCHEMA}.access_tokens_history ORDER BY id, _valid_from")
+
+
+def test_an_incremental_sync_whose_check_of_the_walk_fails_publishes_nothing_of_its_first_pass(running, tmp_path):
+    # The changes the first pass read are written while the walk checks it: a check that fails
+    # must leave them unwritten, and the next sync writes them.
+    database = tmp_path / "w.duckdb"
+    with running.client(page_size=10) as client:
+        sync_tokens(client, database, "good")
+    before, versions = snapshot(database), history(database)
+    changed = running.sim.mutate(ACCESS_TOKENS, update=25)["updated"]
+
+    first_pages = []
+
+    def fail_the_check(entity: Entity, page: int) -> None:
+        if page == 1:
+            first_pages.append(page)
+            if len(first_pages) == 2:  # the check's first page goes out, its next ones fail
+                running.sim.faults.error_burst = 10
+
+    running.sim.on_list_page = fail_the_check
+    with running.client(page_size=10, retry=ONE_RETRY) as client, pytest.raises(ServerError):
+        sync_tokens(client, database, "failed")
+    pages = [params["page"] for *_, params, _ in requests_to(running.sim, TOKENS_PATH)]
+    assert pages[-6:] == ["1", "2", "3", "1", "2", "2"], "the first pass read three pages, the check failed"
+    assert (snapshot(database), history(database)) == (before, versions)
+
+    running.sim.on_list_page = None
+    running.sim.faults.error_burst = 0
+    with running.client(page_size=10) as client:
+        report = sync_tokens(client, database, "again")
+    assert report.result.updated == len(changed)
+    upstream = {record["Id"]: record["MinutesLeft"] for record in running.sim.records(ACCESS_TOKENS)}
+    assert dict(query(database, f"SELECT id, minutes_left FROM {qualified(ACCESS_TOKENS)}")) == upstream
+
+
+@pytest.mark.parametrize("batch_rows", [1, 5_000], ids=["batches of one", "one batch"])
+def test_what_the_check_of_an_incremental_walk_finds_is_published_with_its_first_pass(running, tmp_path, batch_rows):
+    database = tmp_path / "w.duckdb"
+    with running.client(page_size=10) as client:
+        sync_tokens(client, database, "good")
+    changed = running.sim.mutate(ACCESS_TOKENS, update=25)["updated"]
+    running.sim.faults.drift_between_pages = 1  # a record deleted before a boundary, one inserted after it
+    with running.client(page_size=10) as client:
+        report = sync_tokens(client, database, "drifted", batch_rows=batch_rows)
+    assert report.paging.passes >= 2 and report.paging.incomplete is None
+    assert report.result.inserted == 1 and report.result.updated >= len(changed) - 1
+    upstream = {record["Id"]: record["MinutesLeft"] for record in running.sim.records(ACCESS_TOKENS)}
+    stored = dict(query(database, f"SELECT id, minutes_left FROM {qualified(ACCESS_TOKENS)}"))
+    assert upstream.items() <= stored.items()  # the record drift deleted stays: only a full sync sees deletions
+    [(logged,)] = query(database, f"SELECT count(*) FROM {SCHEMA}._sync_log WHERE run_id = 'drifted'")
+    assert logged == 1
 
 
 def test_a_sync_leaves_the_heap_it_found_to_the_collector_during_the_load_and_gives_it_back(running, tmp_path):

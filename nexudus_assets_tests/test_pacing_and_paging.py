@@ -134,13 +134,13 @@ def test_without_has_next_page_the_walk_uses_total_pages_then_short_pages():
     def by_total(number: int, size: int) -> Page:
         return Page(records=[{"Id": number}], total_pages=2)
 
-    assert len(list(PageNumberPaginator(fetch=by_total, size=1))) == 2
+    assert list(PageNumberPaginator(fetch=by_total, size=1)) == [[{"Id": 1}], [{"Id": 2}], []]
 
     def by_length(number: int, size: int) -> Page:
         return Page(records=[{"Id": 1}, {"Id": 2}] if number == 1 else [{"Id": 3}])
 
     walk = PageNumberPaginator(fetch=by_length, size=2)
-    assert len(list(walk)) == 2 and walk.summary.pages == 4
+    assert list(walk) == [[{"Id": 1}, {"Id": 2}], [{"Id": 3}], []] and walk.summary.pages == 4
 
 
 def test_a_list_shorter_than_promised_is_flagged():
@@ -400,13 +400,25 @@ def test_the_walk_reads_ahead_of_a_caller_busy_with_a_page_and_no_further_than_p
 
 
 def test_the_pass_that_checks_the_walk_goes_on_while_the_caller_stores_the_last_pages():
-    # 4 pages, then the pass that checks them: all 8 requests made while the caller holds page 1.
+    # 4 pages, then the pass that checks them: all 8 requests made while the caller holds page 2
+    # (pages 3 and 4 and the empty list that ends the first pass wait for it).
     server = RecordingServer(list(range(1, 9)), 2)
     walk = iter(PageNumberPaginator(fetch=server, size=2))
-    first = next(walk)
+    handed = [next(walk), next(walk)]
     assert wait_until(lambda: len(server.asked) == 8)
     assert server.asked == [1, 2, 3, 4, 1, 2, 3, 4]
-    assert [record["Id"] for page in [first, *walk] for record in page] == list(range(1, 9))
+    assert [[record["Id"] for record in page] for page in [*handed, *walk]] == [[1, 2], [3, 4], [5, 6], [7, 8], []]
+
+
+def test_a_walk_of_several_pages_hands_over_an_empty_list_where_its_first_pass_ends():
+    # Records a check finds missing come after it; a walk of one page needs no check and has none.
+    server = DriftingServer([10, 20, 30, 40, 50, 60, 70, 80, 90], size=3, drift_after_page=1, delete=20, insert=75)
+    walk = list(PageNumberPaginator(fetch=server, size=3))
+    assert walk.count([]) == 1
+    first_pass, checked = walk[: walk.index([])], walk[walk.index([]) + 1 :]
+    assert [r["Id"] for page in first_pass for r in page] == [10, 20, 30, 50, 60, 70, 75, 80, 90]
+    assert [r["Id"] for page in checked for r in page] == [40]
+    assert list(PageNumberPaginator(fetch=ListServer([1, 2], 2), size=2)) == [[{"Id": 1}, {"Id": 2}]]
 
 
 def test_a_failed_request_reaches_the_caller_after_the_pages_before_it():

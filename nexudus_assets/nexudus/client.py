@@ -159,6 +159,9 @@ class RecordPage:
     number: int
     records: list[NexudusRecord]
     rejected: list[RecordValidationError]
+    #: An empty page that says the walk's first pass is over: every record it read came before,
+    #: and the pages after it hold only records the passes that check the walk found missing.
+    first_pass_over: bool = False
 
 
 def parse_record(entity: Entity, raw: Any) -> NexudusRecord:
@@ -352,8 +355,9 @@ class NexudusClient:
         """Every matching record, page by page, in Id order; bad records come back rejected.
 
         A record the server answers twice in a walk (a step back after drift re-reads a page)
-        comes twice: the copy with the latest `UpdatedOn` is the one to keep. `ids` looks
-        records up by Id (in chunks, so any number of Ids fits the URL).
+        comes twice: the copy with the latest `UpdatedOn` is the one to keep. A walk of several
+        pages is checked by walking it again, and an empty page marked `first_pass_over` comes
+        between the two. `ids` looks records up by Id (in chunks, so any number of Ids fits the URL).
         """
         summary = summary or PagingSummary()
         if ids is None:
@@ -404,7 +408,12 @@ class NexudusClient:
             max_pages=self.max_pages,
             described=f"GET /{entity.path}",
         )
-        for number, raw_records in enumerate(paginator, start=1):
+        number = 0
+        for raw_records in paginator:
+            if not raw_records:
+                yield RecordPage(number=number, records=[], rejected=[], first_pass_over=True)
+                continue
+            number += 1
             yield _validated(entity, number, raw_records)
         if summary.incomplete is not None:
             log.warning(

@@ -106,7 +106,9 @@ class PageNumberPaginator:
     within a pass also steps it back, as many pages as the drop spans.
 
     Within the first pass a record answered twice is yielded twice: the caller keeps the copy
-    with the latest `UpdatedOn`. Later passes yield only records no pass has read.
+    with the latest `UpdatedOn`. Later passes yield only records no pass has read, and the first
+    of them starts with an empty list, the only one a walk hands over: every record the first pass
+    read has been handed over, and the caller may act on them while the list is checked.
 
     Every walk ends: a pass stops past the pages the first answer's `TotalItems` allows (plus
     `EXTRA_PAGES`), however the total grows meanwhile, and records the stop in
@@ -133,7 +135,8 @@ class PageNumberPaginator:
         return _read_ahead(self._pages(stop), PAGES_AHEAD, stop, thread_name="nexudus-walk")
 
     def _pages(self, stop: threading.Event) -> Iterator[list[dict[str, Any]]]:
-        """The records to hand over from each page read, pass after pass; empty pages left out.
+        """The records to hand over from each page read, pass after pass; empty pages left out, and
+        an empty list when a second pass starts.
 
         Once `stop` is set no further page is asked for: the caller no longer wants any.
         """
@@ -141,6 +144,8 @@ class PageNumberPaginator:
         seen = SeenKeys()
         while not stop.is_set():
             summary.passes += 1
+            if summary.passes == 2:
+                yield []
             outcome = _PassOutcome()
             for records in self._pass(seen, outcome, verifying=summary.passes > 1):
                 if records:

@@ -78,7 +78,7 @@ def load_entity(
     batch_rows: int = 5_000,
     max_delete_fraction: float = 0.5,
 ) -> LoadReport:
-    """Sync one entity. Only `publish` touches the live table, in one transaction.
+    """Sync one entity. Only the publish touches the live table, in one transaction.
 
     Incremental runs ask for records updated since the high-water mark, floored to the
     minute (the filter's precision) and moved back by `overlap` for records committed late
@@ -109,11 +109,31 @@ def load_entity(
                 rejected.clear()
 
         paging = PagingSummary()
-        for page in client.iter_pages(entity, ranges=ranges, summary=paging):
-            records.extend(page.records)
-            rejected.extend(RejectedRecord.from_error(error) for error in page.rejected)
-            if len(records) + len(rejected) >= batch_rows:
-                flush()
+        # An incremental sync writes its changes while the walk checks its first pass (requests
+        # and waits on the server): committed if the check finds nothing that pass missed, rolled
+        # back and written again with what it found if it does. A full sync waits for the check,
+        # then asks for the ids it did not see.
+        publishing = False
+        try:
+            for page in client.iter_pages(entity, ranges=ranges, summary=paging):
+                if page.first_pass_over and not full_refresh:
+                    flush()
+                    sync.start_publish(conn, max_delete_fraction=max_delete_fraction)
+                    publishing = True
+                records.extend(page.records)
+                rejected.extend(RejectedRecord.from_error(error) for error in page.rejected)
+                if len(records) + len(rejected) >= batch_rows:
+                    if publishing:  # a check that finds this much would hold it all in memory
+                        sync.abandon_publish(conn)
+                        publishing = False
+                    flush()
+        except BaseException:
+            if publishing:
+                sync.abandon_publish(conn)
+            raise
+        if publishing and (records or rejected):
+            sync.abandon_publish(conn)
+            publishing = False
         flush()
 
         recovered = 0
@@ -132,11 +152,12 @@ def load_entity(
 
         requests = client.stats.requests - before.requests
         throttled = client.stats.throttled - before.throttled
-        result = sync.publish(
+        if not publishing:
+            sync.start_publish(conn, max_delete_fraction=max_delete_fraction)
+        result = sync.finish_publish(
             conn,
             requests=requests,
             throttled=throttled,
-            max_delete_fraction=max_delete_fraction,
             pages=paging.pages,
             verification_pages=paging.verification_pages,
             walk_incomplete=paging.incomplete,

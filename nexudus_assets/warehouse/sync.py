@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import duckdb
 
@@ -28,12 +29,22 @@ from nexudus_assets.warehouse.bookkeeping import (
     rejected_in_run,
     save_state,
 )
-from nexudus_assets.warehouse.changes import StagedChanges
-from nexudus_assets.warehouse.schema import ensure_schema, one_row, qualified, transaction
+from nexudus_assets.warehouse.changes import ChangeCounts, StagedChanges
+from nexudus_assets.warehouse.schema import ensure_schema, one_row, qualified
 from nexudus_assets.warehouse.staging import ARROW_MIN_ROWS, RejectedRecord, Staging
 
 #: Below this many live rows the deletion guard stays out of the way (a tiny table can empty out).
 _GUARD_MIN_LIVE_ROWS = 10
+
+
+@dataclass(frozen=True)
+class _PendingPublish:
+    """A publish between `start_publish` and `finish_publish`: its transaction is open."""
+
+    started_at: dt.datetime
+    now: dt.datetime
+    counts: ChangeCounts
+    deleted: int
 
 
 class DeletionGuardError(RuntimeError):
@@ -50,7 +61,8 @@ class EntitySync:
     """One sync of one entity: `begin`, `stage` per batch, (`missing_ids` in full mode), `publish`.
 
     Every call takes the caller's connection and runs as one transaction of its own, so the
-    calls may use different (short-lived) connections to the same database file.
+    calls may use different (short-lived) connections to the same database file; `publish` may
+    be made in two halves, `start_publish` and `finish_publish`, one transaction on one connection.
     """
 
     def __init__(
@@ -77,6 +89,7 @@ class EntitySync:
         self._staging = Staging(entity, run_id, arrow_from_rows=arrow_from_rows)
         self._changes = StagedChanges(entity, self._staging.table, run_id)
         self._started_at: dt.datetime | None = None
+        self._pending: _PendingPublish | None = None
 
     def _clock(self) -> dt.datetime:
         return self._now or dt.datetime.now(dt.UTC).replace(tzinfo=None)
@@ -129,9 +142,30 @@ class EntitySync:
         `walk_incomplete` (why the walk could not account for every record) keeps the cursor
         where it was, and goes to the log: the records not read may be older than the ones that were.
         """
+        self.start_publish(conn, max_delete_fraction=max_delete_fraction)
+        return self.finish_publish(
+            conn,
+            requests=requests,
+            throttled=throttled,
+            pages=pages,
+            verification_pages=verification_pages,
+            walk_incomplete=walk_incomplete,
+        )
+
+    def start_publish(self, conn: duckdb.DuckDBPyConnection, *, max_delete_fraction: float = 0.5) -> None:
+        """The first half of `publish`: opens its transaction and writes what staging changes,
+        live table and history. `finish_publish` commits it with the bookkeeping, `abandon_publish`
+        rolls it back; until then nothing is staged on `conn`.
+
+        Split so that the walk can go on checking the list while the changes are written: what
+        the bookkeeping records (requests, pages, whether the walk was complete) is known at its end.
+        """
         started_at = self._require_begun()
+        if self._pending is not None:
+            raise RuntimeError(f"{self.entity.table}: a publish is already under way")
         now = self._clock()
-        with transaction(conn):
+        conn.begin()
+        try:
             if self.account is not None:
                 claim_for_account(conn, self.account)
             live_before = self._live_rows(conn)
@@ -146,12 +180,34 @@ class EntitySync:
             self._changes.apply(conn, now)
             if deleted:
                 self._changes.delete_missing(conn, now)
+        except BaseException:
+            conn.rollback()
+            raise
+        self._pending = _PendingPublish(started_at, now, counts, deleted)
+
+    def finish_publish(
+        self,
+        conn: duckdb.DuckDBPyConnection,
+        *,
+        requests: int = 0,
+        throttled: int = 0,
+        pages: int = 0,
+        verification_pages: int = 0,
+        walk_incomplete: str | None = None,
+    ) -> SyncResult:
+        """The second half of `publish`: advance the cursor, log the sync, drop staging, commit."""
+        pending = self._pending
+        if pending is None:
+            raise RuntimeError(f"{self.entity.table}: call start_publish() before finish_publish()")
+        self._pending = None
+        try:
+            counts = pending.counts
             rejected = rejected_in_run(conn, self.entity, self.run_id)
             result = SyncResult(
                 inserted=counts.inserted,
                 updated=counts.updated,
                 unchanged=counts.unchanged,
-                deleted=deleted,
+                deleted=pending.deleted,
                 rejected=rejected,
                 live_rows=self._live_rows(conn),
                 fetched=counts.staged + rejected,
@@ -159,16 +215,16 @@ class EntitySync:
                     self.mode,
                     read_high_water_mark(conn, self.entity),
                     counts.newest if walk_incomplete is None else None,
-                    started_at,
+                    pending.started_at,
                 ),
             )
-            save_state(conn, self.entity, self.mode, result, now)
+            save_state(conn, self.entity, self.mode, result, pending.now)
             run = SyncRun(
                 self.run_id,
                 self.entity,
                 self.mode,
-                started_at,
-                now,
+                pending.started_at,
+                pending.now,
                 requests,
                 throttled,
                 pages=pages,
@@ -177,7 +233,17 @@ class EntitySync:
             )
             log_sync(conn, run, result)
             self._staging.drop(conn)
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
         return result
+
+    def abandon_publish(self, conn: duckdb.DuckDBPyConnection) -> None:
+        """Rolls back a started publish: staging, live table and history are as before it."""
+        if self._pending is not None:
+            self._pending = None
+            conn.rollback()
 
     def _live_rows(self, conn: duckdb.DuckDBPyConnection) -> int:
         (count,) = one_row(conn, f"SELECT count(*) FROM {qualified(self.entity)} WHERE _deleted_at IS NULL")
