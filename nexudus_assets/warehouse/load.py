@@ -109,14 +109,16 @@ def load_entity(
                 rejected.clear()
 
         paging = PagingSummary()
-        # An incremental sync writes its changes while the walk checks its first pass (requests
-        # and waits on the server): committed if the check finds nothing that pass missed, rolled
-        # back and written again with what it found if it does. A full sync waits for the check,
-        # then asks for the ids it did not see.
+        # A sync from a high-water mark writes its changes while the walk checks its first pass
+        # (requests and waits on the server): committed if the check finds nothing that pass
+        # missed, rolled back and written again with what it found if it does. A first sync,
+        # whose long walk drift is likely to catch, and a full one, which asks by Id for the
+        # records the walk did not see, wait for the check.
+        publish_early = ranges is not None
         publishing = False
         try:
             for page in client.iter_pages(entity, ranges=ranges, summary=paging):
-                if page.first_pass_over and not full_refresh:
+                if page.first_pass_over and publish_early:
                     flush()
                     sync.start_publish(conn, max_delete_fraction=max_delete_fraction)
                     publishing = True
