@@ -115,27 +115,20 @@ def load_entity(
         # whose long walk drift is likely to catch, and a full one, which asks by Id for the
         # records the walk did not see, wait for the check.
         publish_early = ranges is not None
-        publishing = False
         try:
             for page in client.iter_pages(entity, ranges=ranges, summary=paging):
                 if page.first_pass_over and publish_early:
                     flush()
                     sync.start_publish(conn, max_delete_fraction=max_delete_fraction)
-                    publishing = True
+                elif sync.publish_started and (page.records or page.rejected):
+                    sync.abandon_publish(conn)
                 records.extend(page.records)
                 rejected.extend(RejectedRecord.from_error(error) for error in page.rejected)
                 if len(records) + len(rejected) >= batch_rows:
-                    if publishing:  # a check that finds this much would hold it all in memory
-                        sync.abandon_publish(conn)
-                        publishing = False
                     flush()
         except BaseException:
-            if publishing:
-                sync.abandon_publish(conn)
-            raise
-        if publishing and (records or rejected):
             sync.abandon_publish(conn)
-            publishing = False
+            raise
         flush()
 
         recovered = 0
@@ -154,7 +147,7 @@ def load_entity(
 
         requests = client.stats.requests - before.requests
         throttled = client.stats.throttled - before.throttled
-        if not publishing:
+        if not sync.publish_started:
             sync.start_publish(conn, max_delete_fraction=max_delete_fraction)
         result = sync.finish_publish(
             conn,

@@ -239,8 +239,13 @@ class EntitySync:
         conn.commit()
         return result
 
+    @property
+    def publish_started(self) -> bool:
+        """Whether `start_publish` has run and neither `finish_publish` nor `abandon_publish` since."""
+        return self._pending is not None
+
     def abandon_publish(self, conn: duckdb.DuckDBPyConnection) -> None:
-        """Rolls back a started publish: staging, live table and history are as before it."""
+        """Rolls back a started publish, if one is: staging, live table and history are as before it."""
         if self._pending is not None:
             self._pending = None
             conn.rollback()
