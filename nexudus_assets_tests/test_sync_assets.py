@@ -457,6 +457,10 @@ def test_tokens_running_out_are_forecast_from_their_history(start_simulator, tmp
     wider = {"horizon_days": 30}
     project.run(run_config=insight_run_config({"access_tokens_running_out": wider}))
     assert project.insight_ids("access_tokens_running_out") == {running_out, slow}
+    # Deleted upstream, a token's versions are all closed and still in the look-back: it is not listed.
+    project.sim.delete(ACCESS_TOKENS, [running_out])
+    project.run("nexudus_full_refresh", run_config=insight_run_config({"access_tokens_running_out": wider}))
+    assert project.insight_ids("access_tokens_running_out") == {slow}
 
 
 def shift_history(project, days: int) -> None:

@@ -357,7 +357,10 @@ INSIGHTS: tuple[Insight, ...] = (
             ),
             -- A token with one version in the look-back has that version as its live row: no
             -- minutes used, never listed. Leaving it out spares the window sorting every token.
-            changed AS (SELECT id FROM in_look_back GROUP BY id HAVING count(*) > 1),
+            -- Of a token's versions only the current one is open, so one with several in the
+            -- look-back has a closed one there; found that way, without grouping every token.
+            -- A closed version alone is a deleted token's, which the live rows below leave out.
+            changed AS (SELECT DISTINCT id FROM in_look_back WHERE _valid_to IS NOT NULL),
             looked_back AS (
                 SELECT id, minutes_left, _valid_from,
                        minutes_left > lag(minutes_left) OVER by_token
