@@ -579,7 +579,7 @@ def test_the_daily_metrics_are_not_in_the_hourly_sync_and_have_a_daily_schedule(
         for key in small_project.defs.resolve_job_def("nexudus_sync").asset_layer.selected_asset_keys
     }
     assert "account_metrics_daily" not in sync and "access_tokens_running_out" in sync
-    schedule = small_project.defs.get_schedule_def("nexudus_account_metrics_schedule")
+    schedule = small_project.defs.resolve_schedule_def("nexudus_account_metrics_schedule")
     assert (schedule.cron_schedule, schedule.job_name) == ("30 0 * * *", "nexudus_account_metrics")
 
 
