@@ -121,6 +121,53 @@ def test_a_live_style_account_is_stored_exactly_through_first_incremental_and_fu
     assert [metadata(result, entity.table)["rows_rejected"] for entity in ENTITIES] == [1, 0, 0]
 
 
+# -- the hours the filter's margins re-read -----------------------------------------------------
+
+
+def test_an_incremental_sync_leaves_out_the_versions_it_holds_but_not_one_it_read_in_its_stamps_second(
+    start_simulator, tmp_path
+):
+    running = start_simulator(seed=79, tokens=40, contracts=1, passes=1)
+    sim = running.sim
+    database = tmp_path / "w.duckdb"
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+    settled, fresh, changing = sim.records(ACCESS_TOKENS)[:3]
+    # Stamped an hour before the first sync, with 7 digits and an offset: the model reads it as
+    # 13:17:58.123456 UTC, and so must the walk that compares it with the stored version.
+    an_hour_ago = (now - dt.timedelta(hours=1) + dt.timedelta(hours=2)).isoformat() + ".1234567+02:00"
+    sim.put_raw(ACCESS_TOKENS, {**settled, "UpdatedOn": an_hour_ago, "Description": "first"})
+    # Stamped in the second the first sync reads it, by a server that stamps whole seconds.
+    sim.put_raw(ACCESS_TOKENS, {**fresh, "UpdatedOn": now.isoformat() + "Z", "Description": "first"})
+    with running.client() as client:
+        load_entity(client, lambda: connect(str(database)), ACCESS_TOKENS, run_id="first")
+
+    # Both change upstream under the same stamp, as a second change in the same second does.
+    for record in (settled, fresh):
+        sim.put_raw(ACCESS_TOKENS, {**sim.get(ACCESS_TOKENS, record["Id"]), "Description": "second"})
+    sim.update(ACCESS_TOKENS, [changing["Id"]])
+    with running.client() as client:
+        second = load_entity(client, lambda: connect(str(database)), ACCESS_TOKENS, run_id="second")
+
+    def descriptions() -> dict[int, str]:
+        conn = connect(str(database), read_only=True)
+        try:
+            rows = conn.execute(f"SELECT id, description FROM {qualified(ACCESS_TOKENS)}").fetchall()
+        finally:
+            conn.close()
+        return dict(rows)
+
+    # An Id and its `UpdatedOn` name a version: the one read an hour after its stamp is held and
+    # left out; the one read in its stamp's second may hide a second change, and is read again.
+    assert descriptions()[settled["Id"]] == "first"
+    assert descriptions()[fresh["Id"]] == "second"
+    assert (second.result.updated, second.result.inserted) == (2, 0)  # `fresh`, and `changing`
+    assert second.known >= 1 and second.result.unchanged == second.result.fetched - 2
+    # Only an incremental sync leaves records out: a full one reads every version again.
+    with running.client() as client:
+        full = load_entity(client, lambda: connect(str(database)), ACCESS_TOKENS, run_id="full", full_refresh=True)
+    assert full.known == 0 and descriptions()[settled["Id"]] == "second"
+
+
 # -- an independent server: capped, drifting and growing lists, and an invalid UTF-8 byte ---------
 
 

@@ -75,7 +75,8 @@ def build_raw_asset(entity: Entity, limits: DriftLimits, names: AccountNames) ->
         result = report.result
         context.log.info(
             f"{entity.name}: {report.mode} sync read {result.fetched} records in {report.requests} requests "
-            f"({result.inserted} new, {result.updated} updated, {result.deleted} deleted, {result.rejected} rejected)"
+            f"({result.inserted} new, {result.updated} updated, {result.deleted} deleted, {result.rejected} rejected;"
+            f" {report.known} already held, left unvalidated)"
         )
         return dg.MaterializeResult(
             check_results=check_results,
@@ -86,6 +87,7 @@ def build_raw_asset(entity: Entity, limits: DriftLimits, names: AccountNames) ->
                 "rows_inserted": result.inserted,
                 "rows_updated": result.updated,
                 "rows_unchanged": result.unchanged,
+                "rows_known_unread": report.known,
                 "rows_deleted": result.deleted,
                 "rows_rejected": result.rejected,
                 "rows_recovered_by_id": report.recovered,

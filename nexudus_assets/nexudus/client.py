@@ -53,6 +53,7 @@ from nexudus_assets.nexudus.models import (
     NexudusRecord,
     Page,
     UnstorableText,
+    stored_version,
     valid_id,
 )
 from nexudus_assets.nexudus.pacing import Pacer, RateLimits, shared_pacer
@@ -162,6 +163,8 @@ class RecordPage:
     #: An empty page that says the walk's first pass is over: every record it read came before,
     #: and the pages after it hold only records the passes that check the walk found missing.
     first_pass_over: bool = False
+    #: Records left out because the caller holds them at the same `UpdatedOn` (`known_versions`).
+    known: int = 0
 
 
 def parse_record(entity: Entity, raw: Any) -> NexudusRecord:
@@ -180,14 +183,21 @@ def parse_record(entity: Entity, raw: Any) -> NexudusRecord:
         raise RecordValidationError(entity.name, record_id, problems, raw=raw) from None
 
 
-def _validated(entity: Entity, number: int, raw_records: list[Any]) -> RecordPage:
-    records, rejected = [], []
+def _validated(
+    entity: Entity, number: int, raw_records: list[Any], known_versions: Mapping[int, dt.datetime] | None
+) -> RecordPage:
+    records, rejected, known = [], [], 0
     for raw in raw_records:
+        if known_versions:
+            version = stored_version(raw)
+            if version is not None and known_versions.get(version[0]) == version[1]:
+                known += 1
+                continue
         try:
             records.append(parse_record(entity, raw))
         except RecordValidationError as exc:
             rejected.append(exc)
-    return RecordPage(number=number, records=records, rejected=rejected)
+    return RecordPage(number=number, records=records, rejected=rejected, known=known)
 
 
 def _raw_id(raw: Any) -> int | None:
@@ -351,6 +361,7 @@ class NexudusClient:
         ids: Iterable[int] | None = None,
         page_size: int | None = None,
         summary: PagingSummary | None = None,
+        known_versions: Mapping[int, dt.datetime] | None = None,
     ) -> Iterator[RecordPage]:
         """Every matching record, page by page, in Id order; bad records come back rejected.
 
@@ -358,10 +369,12 @@ class NexudusClient:
         comes twice: the copy with the latest `UpdatedOn` is the one to keep. A walk of several
         pages is checked by walking it again, and an empty page marked `first_pass_over` comes
         between the two. `ids` looks records up by Id (in chunks, so any number of Ids fits the URL).
+        `known_versions` maps Ids to the `UpdatedOn` of the versions the caller already holds: a
+        record answered at that `UpdatedOn` is counted in its page's `known`, not validated again.
         """
         summary = summary or PagingSummary()
         if ids is None:
-            yield from self._walk(entity, filters, ranges, page_size or self.page_size, summary)
+            yield from self._walk(entity, filters, ranges, page_size or self.page_size, summary, known_versions)
             return
         wanted = sorted(set(ids))
         for number, start in enumerate(range(0, len(wanted), IDS_PER_REQUEST), start=1):
@@ -381,7 +394,7 @@ class NexudusClient:
                 )
             summary.pages += 1
             summary.records += len(found)
-            yield _validated(entity, number, found)
+            yield _validated(entity, number, found, known_versions)
 
     def iter_records(self, entity: Entity, **kwargs: Any) -> Iterator[NexudusRecord]:
         """Every matching record; raises on the first record that does not fit the model."""
@@ -400,6 +413,7 @@ class NexudusClient:
         ranges: Mapping[str, tuple[Any, Any]] | None,
         size: int,
         summary: PagingSummary,
+        known_versions: Mapping[int, dt.datetime] | None,
     ) -> Iterator[RecordPage]:
         paginator = PageNumberPaginator(
             fetch=lambda number, size: self.list_page(entity, page=number, size=size, filters=filters, ranges=ranges),
@@ -414,7 +428,7 @@ class NexudusClient:
                 yield RecordPage(number=number, records=[], rejected=[], first_pass_over=True)
                 continue
             number += 1
-            yield _validated(entity, number, raw_records)
+            yield _validated(entity, number, raw_records, known_versions)
         if summary.incomplete is not None:
             log.warning(
                 "%s: %d records read although the server announced %s: %s",

@@ -92,6 +92,24 @@ def valid_id(value: Any) -> int | None:
     return None
 
 
+def stored_version(raw: Any) -> tuple[int, dt.datetime] | None:
+    """A raw record's Id and `UpdatedOn` exactly as its model will read them, without validating it.
+
+    None when either is missing or takes more than the common path to read (an unusual date
+    form, an Id that is not one): such a record is validated like any other.
+    """
+    if not isinstance(raw, dict):
+        return None
+    record_id, stamp = valid_id(raw.get("Id")), raw.get("UpdatedOn")
+    if record_id is None or type(stamp) is not str:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(stamp)
+        return record_id, (moment if moment.tzinfo is None else _to_naive_utc(moment))
+    except ValueError:
+        return None
+
+
 def _relation_id(value: Any) -> Any:
     if type(value) is int and 1 <= value <= MAX_ID:
         return value  # the common case, as `valid_id` would take it, without the call

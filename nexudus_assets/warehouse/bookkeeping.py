@@ -85,7 +85,8 @@ class SyncResult:
     deleted: int
     rejected: int
     live_rows: int
-    #: Records received: staged rows (duplicates included) plus rejected ones.
+    #: Records received: staged rows (duplicates included), rejected ones, and the known versions
+    #: an incremental walk left out (also counted unchanged).
     fetched: int
     high_water_mark: dt.datetime | None
 
@@ -186,7 +187,7 @@ class SyncShares:
     """What the drift checks weigh from one logged sync."""
 
     mode: Mode
-    #: Records received: staged and rejected.
+    #: Records received, as `SyncResult.fetched` counts them.
     fetched: int
     rejected: int
     deleted: int

@@ -12,6 +12,7 @@ from nexudus_assets.nexudus.entities import Entity
 from nexudus_assets.warehouse.schema import (
     REJECTED_RECORDS,
     SCHEMA,
+    SYNC_LOG,
     data_columns,
     history_table,
     one_row,
@@ -93,6 +94,24 @@ class StagedChanges:
             f"UPDATE {self._live} SET _deleted_at = ? WHERE id IN ({self._missing_sql()})",
             [now, *self._missing_params()],
         )
+
+    def known_versions(
+        self, conn: duckdb.DuckDBPyConnection, since: dt.datetime, settle: dt.timedelta
+    ) -> dict[int, dt.datetime]:
+        """Id -> `UpdatedOn` of the live versions updated since `since` that a walk can leave out.
+
+        A version is its Id and its `UpdatedOn`, but a server that stamps whole seconds can stamp a
+        second change in the same second as the first. So only versions read (by the sync that
+        wrote them, which began at `started_at` in the log) at least `settle` after their stamp
+        count: the allowance the cursor already makes for changes committed late.
+        """
+        rows = conn.execute(
+            f"""SELECT t.id, t.updated_on FROM {self._live} AS t
+                JOIN {SYNC_LOG} AS l ON l.entity = $1 AND l.finished_at = t._synced_at
+                WHERE t._deleted_at IS NULL AND t.updated_on >= $2 AND t.updated_on <= l.started_at - $3""",
+            [self.entity.table, since, settle],
+        ).fetchall()
+        return dict(rows)
 
     def _classified_sql(self, *, deduplicate: bool) -> str:
         """Staging by id (latest `UpdatedOn`, then last staged, wins), each marked inserted/updated/unchanged.

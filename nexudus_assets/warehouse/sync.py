@@ -90,6 +90,8 @@ class EntitySync:
         self._changes = StagedChanges(entity, self._staging.table, run_id)
         self._started_at: dt.datetime | None = None
         self._pending: _PendingPublish | None = None
+        #: Records the walk left out as versions the live table holds (`known_versions`).
+        self._known = 0
 
     def _clock(self) -> dt.datetime:
         return self._now or dt.datetime.now(dt.UTC).replace(tzinfo=None)
@@ -116,6 +118,23 @@ class EntitySync:
         """Add one batch to staging and its rejections to the quarantine, in one transaction."""
         self._require_begun()
         self._staging.add(conn, records, rejected, self._clock())
+
+    def known_versions(
+        self, conn: duckdb.DuckDBPyConnection, since: dt.datetime, settle: dt.timedelta
+    ) -> dict[int, dt.datetime]:
+        """Incremental mode: Id -> `UpdatedOn` of the live versions since `since` a walk need not stage again.
+
+        Each one the walk leaves out is reported with `count_known` and published as unchanged.
+        A full sync stages every record: an Id it does not stage is one it looks for upstream.
+        """
+        if self.mode != "incremental":
+            raise RuntimeError("known_versions() belongs to an incremental sync: a full one stages every record")
+        self._require_begun()
+        return self._changes.known_versions(conn, since, settle)
+
+    def count_known(self, count: int) -> None:
+        """Records the walk left out as known versions: fetched and unchanged in the result."""
+        self._known += count
 
     def missing_ids(self, conn: duckdb.DuckDBPyConnection) -> list[int]:
         """Full mode: live ids absent from staging (and not rejected this run), to confirm upstream."""
@@ -206,11 +225,11 @@ class EntitySync:
             result = SyncResult(
                 inserted=counts.inserted,
                 updated=counts.updated,
-                unchanged=counts.unchanged,
+                unchanged=counts.unchanged + self._known,
                 deleted=pending.deleted,
                 rejected=rejected,
                 live_rows=self._live_rows(conn),
-                fetched=counts.staged + rejected,
+                fetched=counts.staged + rejected + self._known,
                 high_water_mark=next_high_water_mark(
                     self.mode,
                     read_high_water_mark(conn, self.entity),
