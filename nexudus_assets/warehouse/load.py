@@ -113,7 +113,6 @@ def load_entity(
                 rejected.clear()
 
         paging = PagingSummary()
-        known = 0
         # A sync from a high-water mark writes its changes while the walk checks its first pass
         # (requests and waits on the server): committed if the check finds nothing that pass
         # missed, rolled back and written again with what it found if it does. A first sync,
@@ -122,7 +121,6 @@ def load_entity(
         publish_early = ranges is not None
         try:
             for page in client.iter_pages(entity, ranges=ranges, summary=paging, known_versions=known_versions):
-                known += page.known
                 sync.count_known(page.known)
                 if page.first_pass_over and publish_early:
                     flush()
@@ -174,7 +172,7 @@ def load_entity(
         pages=paging.pages,
         seconds=time.monotonic() - started,
         recovered=recovered,
-        known=known,
+        known=sync.known,
         paging=paging,
         throttle_wait_seconds=client.stats.throttle_wait_seconds - before.throttle_wait_seconds,
         password_grants=client.stats.password_grants - before.password_grants,

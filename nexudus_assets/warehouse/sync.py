@@ -136,6 +136,11 @@ class EntitySync:
         """Records the walk left out as known versions: fetched and unchanged in the result."""
         self._known += count
 
+    @property
+    def known(self) -> int:
+        """The records `count_known` has counted so far."""
+        return self._known
+
     def missing_ids(self, conn: duckdb.DuckDBPyConnection) -> list[int]:
         """Full mode: live ids absent from staging (and not rejected this run), to confirm upstream."""
         if self.mode != "full":
